@@ -1,0 +1,5 @@
+import sys
+
+from fairray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,444 @@
+"""The ``fairray`` command line. Every error becomes one line and a non-zero exit (``--debug`` for tracebacks)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fairray.errors import ConfigError, FairrayError
+
+DEFAULT_STORAGE = "fairray_runs"
+
+_MAIN_HELP = """\
+fairray — fairness-utility sweeps for speech emotion recognition (Ray Tune + Optuna + MLflow).
+
+typical session (embedded default: local Ray, local MLflow store, built-in en/de/pl data):
+  fairray sweep search_spaces/minmaxgap.yaml          # Optuna multi-objective search, one MLflow run per trial
+  fairray frontier minmaxgap --by language            # Pareto fronts per language, from MLflow
+  fairray frontier minmaxgap --plot fronts.html       # the same as an interactive page
+  fairray export minmaxgap --out pareto/              # Pareto-optimal checkpoints + model cards
+  fairray predict pareto/<trial> --split test --out preds.csv
+  fairray evaluate preds.csv --group gender --stratum language
+  fairray ui                                          # browse every trial in the MLflow UI
+"""
+
+
+def _tracking_default() -> str:
+    from fairray.tracking import default_tracking_uri
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(DEFAULT_STORAGE)
+
+
+def _resolve_sweep_target(target: str, tracking_uri: str | None) -> tuple[str, str]:
+    """SWEEP may be an experiment name or a spec file (whose name/tracking settings are then used)."""
+    if target.endswith((".yaml", ".yml")):
+        from fairray.config import load_spec
+        from fairray.sweep import tracking_uri as spec_uri
+
+        spec = load_spec(target).spec
+        return spec.experiment, tracking_uri or spec_uri(spec)
+    return target, tracking_uri or _tracking_default()
+
+
+def _parse_objectives(text: str | None):
+    if not text:
+        return None
+    from fairray.frontier.pareto import Direction
+    from fairray.metrics import validate_metric_name
+
+    out = []
+    for item in text.split(","):
+        metric, _, direction = item.strip().rpartition(":")
+        if not metric or direction.lower() not in ("max", "min", "maximize", "minimize"):
+            raise ConfigError(f"--objectives {item!r}: expected METRIC:max or METRIC:min, "
+                              "e.g. dev/weighted_f1:max,dev/tpr_gap/gender/worst:language:min")
+        try:
+            validate_metric_name(metric)
+        except ValueError as exc:
+            raise ConfigError(f"--objectives: {exc}") from None
+        out.append((metric, Direction.parse(direction)))
+    return out
+
+
+# ---------------------------------------------------------------- commands
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fairray.config import load_spec
+    from fairray.sweep import run_sweep
+
+    overrides = list(args.set)
+    if args.num_samples is not None:
+        overrides.append(f"budget.num_samples={args.num_samples}")
+    loaded = load_spec(args.spec, overrides)
+    outcome = run_sweep(loaded, address=args.address, resume=args.resume, verbose=0 if args.quiet else 1)
+    print(f"\nsweep {loaded.spec.name!r}: {outcome.n_trials} trials ({outcome.n_errored} errored) in "
+          f"{outcome.wall_s:.0f} s; MLflow {outcome.tracking_uri} run {outcome.sweep_run_id}")
+    from fairray.frontier.query import fronts, load_sweep
+
+    sweep = load_sweep(outcome.tracking_uri, outcome.experiment, outcome.sweep_run_id)
+    if sweep.trials:
+        print(_format_fronts(sweep, fronts(sweep), "table", show_all=False))
+    print(f"next: fairray frontier {args.spec} --by language   |   fairray export {args.spec} --out pareto/")
+    return 0 if outcome.n_errored < outcome.n_trials else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+    from tqdm import tqdm
+
+    from fairray.config import load_spec
+    from fairray.data import prepare
+    from fairray.sweep import storage_root, tracking_uri
+    from fairray.tracking import ensure_experiment
+    from fairray.train import LocalSession, TrialTracking, run_trial
+
+    loaded = load_spec(args.spec, args.set)
+    spec = loaded.spec
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    data = prepare(spec.dataset)
+    tracking = None
+    if not args.no_mlflow:
+        uri = tracking_uri(spec)
+        tracking = TrialTracking(uri, ensure_experiment(uri, spec.experiment, storage_root(spec)), None,
+                                 f"train-{os.getpid()}-{int(__import__('time').time())}", spec.name)
+    bar = tqdm(total=spec.train.epochs, desc=f"{spec.method.name}", unit="epoch", disable=args.quiet)
+    keys = [o.metric for o in spec.search.objectives] or ["dev/weighted_f1"]
+
+    def on_epoch(m: dict) -> None:
+        bar.update(1)
+        bar.set_postfix({k.split("/", 1)[1][:18]: f"{m[k]:.3f}" for k in keys if k in m})
+
+    with tempfile.TemporaryDirectory(prefix="fairray-train-") as d:
+        final = run_trial(loaded.raw, {}, data, LocalSession(d), tracking, on_epoch=on_epoch)
+    bar.close()
+    from fairray.metrics import MetricKey
+
+    shown = {k: v for k, v in final.items()
+             if MetricKey.parse(k).scope == "overall" or k in keys or k.replace("dev/", "test/", 1) in keys}
+    print(json.dumps({k: round(v, 4) for k, v in sorted(shown.items())}, indent=1))
+    if tracking:
+        print(f"MLflow: {tracking.uri} experiment {spec.experiment!r} run {tracking.trial_id}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from fairray.methods import METHODS
+
+    rows = []
+    for name in METHODS:
+        cls = METHODS.get(name)
+        params = []
+        for f in dataclasses.fields(cls.Params):
+            default = f.default if f.default is not dataclasses.MISSING else "(required)"
+            params.append({"name": f.name, "type": str(f.type), "default": default})
+        rows.append({"name": name, "summary": cls.summary, "needs": cls.requires, "sampler": cls.sampler,
+                     "params": params})
+    if args.format == "json":
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    for r in rows:
+        print(f"{r['name']}: {r['summary']}\n  needs: {r['needs']}; default sampler: {r['sampler']}")
+        for p in r["params"]:
+            print(f"    method.{p['name']:<12} {p['type']:<28} default {p['default']}")
+    return 0
+
+
+def _format_fronts(sweep, fronts_, fmt: str, show_all: bool) -> str:
+    import csv
+    import io
+
+    if fmt == "json":
+        return json.dumps([{
+            "front": f.title, "restriction": f.restriction, "objectives": list(f.objectives),
+            "directions": [d.value for d in f.directions], "hypervolume": f.hypervolume,
+            "reference": list(f.reference),
+            "trials": [{"trial_id": t.trial_id, "run_id": t.run_id, "pareto": bool(on),
+                        "values": [None if v != v else v for v in vals], "params": t.params}
+                       for t, on, vals in zip(f.trials, f.on_front, f.values.tolist(), strict=True)
+                       if on or show_all]} for f in fronts_], indent=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        params = sorted({k for t in sweep.trials for k in t.params})
+        w.writerow(["front", "trial_id", "run_id", "pareto", "objective", "direction", "value", *params])
+        for f in fronts_:
+            for t, on, vals in zip(f.trials, f.on_front, f.values, strict=True):
+                if on or show_all:
+                    for key, d, v in zip(f.objectives, f.directions, vals, strict=True):
+                        w.writerow([f.title, t.trial_id, t.run_id, int(on), key, d.value, v,
+                                    *[t.params.get(p, "") for p in params]])
+        return buf.getvalue()
+    out = [f"sweep {sweep.experiment!r} (MLflow run {sweep.run_id}): {len(sweep.trials)} finished trials, "
+           f"{sweep.n_failed} failed or unfinished"]
+    for f in fronts_:
+        out.append(f"\nfront [{f.title}]  hypervolume {f.hypervolume:.4f}  (reference point "
+                   f"{', '.join(f'{r:g}' for r in f.reference)}; {sum(f.on_front)} of {len(f.trials)} trials "
+                   "non-dominated)")
+        heads = [f"{k} ({d.value})" for k, d in zip(f.objectives, f.directions, strict=True)]
+        out.append("  " + "  ".join(["pareto", f"{'trial':<16}", *heads, "params"]))
+        order = sorted(range(len(f.trials)), key=lambda i: (not f.on_front[i], -f.values[i][0]
+                       if f.directions[0].value == "max" else f.values[i][0]))
+        for i in order:
+            if not (f.on_front[i] or show_all):
+                continue
+            t = f.trials[i]
+            vals = [f"{v:>{len(h)}.4f}" for v, h in zip(f.values[i], heads, strict=True)]
+            params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(t.params.items()))
+            out.append("  " + "  ".join([f"{'*' if f.on_front[i] else ' ':^6}", f"{t.trial_id:<16}", *vals, params]))
+    return "\n".join(out)
+
+
+def _short(v: str) -> str:
+    try:
+        return f"{float(v):.4g}"
+    except ValueError:
+        return v
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from fairray.frontier.query import fronts, load_sweep
+
+    experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+    sweep = load_sweep(uri, experiment, args.run_id)
+    by = [c.strip() for c in args.by.split(",")] if args.by else []
+    reference = [float(x) for x in args.reference.split(",")] if args.reference else None
+    result = fronts(sweep, by=by, split=args.split, objectives=_parse_objectives(args.objectives),
+                    reference=reference)
+    print(_format_fronts(sweep, result, args.format, args.all))
+    if args.plot:
+        from fairray.frontier.plot import FrontPanel, FrontPoint, write_frontier_html
+
+        panels = [FrontPanel(
+            title=f.title, objectives=f.objectives, directions=tuple(d.value for d in f.directions),
+            points=tuple(FrontPoint(trial=t.trial_id, values=tuple(map(float, v)), on_front=bool(on),
+                                    params=t.params, extra={"run_id": t.run_id})
+                         for t, on, v in zip(f.trials, f.on_front, f.values, strict=True)),
+            hypervolume=f.hypervolume, reference=f.reference) for f in result]
+        write_frontier_html(args.plot, panels, title=f"fairray — Pareto fronts of {experiment}",
+                            subtitle=f"split {args.split}; MLflow run {sweep.run_id}; by {args.by or 'all'}")
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fairray.export import export_front
+    from fairray.frontier.query import fronts, load_sweep
+
+    experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+    sweep = load_sweep(uri, experiment, args.run_id)
+    front = fronts(sweep)[0]
+    done = export_front(sweep, front, args.out, register=args.register)
+    for e in done:
+        vals = ", ".join(f"{k}={v:.4f}" for k, v in e.objectives.items())
+        reg = f"  registered {args.register} v{e.model_version}" if e.model_version else ""
+        print(f"{e.path}  {vals}{reg}")
+    print(f"{len(done)} Pareto-optimal trial(s) exported to {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fairray.export import write_predictions
+
+    frame = write_predictions(args.export, args.split, args.out)
+    print(f"wrote {len(frame)} predictions to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from fairray.errors import DataError
+    from fairray.metrics import evaluate_frame, format_report
+
+    if not Path(args.predictions).is_file():
+        raise DataError(f"{args.predictions}: no such file; write one with `fairray predict EXPORT --out FILE`")
+    df = pd.read_csv(args.predictions, dtype=str, keep_default_na=False)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    report = evaluate_frame(df, group=args.group, stratum=args.stratum, classes=classes)
+    print(format_report(report, split=args.split_name, fmt=args.format))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    uri = args.tracking_uri or _tracking_default()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)", file=sys.stderr)
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from fairray.data._build import build_builtin
+
+    out_dir = args.out or str(Path(__file__).parent / "data" / "builtin")
+    path = build_builtin(args.corpora, out_dir, workers=args.workers, progress=not args.quiet)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from fairray.config import DatasetConfig
+    from fairray.data import prepare
+
+    data = prepare(DatasetConfig(name=args.dataset))
+    table = data.meta.groupby(["language", "gender", "split"]).agg(clips=("uid", "size"),
+                                                                   speakers=("speaker", "nunique"))
+    print(table.unstack("split").to_string())
+    print(f"\nclasses: {', '.join(data.classes)}; features: {data.n_features}; fingerprint {data.fingerprint}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="sweep spec YAML, e.g. search_spaces/minmaxgap.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value by dotted key (repeatable), e.g. --set train.epochs=5")
+
+
+def _add_sweep_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="MLflow experiment of the sweep (the spec's name) or the spec file itself")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                                          f"sqlite:///$PWD/{DEFAULT_STORAGE}/mlflow.db)")
+    p.add_argument("--run-id", help="a specific sweep (parent) run; default: the latest one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fairray", description=_MAIN_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help_: str, epilog: str = "") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=textwrap.dedent(epilog),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("sweep", cmd_sweep, "run a Ray Tune + Optuna multi-objective sweep of a spec", """\
+        Each trial trains the spec's method with sampled hyperparameters (a Ray Train TorchTrainer, or
+        directly in the Tune trial for single-worker CPU trials: resources.backend), reports a dev
+        metric per epoch and a checkpoint, and is one nested MLflow run. Optuna gets the final dev
+        values of all objectives (true multi-objective: no weighted sum).
+
+        examples:
+          fairray sweep search_spaces/minmaxgap.yaml
+          fairray sweep search_spaces/minmaxgap.yaml --num-samples 8 --set train.epochs=10
+          fairray sweep search_spaces/minmaxgap.yaml --resume          # after Ctrl-C or a crash
+          fairray sweep search_spaces/minmaxgap.yaml --address ray://head:10001 \\
+              --set tracking.uri=http://mlflow:5000 --set storage.path=s3://bucket/fairray
+        """)
+    _add_spec_args(p)
+    p.add_argument("--num-samples", type=int, help="number of trials (overrides budget.num_samples)")
+    p.add_argument("--address", help="join an existing Ray cluster (e.g. auto, ray://head:10001)")
+    p.add_argument("--resume", action="store_true", help="continue the latest sweep of this spec")
+    p.add_argument("--quiet", action="store_true", help="no live progress table")
+
+    p = add("train", cmd_train, "train one configuration in-process (no Tune): debugging and baselines", """\
+        example: fairray train search_spaces/minmaxgap.yaml --set method.lambda_max=5 --set train.epochs=10
+        """)
+    _add_spec_args(p)
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("methods", cmd_methods, "list registered methods, their hyperparameters and what they need")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
+    p = add("frontier", cmd_frontier, "Pareto fronts of a sweep from MLflow, overall or per language/subgroup", """\
+        The front of the sweep's objectives (dev metrics), or with --by the same objectives restricted
+        to each language and/or gender: a utility becomes the subgroup's utility, a gap becomes the gap
+        inside that language (a gap restricted to one gender stays the enclosing gap). Hypervolume is
+        computed against a stated reference point (default: 0 for maximised, 1 for minimised metrics).
+
+        examples:
+          fairray frontier minmaxgap
+          fairray frontier minmaxgap --by language --plot fronts.html
+          fairray frontier minmaxgap --by language,gender --split test --format csv
+          fairray frontier minmaxgap --objectives dev/macro_f1:max,dev/avg_gap/gender/mean:language:min
+        """)
+    _add_sweep_target(p)
+    p.add_argument("--objectives", help="comma-separated METRIC:max|min (default: the sweep's objectives)")
+    p.add_argument("--by", help="language, gender, or language,gender")
+    p.add_argument("--split", choices=["dev", "test"], default="dev",
+                   help="metrics to build the fronts from (test is for reporting; selection uses dev)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--all", action="store_true", help="list dominated trials too")
+    p.add_argument("--reference", help="hypervolume reference point, comma-separated, in objective order")
+    p.add_argument("--plot", metavar="FILE.html", help="write a self-contained interactive page of the fronts")
+
+    p = add("export", cmd_export, "export Pareto-optimal checkpoints, configs and model cards", """\
+        examples:
+          fairray export minmaxgap --out pareto/
+          fairray export minmaxgap --out pareto/ --register ser-minmaxgap   # + MLflow registry aliases
+        """)
+    _add_sweep_target(p)
+    p.add_argument("--out", required=True, help="output folder (one subfolder per trial)")
+    p.add_argument("--register", metavar="NAME", help="also register each checkpoint as a model version "
+                                                      "(aliases pareto-K by first objective, best-I per objective)")
+
+    p = add("predict", cmd_predict, "apply an exported model to a split; write y_true, y_pred, groups, p_<class>")
+    p.add_argument("export", help="an exported trial folder, e.g. pareto/<trial>")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--out", required=True, help="predictions CSV to write")
+
+    p = add("evaluate", cmd_evaluate, "per-group metrics and gaps of any predictions CSV", """\
+        The CSV needs y_true and y_pred (class names) and the group/stratum columns; p_<class> columns,
+        when present, fix the class set. The numbers are computed by the same code as in training.
+
+        example: fairray evaluate preds.csv --group gender --stratum language --format json
+        """)
+    p.add_argument("predictions")
+    p.add_argument("--group", required=True, help="protected attribute column, e.g. gender")
+    p.add_argument("--stratum", help="stratum column gaps are computed inside, e.g. language")
+    p.add_argument("--classes", help="comma-separated class names (default: p_<class> columns or labels seen)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--split-name", default="test", help="split prefix of the metric names (default test)")
+
+    p = add("ui", cmd_ui, "open the MLflow UI on the sweep store")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+
+    p = add("data", None, "the built-in dataset: inspect it or rebuild it from the corpora")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    d = dsub.add_parser("info", help="counts per language x gender x split of a registered dataset")
+    d.add_argument("--dataset", default="ser3")
+    d.set_defaults(fn=cmd_data_info)
+    d = dsub.add_parser("build-builtin", help="re-extract eGeMAPS features of RAVDESS/EmoDB/nEMO (needs [build])",
+                        description="expects CORPORA/{ravdess,emodb,nemo}/manifest.csv and the audio they name")
+    d.add_argument("--corpora", required=True, help="folder holding ravdess/, emodb/, nemo/")
+    d.add_argument("--out", help="output folder (default: the package's built-in data folder)")
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(fn=cmd_data_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "fn", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except FairrayError as exc:
+        if args.debug:
+            raise
+        print(f"fairray: error: {exc}".splitlines()[0], file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fairray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

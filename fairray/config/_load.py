@@ -1,0 +1,207 @@
+"""Load a sweep spec from YAML, apply ``--set`` overrides and search-space samples, validate."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fairray.config._spec import ParamSpec, PluginConfig, SweepSpec
+from fairray.config._typed import Where, build
+from fairray.errors import ConfigError, FairrayError
+
+_PLUGIN_SECTIONS = ("method", "model")
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated spec plus the plain data it came from (what trials receive and MLflow stores)."""
+
+    spec: SweepSpec
+    raw: Mapping[str, Any]
+    source: str
+
+
+def _plugin_registry(section: str):
+    if section == "method":
+        from fairray.methods import METHODS
+
+        return METHODS
+    from fairray.models import MODELS
+
+    return MODELS
+
+
+def _build_plugin(section: str, data: Any, where: Where) -> PluginConfig:
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, Mapping):
+        raise where.error(f"expected a mapping with 'name' and the {section}'s parameters, got {data!r}")
+    if "name" not in data:
+        raise where.child("name").error(f"required key is missing (the registered {section} to use)")
+    try:
+        plugin = _plugin_registry(section).get(data["name"])
+    except FairrayError as exc:
+        raise where.child("name").error(str(exc)) from None
+    params = build(plugin.Params, {k: v for k, v in data.items() if k != "name"}, where)
+    return PluginConfig(name=data["name"], params=params)
+
+
+def build_spec(raw: Mapping[str, Any], source: str) -> SweepSpec:
+    """Validate plain data into a :class:`SweepSpec` (errors name ``source`` and the key path)."""
+    where = Where(source)
+    if not isinstance(raw, Mapping):
+        raise where.error(f"expected a YAML mapping at the top level, got {raw!r}")
+    data = dict(raw)
+    plugins = {}
+    for section in _PLUGIN_SECTIONS:
+        if section in data:
+            plugins[section] = _build_plugin(section, data.pop(section), where.child(section))
+        elif section == "method":
+            raise where.child("method").error("required key is missing (e.g. `method: {name: erm}`)")
+        else:
+            plugins[section] = _build_plugin(section, {"name": "mlp"}, where.child(section))
+    data.update(plugins)
+    spec = build(SweepSpec, data, where)
+    _check_space(spec, raw, source)
+    _check_objectives(spec, source)
+    return spec
+
+
+def set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c = value`` in nested dicts, creating intermediate mappings."""
+    keys = dotted.split(".")
+    node = raw
+    for key in keys[:-1]:
+        child = node.get(key)
+        if isinstance(child, str) and key in _PLUGIN_SECTIONS:
+            child = {"name": child}
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            child = dict(child) if isinstance(child, Mapping) else child
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {key!r} holds {child!r}, not a mapping")
+        node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def _check_space(spec: SweepSpec, raw: Mapping[str, Any], source: str) -> None:
+    """Each dimension must be well formed and its values must be valid at its config path."""
+    for path, dim in spec.search.space.items():
+        where = Where(source, f"search.space.{path}")
+        for value in _representatives(dim, where):
+            trial_raw = copy.deepcopy(dict(raw))
+            trial_raw.pop("search", None)
+            try:
+                set_path(trial_raw, path, value)
+                build_spec(trial_raw, source)
+            except ConfigError as exc:
+                raise where.error(f"value {value!r} is not valid there ({_strip_source(exc, source)})") from None
+
+
+def _strip_source(exc: ConfigError, source: str) -> str:
+    msg = str(exc)
+    return msg[len(source) + 2:] if msg.startswith(source + ": ") else msg
+
+
+def _representatives(dim: ParamSpec, where: Where) -> list[Any]:
+    if dim.type == "categorical":
+        if not dim.choices:
+            raise where.child("choices").error("a categorical dimension needs a non-empty list of choices")
+        if any(k is not None for k in (dim.low, dim.high, dim.step)):
+            raise where.error("a categorical dimension takes only 'choices'")
+        return list(dim.choices)
+    if dim.choices is not None:
+        raise where.child("choices").error(f"'choices' only applies to type categorical, not {dim.type!r}")
+    for key in ("low", "high"):
+        if getattr(dim, key) is None:
+            raise where.child(key).error(f"required for type {dim.type!r}")
+    low, high = dim.low, dim.high
+    if not low < high:
+        raise where.error(f"needs low < high, got low={low!r}, high={high!r}")
+    if dim.type == "loguniform" and low <= 0:
+        raise where.child("low").error(f"a log-uniform dimension needs low > 0, got {low!r}")
+    if dim.type == "int":
+        for key in ("low", "high"):
+            if float(getattr(dim, key)) != int(getattr(dim, key)):
+                raise where.child(key).error(f"an int dimension needs integer bounds, got {getattr(dim, key)!r}")
+        if dim.log and low <= 0:
+            raise where.child("low").error(f"a log-scaled int dimension needs low >= 1, got {low!r}")
+        return [int(low), int(high)]
+    if dim.step is not None and (dim.step <= 0 or dim.type == "loguniform"):
+        raise where.child("step").error(f"step must be > 0 and not used with loguniform, got {dim.step!r}")
+    return [float(low), float(high)]
+
+
+def _check_objectives(spec: SweepSpec, source: str) -> None:
+    from fairray.metrics import validate_metric_name
+
+    seen = set()
+    for i, objective in enumerate(spec.search.objectives):
+        where = Where(source, f"search.objectives[{i}].metric")
+        try:
+            key = validate_metric_name(objective.metric)
+        except ValueError as exc:
+            raise where.error(str(exc)) from None
+        if key.split != "dev":
+            raise where.error(f"objectives select trials and must use dev metrics, got {objective.metric!r} "
+                              "(test metrics are logged for reporting only)")
+        if key.attr is not None and key.attr != spec.dataset.attribute:
+            raise where.error(f"attribute {key.attr!r} in {objective.metric!r} is not the dataset's "
+                              f"attribute {spec.dataset.attribute!r}")
+        if objective.metric in seen:
+            raise where.error(f"objective {objective.metric!r} is listed twice")
+        seen.add(objective.metric)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` → (path, YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: invalid key {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key, parsed
+
+
+def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> LoadedSpec:
+    """Read, override and validate a sweep spec. Raises :class:`ConfigError` with file, key and value."""
+    source = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{source}: no such file; pass a sweep spec such as search_spaces/minmaxgap.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}:{line} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top level, got {raw!r}")
+    for text in overrides:
+        key, value = parse_override(text)
+        set_path(raw, key, value)
+        build_spec(raw, f"{source} (with --set {text})")
+    return LoadedSpec(spec=build_spec(raw, source), raw=raw, source=source)
+
+
+def resolve_trial(raw: Mapping[str, Any], params: Mapping[str, Any], source: str = "trial") -> LoadedSpec:
+    """The spec of one trial: ``raw`` with sampled ``params`` (dotted paths) applied."""
+    trial_raw = copy.deepcopy(dict(raw))
+    for key, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{source}: {key}: sampled value {value!r} is not finite")
+        set_path(trial_raw, key, value)
+    return LoadedSpec(spec=build_spec(trial_raw, source), raw=trial_raw, source=source)

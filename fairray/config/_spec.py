@@ -1,0 +1,142 @@
+"""The typed sweep spec: what a YAML file in ``search_spaces/`` may say.
+
+Every section is a frozen dataclass; :func:`fairray.config.load_spec` validates a file against
+them at load time. The ``method`` and ``model`` sections name a registered plugin and carry that
+plugin's own typed parameters next to ``name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fairray.frontier.pareto import Direction
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which data a trial trains and is scored on."""
+
+    name: str = "ser3"
+    #: Emotion classes kept (clips of other emotions are dropped).
+    emotions: tuple[str, ...] = ("anger", "fear", "happiness", "neutral", "sadness")
+    languages: tuple[str, ...] = ("en", "de", "pl")
+    #: Protected attribute for every fairness metric, and the stratum gaps are computed inside.
+    attribute: str = "gender"
+    stratum: str = "language"
+    #: Speaker-independent split: fraction of each language x gender's speakers held out (>= 1 each).
+    dev_fraction: float = field(default=0.15, metadata={"gt": 0, "lt": 0.5})
+    test_fraction: float = field(default=0.25, metadata={"gt": 0, "lt": 0.5})
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """A registered plugin (method or model) and its typed parameters."""
+
+    name: str
+    params: Any = None  # the plugin's own frozen Params dataclass, filled by the loader
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=30, metadata={"ge": 1})
+    batch_size: int = field(default=64, metadata={"ge": 2})
+    lr: float = field(default=1e-3, metadata={"gt": 0})
+    weight_decay: float = field(default=1e-4, metadata={"ge": 0})
+    #: Batch composition; ``auto`` takes the method's preferred sampler.
+    sampler: Literal["auto", "uniform", "stratified_cells"] = "auto"
+    #: Which epoch's model a trial keeps: lowest dev base loss (IDI, ES) or the last one.
+    selection: Literal["best_dev_loss", "last"] = "best_dev_loss"
+    seed: int = 0
+    #: Minimum support for a per-group rate to be defined (METHODS 2.3, 2.6).
+    s_min: int = field(default=1, metadata={"ge": 1})
+    #: Abort a trial whose training loss is not finite (it ends FAILED with the reason).
+    fail_on_nan: bool = True
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One dimension of the search space (translated to an Optuna distribution)."""
+
+    type: Literal["uniform", "loguniform", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: Direction
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    #: Dotted config paths (``method.lambda_max``, ``train.lr`` ...) to their distribution.
+    space: Mapping[str, ParamSpec] = field(default_factory=dict)
+    objectives: tuple[Objective, ...] = ()
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    num_samples: int = field(default=16, metadata={"ge": 1})
+    max_concurrent: int = field(default=2, metadata={"ge": 1})
+    seed: int = 0
+    #: Retries of a failed trial, each resumed from its last checkpoint.
+    max_failures: int = field(default=2, metadata={"ge": 0})
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Per-trial compute. ``backend: train`` runs the loop under a Ray Train ``TorchTrainer``;
+    ``function`` runs the same loop directly inside the Tune trial (single worker, no Train
+    start-up cost); ``auto`` picks ``train`` for several workers or GPUs, else ``function``."""
+
+    backend: Literal["auto", "train", "function"] = "auto"
+    num_workers: int = field(default=1, metadata={"ge": 1})
+    cpus_per_worker: float = field(default=1.0, metadata={"ge": 0})
+    gpus_per_worker: float = field(default=0.0, metadata={"ge": 0})
+
+    @property
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "train" if self.num_workers > 1 or self.gpus_per_worker > 0 else "function"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    #: MLflow tracking URI; default: a local SQLite store under ``storage.path``.
+    uri: str | None = None
+    #: MLflow experiment; default: the spec's ``name``.
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    #: Root of Ray results, checkpoints and the default MLflow store: a local folder or a URI
+    #: (``s3://``, ``gs://`` ...) on a cluster.
+    path: str = "fairray_runs"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    method: PluginConfig
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: PluginConfig = field(default_factory=lambda: PluginConfig("mlp"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name

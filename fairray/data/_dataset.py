@@ -1,0 +1,142 @@
+"""Datasets as trials see them: features, labels, groups and a speaker-independent split.
+
+A dataset is prepared once per sweep on the driver (:func:`prepare`) and shared with every trial
+through Ray's object store; trials never touch files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+from fairray._registry import Registry
+from fairray.config import DatasetConfig
+from fairray.errors import DataError
+
+SPLITS = ("train", "dev", "test")
+
+#: name -> loader returning (meta DataFrame, float32 features [N, D], provenance dict)
+DATASETS: Registry[Callable[[], tuple[pd.DataFrame, np.ndarray, dict]]] = Registry("dataset")
+
+
+@DATASETS.register("ser3")
+def load_ser3() -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """The built-in dataset: eGeMAPSv02 functionals of RAVDESS (en), EmoDB (de), nEMO (pl)."""
+    root = resources.files("fairray.data").joinpath("builtin")
+    with root.joinpath("ser3.npz").open("rb") as fh:
+        arrays = np.load(fh)
+        features = arrays["X"].astype(np.float32)
+    with root.joinpath("ser3_meta.csv").open("r") as fh:
+        meta = pd.read_csv(fh, dtype={"speaker": str, "language": str, "gender": str})
+    provenance = json.loads(root.joinpath("ser3.json").read_text())
+    return meta, features, provenance
+
+
+@dataclass(frozen=True)
+class SERData:
+    """Standardised features, labels and group codes of one dataset after filtering and splitting.
+
+    ``attr`` and ``stratum`` hold indices into ``attr_values`` / ``strata_values`` (-1 = unknown,
+    excluded from fairness metrics). ``mean``/``std`` are the train-split statistics the features were
+    standardised with; checkpoints keep them so a model can be applied to new features.
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    attr: np.ndarray
+    stratum: np.ndarray
+    split: np.ndarray
+    meta: pd.DataFrame
+    classes: tuple[str, ...]
+    attribute: str
+    attr_values: tuple[str, ...]
+    stratum_name: str
+    strata_values: tuple[str, ...]
+    mean: np.ndarray
+    std: np.ndarray
+    fingerprint: str
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+    def groups_frame(self, split: str) -> pd.DataFrame:
+        """The attribute and stratum columns of one split (what the metrics read)."""
+        return self.meta.loc[self.split == split, [self.attribute, self.stratum_name]].reset_index(drop=True)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+
+def speaker_split(meta: pd.DataFrame, attribute: str, stratum: str, dev_fraction: float,
+                  test_fraction: float, seed: int) -> np.ndarray:
+    """Assign whole speakers to train/dev/test inside each stratum x attribute cell.
+
+    Each cell sends ``round(fraction * n_speakers)`` speakers (at least one) to dev and to test and
+    keeps at least one for training; the draw is seeded and independent of row order.
+    """
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    speakers = meta.groupby([stratum, attribute], sort=True)["speaker"].unique()
+    for (stratum_value, group), cell in speakers.items():
+        cell = np.sort(cell.astype(str))
+        n = len(cell)
+        n_test = max(1, round(test_fraction * n))
+        n_dev = max(1, round(dev_fraction * n))
+        if n - n_test - n_dev < 1:
+            raise DataError(
+                f"{stratum}={stratum_value}, {attribute}={group}: only {n} speaker(s), too few for a "
+                f"speaker-independent train/dev/test split; lower dev_fraction/test_fraction or drop it"
+            )
+        order = rng.permutation(cell)
+        for i, spk in enumerate(order):
+            assignment[spk] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
+    return meta["speaker"].astype(str).map(assignment).to_numpy(dtype=object)
+
+
+def prepare(cfg: DatasetConfig) -> SERData:
+    """Load, filter, split and standardise a registered dataset according to ``cfg``."""
+    meta, X, provenance = DATASETS.get(cfg.name)()
+    for column in (cfg.attribute, cfg.stratum, "emotion", "speaker"):
+        if column not in meta.columns:
+            raise DataError(f"dataset {cfg.name!r} has no column {column!r}; columns: {list(meta.columns)}")
+    unknown = sorted(set(cfg.emotions) - set(meta["emotion"]))
+    if unknown:
+        raise DataError(f"dataset {cfg.name!r}: emotion(s) {unknown} do not occur; available: "
+                        f"{sorted(meta['emotion'].unique())}")
+    unknown = sorted(set(cfg.languages) - set(meta[cfg.stratum].astype(str)))
+    if unknown:
+        raise DataError(f"dataset {cfg.name!r}: {cfg.stratum} value(s) {unknown} do not occur; available: "
+                        f"{sorted(meta[cfg.stratum].astype(str).unique())}")
+    keep = meta["emotion"].isin(cfg.emotions) & meta[cfg.stratum].astype(str).isin(cfg.languages)
+    meta = meta.loc[keep].reset_index(drop=True)
+    X = X[keep.to_numpy()]
+    split = speaker_split(meta, cfg.attribute, cfg.stratum, cfg.dev_fraction, cfg.test_fraction, cfg.split_seed)
+    meta = meta.assign(split=split)
+
+    classes = tuple(cfg.emotions)
+    y = meta["emotion"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    attr_values = tuple(sorted(v for v in meta[cfg.attribute].dropna().astype(str).unique() if v not in ("U", "")))
+    attr = meta[cfg.attribute].astype(str).map({v: i for i, v in enumerate(attr_values)}).fillna(-1)
+    strata_values = tuple(v for v in cfg.languages)
+    stratum = meta[cfg.stratum].astype(str).map({v: i for i, v in enumerate(strata_values)})
+
+    train = split == "train"
+    mean = X[train].mean(axis=0)
+    std = X[train].std(axis=0)
+    std = np.where(std > 1e-8, std, 1.0)
+    Xs = ((X - mean) / std).astype(np.float32)
+
+    digest = hashlib.sha256(json.dumps({"cfg": repr(cfg), "input": provenance.get("input_fingerprint")}).encode())
+    return SERData(
+        X=Xs, y=y, attr=attr.to_numpy(np.int64), stratum=stratum.to_numpy(np.int64), split=split, meta=meta,
+        classes=classes, attribute=cfg.attribute, attr_values=attr_values, stratum_name=cfg.stratum,
+        strata_values=strata_values, mean=mean.astype(np.float32), std=std.astype(np.float32),
+        fingerprint=digest.hexdigest()[:16],
+    )

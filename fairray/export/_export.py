@@ -1,0 +1,157 @@
+"""``fairray export``: the Pareto-optimal trials of a sweep as self-contained folders.
+
+Each exported folder holds the selected checkpoint (weights, feature normalisation, classes), the
+resolved trial config, the final metrics and a model card with the per-group tables — all read
+from MLflow artifacts, so an export works against a remote tracking server too. Folders are staged
+and renamed into place, so a crash never leaves a half-written export.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from fairray._atomic import atomic_write_text
+from fairray.frontier.query import Front, Sweep, TrialRecord
+
+CARD = "MODEL_CARD.md"
+METRICS = "metrics.json"
+
+
+@dataclass(frozen=True)
+class Exported:
+    trial_id: str
+    run_id: str
+    path: Path
+    objectives: dict[str, float]
+    model_version: str | None = None
+
+
+def _download(uri: str, run_id: str, artifact: str, dst: Path) -> Path:
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst),
+                                                    tracking_uri=uri))
+
+
+def _table_md(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        cells = [f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _card(sweep: Sweep, front: Front, trial: TrialRecord, groups: dict[str, pd.DataFrame], config: str) -> str:
+    m = trial.metrics
+    objective_rows = "\n".join(f"| `{k}` | {d.value} | {m.get(k, float('nan')):.4f} | "
+                               f"{m.get('test/' + k.split('/', 1)[1], float('nan')):.4f} |"
+                               for k, d in zip(front.objectives, front.directions, strict=True))
+    params = "\n".join(f"- `{k}` = `{v}`" for k, v in sorted(trial.params.items())) or "- (none searched)"
+    sections = []
+    for split, df in groups.items():
+        keep = df[df["scope"].isin(["overall", "stratum", "group", "cell", "gap"])]
+        sections.append(f"### {split}\n\n{_table_md(keep)}")
+    return f"""# Model card — trial `{trial.trial_id}` of sweep `{sweep.experiment}`
+
+Pareto-optimal on the dev objectives of MLflow sweep run `{sweep.run_id}` (trial run `{trial.run_id}`).
+Selection used **dev** metrics only; **test** metrics are reported, never used to select.
+
+## Objectives
+
+| objective | direction | dev | test |
+|---|---|---|---|
+{objective_rows}
+
+## Searched hyperparameters
+
+{params}
+
+## Intended use and limits
+
+Research on gender gaps in speech emotion recognition. The built-in data (RAVDESS, nEMO: CC BY-NC-SA
+4.0; EmoDB: free for research) are acted speech of few speakers per language; per-language dev/test
+sets hold one to three speakers per gender, so gaps carry large speaker noise. Not for decisions about
+people.
+
+## Per-group metrics (selected checkpoint)
+
+{chr(10).join(sections)}
+
+## Resolved config
+
+```yaml
+{config}```
+"""
+
+
+def export_front(sweep: Sweep, front: Front, out_dir: str | Path, register: str | None = None) -> list[Exported]:
+    """Write one folder per Pareto-optimal trial of ``front`` under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    exported = []
+    for trial, on_front, values in zip(front.trials, front.on_front, front.values, strict=True):
+        if not on_front:
+            continue
+        final = out / trial.trial_id
+        staged = Path(tempfile.mkdtemp(prefix=f".{trial.trial_id}.", dir=out))
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                ckpt = _download(sweep.tracking_uri, trial.run_id, "checkpoint", Path(d))
+                for f in ckpt.iterdir():
+                    shutil.copy2(f, staged / f.name)
+                groups_dir = _download(sweep.tracking_uri, trial.run_id, "groups", Path(d))
+                groups = {p.stem: pd.read_csv(p) for p in sorted(groups_dir.glob("*.csv"))}
+            config = (staged / "config.yaml").read_text()
+            (staged / CARD).write_text(_card(sweep, front, trial, groups, config))
+            (staged / METRICS).write_text(json.dumps({"trial_id": trial.trial_id, "run_id": trial.run_id,
+                                                      "sweep_run_id": sweep.run_id, "params": trial.params,
+                                                      "metrics": trial.metrics}, indent=1, sort_keys=True))
+            if final.exists():
+                shutil.rmtree(final)
+            staged.rename(final)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        exported.append(Exported(trial.trial_id, trial.run_id, final,
+                                 dict(zip(front.objectives, map(float, values), strict=True))))
+    if register:
+        exported = _register(sweep, front, exported, register)
+    index = [{"trial_id": e.trial_id, "run_id": e.run_id, "path": e.path.name, "objectives": e.objectives,
+              "model_version": e.model_version} for e in exported]
+    atomic_write_text(out / "index.json", json.dumps({"sweep": sweep.experiment, "sweep_run_id": sweep.run_id,
+                                                      "exports": index}, indent=1))
+    return exported
+
+
+def _register(sweep: Sweep, front: Front, exported: list[Exported], name: str) -> list[Exported]:
+    """Register each exported checkpoint as a version of ``name``; aliases ``pareto-K`` and ``best-<i>``."""
+    from mlflow.exceptions import MlflowException
+
+    from fairray.tracking import client
+
+    c = client(sweep.tracking_uri)
+    try:
+        c.create_registered_model(name, description=f"Pareto-optimal trials of fairray sweep {sweep.experiment}")
+    except MlflowException as exc:
+        if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
+            raise
+    out = []
+    for e in exported:
+        source = f"{c.get_run(e.run_id).info.artifact_uri.rstrip('/')}/checkpoint"
+        mv = c.create_model_version(name, source=source, run_id=e.run_id,
+                                    tags={"fairray.trial_id": e.trial_id, "fairray.sweep_run_id": sweep.run_id})
+        out.append(Exported(e.trial_id, e.run_id, e.path, e.objectives, mv.version))
+    ordered = sorted(out, key=lambda e: e.objectives[front.objectives[0]],
+                     reverse=front.directions[0].value == "max")
+    for k, e in enumerate(ordered, 1):
+        c.set_registered_model_alias(name, f"pareto-{k}", e.model_version)
+    for i, (metric, direction) in enumerate(zip(front.objectives, front.directions, strict=True)):
+        best = (max if direction.value == "max" else min)(out, key=lambda e, m=metric: e.objectives[m])
+        c.set_registered_model_alias(name, f"best-{i}", best.model_version)
+    return out

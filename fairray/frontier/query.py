@@ -1,0 +1,131 @@
+"""Pareto fronts of a sweep, read from MLflow (not from Ray's local files).
+
+A front is computed on the sweep's objectives (dev metrics) or on the same objectives restricted to
+one language and/or one subgroup (``--by``). Restricting follows :func:`fairray.metrics.restrict`:
+a utility becomes the subset's utility, a gap becomes the gap inside the stratum, and a gap
+"restricted" to one gender stays the enclosing gap (a gap is between groups).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import product
+
+import numpy as np
+
+from fairray.config import DatasetConfig
+from fairray.errors import TrackingError
+from fairray.frontier.pareto import Direction, default_reference, hypervolume, non_dominated_mask
+from fairray.metrics import MetricKey, restrict
+from fairray.tracking import TAG_OBJECTIVES, TAG_TRIAL, find_sweep_run, trial_runs
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished trial as MLflow holds it."""
+
+    run_id: str
+    trial_id: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    experiment: str
+    run_id: str
+    objectives: tuple[tuple[str, Direction], ...]
+    trials: tuple[TrialRecord, ...]
+    n_failed: int
+    tracking_uri: str
+    attribute: str
+
+
+@dataclass(frozen=True)
+class Front:
+    """One panel: trials x objectives, which are non-dominated, and the hypervolume."""
+
+    title: str
+    objectives: tuple[str, ...]
+    directions: tuple[Direction, ...]
+    trials: tuple[TrialRecord, ...]
+    values: np.ndarray
+    on_front: np.ndarray
+    hypervolume: float
+    reference: tuple[float, ...]
+    restriction: dict[str, str] = field(default_factory=dict)
+
+
+def load_sweep(tracking_uri: str, experiment: str, run_id: str | None = None) -> Sweep:
+    """The latest sweep of ``experiment`` (or ``run_id``) with its FINISHED trials."""
+    parent = find_sweep_run(tracking_uri, experiment, run_id)
+    objectives = tuple((m, Direction.parse(d)) for m, d in json.loads(parent.data.tags[TAG_OBJECTIVES]))
+    searched_cache: dict[str, list[str]] = {}
+    trials, failed = [], 0
+    for run in trial_runs(tracking_uri, parent):
+        if run.info.status != "FINISHED":
+            failed += 1
+            continue
+        searched = searched_cache.setdefault(run.data.tags.get("fairray.searched_params", "[]"),
+                                             json.loads(run.data.tags.get("fairray.searched_params", "[]")))
+        params = {k: run.data.params[k] for k in searched if k in run.data.params}
+        trials.append(TrialRecord(run.info.run_id, run.data.tags.get(TAG_TRIAL, run.info.run_name), params,
+                                  dict(run.data.metrics)))
+    trials.sort(key=lambda t: t.trial_id)
+    attribute = parent.data.params.get("dataset.attribute", DatasetConfig().attribute)
+    return Sweep(experiment, parent.info.run_id, objectives, tuple(trials), failed, tracking_uri, attribute)
+
+
+def _values_of(sweep: Sweep, which: str) -> list[str]:
+    """Strata values (``language``) or attribute groups (``gender``) present in the trials' metrics."""
+    found: set[str] = set()
+    for trial in sweep.trials:
+        for key in trial.metrics:
+            try:
+                k = MetricKey.parse(key)
+            except ValueError:
+                continue
+            if k.stratum == which and k.stratum_value and not k.is_aggregate:
+                found.add(k.stratum_value)
+            if k.attr == which and k.group:
+                found.add(k.group)
+    return sorted(found)
+
+
+def fronts(sweep: Sweep, *, by: Sequence[str] = (), split: str = "dev",
+           objectives: Sequence[tuple[str, Direction]] | None = None,
+           reference: Sequence[float] | None = None) -> list[Front]:
+    """The overall front, or one front per value (combination) of the ``by`` columns."""
+    objectives = tuple(objectives or sweep.objectives)
+    if not sweep.trials:
+        raise TrackingError(f"sweep {sweep.experiment!r} (run {sweep.run_id}) has no finished trial yet "
+                            f"({sweep.n_failed} failed or running)")
+    base = [MetricKey.parse(m) for m, _ in objectives]
+    base = [MetricKey(split, k.metric, k.attr, k.group, k.stratum, k.stratum_value) for k in base]
+    directions = tuple(d for _, d in objectives)
+    ref = tuple(reference) if reference is not None else tuple(default_reference(directions))
+    combos: list[dict[str, str]] = [{}]
+    for column in by:
+        values = _values_of(sweep, column)
+        if not values:
+            raise TrackingError(f"--by {column}: no metric of sweep {sweep.experiment!r} is split by {column!r}")
+        combos = [{**c, column: v} for c, v in product(combos, values)]
+    out = []
+    for combo in combos:
+        keys = []
+        for k in base:
+            for column, value in combo.items():
+                if column == sweep.attribute:
+                    k = restrict(k, group=value, attr=column)
+                else:
+                    k = restrict(k, stratum_value=value, stratum=column)
+            keys.append(k.format())
+        values = np.array([[t.metrics.get(key, math.nan) for key in keys] for t in sweep.trials], dtype=float)
+        mask = non_dominated_mask(values, directions)
+        hv = hypervolume(values, directions, ref)
+        title = ", ".join(f"{c}={v}" for c, v in combo.items()) or "all"
+        out.append(Front(title, tuple(keys), directions, sweep.trials, values, mask, hv, ref, combo))
+    return out

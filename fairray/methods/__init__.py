@@ -1,0 +1,24 @@
+"""Training methods: plugins of the one training loop (see :class:`Method` for the lifecycle)."""
+
+from fairray.methods._base import METHODS, Batch, DevEval, LossOutput, Method, TrainContext
+from fairray.methods._groups import group_means, worst_stratum_gap
+from fairray.methods.erm import ERM, BaseLoss, BaseLossParams, class_balanced_weights
+from fairray.methods.minmaxgap import MinMaxGap, MinMaxGapParams, dual_step
+
+__all__ = [
+    "ERM",
+    "METHODS",
+    "BaseLoss",
+    "BaseLossParams",
+    "Batch",
+    "DevEval",
+    "LossOutput",
+    "Method",
+    "MinMaxGap",
+    "MinMaxGapParams",
+    "TrainContext",
+    "class_balanced_weights",
+    "dual_step",
+    "group_means",
+    "worst_stratum_gap",
+]

@@ -1,0 +1,53 @@
+"""Group reductions shared by the losses: group means with an empty-group guard.
+
+Under data parallelism (Ray Train / DDP) the per-group sums and counts are all-reduced before the
+means are formed (METHODS 3.0), with a differentiable all-reduce so every worker's samples receive
+the gradient of the global group means.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(t)
+    return t
+
+
+def group_means(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of ``values`` per group id and the group counts.
+
+    ``groups`` holds ids in ``0..n_groups-1``; negative ids (unknown group) are ignored. An empty
+    group has mean 0 and count 0 — callers decide presence from the counts.
+    """
+    known = (groups >= 0).to(values.dtype)
+    one_hot = F.one_hot(groups.clamp(min=0), n_groups).to(values.dtype) * known[:, None]
+    sums = _all_reduce_sum(one_hot.T @ values)
+    counts = _all_reduce_sum(one_hot.sum(dim=0))
+    return sums / counts.clamp(min=1), counts
+
+
+def worst_stratum_gap(values: torch.Tensor, attr: torch.Tensor, stratum: torch.Tensor, n_attr: int,
+                      n_strata: int, m_min: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``max_l Δ_l`` with ``Δ_l`` the range of the attribute groups' mean ``values`` in stratum ``l``.
+
+    A stratum counts only when at least two of its groups have ``>= m_min`` samples; absent groups are
+    skipped, never treated as zero-loss cells. Returns ``(Δ_max, Δ per stratum)``; ``Δ_max`` is 0 when
+    no stratum is valid, and a stratum's entry is NaN when it is not valid.
+    """
+    cells = torch.where((attr >= 0) & (stratum >= 0), stratum * n_attr + attr, torch.full_like(attr, -1))
+    means, counts = group_means(values, cells, n_strata * n_attr)
+    means, present = means.view(n_strata, n_attr), counts.view(n_strata, n_attr) >= m_min
+    inf = torch.tensor(float("inf"), dtype=values.dtype, device=values.device)
+    hi = torch.where(present, means, -inf).amax(dim=1)
+    lo = torch.where(present, means, inf).amin(dim=1)
+    valid = present.sum(dim=1) >= 2
+    gaps = torch.where(valid, hi - lo, torch.zeros_like(hi))
+    worst = gaps.max() if bool(valid.any()) else values.new_zeros(())
+    return worst, torch.where(valid, gaps, torch.full_like(gaps, float("nan"))).detach()

@@ -1,0 +1,69 @@
+"""ERM with cross-entropy, class-balanced cross-entropy or focal loss (METHODS 3.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fairray.methods._base import METHODS, Batch, LossOutput, Method, TrainContext
+
+
+@dataclass(frozen=True)
+class BaseLossParams:
+    #: Per-sample base loss: plain CE, class-balanced CE (Cui et al.), or class-balanced focal loss.
+    loss: Literal["ce", "cb_ce", "focal"] = "ce"
+    #: Class-balance smoothing; null = (N-1)/N with N the training-set size (ES default).
+    beta: float | None = field(default=None, metadata={"ge": 0, "lt": 1})
+    #: Focal exponent (0 recovers class-balanced CE).
+    gamma: float = field(default=2.0, metadata={"ge": 0})
+
+
+def class_balanced_weights(class_counts: np.ndarray, beta: float) -> np.ndarray:
+    """``α_c = (1/E_c)·|C| / Σ_k 1/E_k`` with effective numbers ``E_c = (1-β^{n_c})/(1-β)``."""
+    n = np.maximum(np.asarray(class_counts, dtype=np.float64), 1.0)
+    effective = (1.0 - np.power(beta, n)) / (1.0 - beta)
+    inv = 1.0 / effective
+    return inv * len(n) / inv.sum()
+
+
+class BaseLoss:
+    """Per-sample base loss ``l_i`` shared by every method that wraps one (METHODS 3.1)."""
+
+    def __init__(self, params: BaseLossParams, ctx: TrainContext) -> None:
+        self.kind = params.loss
+        self.gamma = params.gamma
+        beta = params.beta if params.beta is not None else (ctx.n_train - 1) / ctx.n_train
+        alpha = class_balanced_weights(ctx.class_counts, beta) if self.kind != "ce" else np.ones(ctx.n_classes)
+        self.alpha = torch.as_tensor(alpha, dtype=torch.float32)
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
+        alpha = self.alpha.to(logits.device)[y]
+        if self.kind == "focal":
+            return -alpha * (1.0 - log_p.exp()).pow(self.gamma) * log_p
+        return -alpha * log_p
+
+
+@METHODS.register("erm")
+class ERM(Method):
+    """Empirical risk minimisation with the chosen base loss."""
+
+    Params = BaseLossParams
+    requires = "nothing"
+    sampler = "uniform"
+    summary = "ERM with CE, class-balanced CE or focal loss (METHODS 3.1)"
+
+    def __init__(self, params: BaseLossParams, ctx: TrainContext) -> None:
+        super().__init__(params, ctx)
+        self.base = BaseLoss(params, ctx)
+
+    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.base(logits, batch.y)
+
+    def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:
+        loss = self.per_sample_loss(logits, batch).mean()
+        return LossOutput(loss, {})

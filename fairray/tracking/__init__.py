@@ -1,0 +1,41 @@
+"""Tracking: MLflow parent/child runs for sweeps and trials."""
+
+from fairray.tracking._mlflow import (
+    TAG_OBJECTIVES,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    SweepRun,
+    TrialRun,
+    client,
+    close_orphan_trials,
+    default_tracking_uri,
+    end_run,
+    ensure_experiment,
+    find_sweep_run,
+    flatten,
+    is_remote,
+    local_path,
+    log_metrics,
+    start_sweep_run,
+    trial_runs,
+)
+
+__all__ = [
+    "TAG_OBJECTIVES",
+    "TAG_SWEEP",
+    "TAG_TRIAL",
+    "SweepRun",
+    "TrialRun",
+    "client",
+    "close_orphan_trials",
+    "default_tracking_uri",
+    "end_run",
+    "ensure_experiment",
+    "find_sweep_run",
+    "flatten",
+    "is_remote",
+    "local_path",
+    "log_metrics",
+    "start_sweep_run",
+    "trial_runs",
+]

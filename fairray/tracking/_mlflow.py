@@ -1,0 +1,221 @@
+"""MLflow: one parent run per sweep, one child run per trial, never left RUNNING.
+
+Everything goes through :class:`mlflow.tracking.MlflowClient` with explicit run ids (no global
+"active run"), so it behaves the same in the driver, in Tune trial processes and in Ray Train
+workers, and with a local SQLite store or a remote tracking server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fairray.errors import ConfigError, TrackingError
+
+TAG_KIND = "fairray.kind"  # "sweep" | "trial" | "train"
+TAG_SWEEP = "fairray.sweep"
+TAG_TRIAL = "fairray.trial_id"
+TAG_METHOD = "fairray.method"
+TAG_DATASET = "fairray.dataset"
+TAG_FAILURE = "fairray.failure_reason"
+TAG_OBJECTIVES = "fairray.objectives"
+TAG_STORAGE = "fairray.storage"
+TAG_SEARCHED = "fairray.searched_params"
+PARENT_TAG = "mlflow.parentRunId"
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def local_path(path: str) -> Path:
+    return Path(path[len("file://"):] if path.startswith("file://") else path).expanduser().resolve()
+
+
+def default_tracking_uri(storage_path: str) -> str:
+    """A SQLite store inside the storage folder (no server to start)."""
+    if is_remote(storage_path):
+        raise ConfigError(f"storage.path {storage_path!r} is remote, so a local MLflow store cannot live there; "
+                          "set tracking.uri to your MLflow server (e.g. http://mlflow:5000)")
+    root = local_path(storage_path)
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str, storage_path: str) -> str:
+    """Get or create the experiment; local stores keep artifacts under ``storage_path/mlartifacts``."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if not is_remote(storage_path) and not uri.startswith(("http://", "https://", "databricks")):
+        artifact_location = (local_path(storage_path) / "mlartifacts" / name).as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config → ``{"a.b.c": "value"}`` for MLflow params."""
+    if isinstance(data, Mapping):
+        out: dict[str, str] = {}
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    value = json.dumps(data) if isinstance(data, (list, tuple)) else str(data)
+    return {prefix[:-1]: value[:6000]}
+
+
+def _metrics(values: Mapping[str, float], step: int):
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and not _is_bad(v)]
+
+
+def _is_bad(v: Any) -> bool:
+    return isinstance(v, float) and math.isinf(v)
+
+
+def log_metrics(uri: str, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
+    c = client(uri)
+    metrics = _metrics(values, step)
+    for i in range(0, len(metrics), _BATCH):
+        c.log_batch(run_id, metrics=metrics[i:i + _BATCH])
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    uri: str
+    experiment_id: str
+    run_id: str
+
+
+def start_sweep_run(uri: str, experiment_id: str, sweep: str, storage: str, raw_spec: Mapping[str, Any],
+                    objectives: Iterable[tuple[str, str]], resume_run_id: str | None = None) -> SweepRun:
+    """The parent run of a sweep (resumed when ``resume_run_id`` is given)."""
+    from mlflow.entities import Param
+
+    c = client(uri)
+    if resume_run_id:
+        c.update_run(resume_run_id, status="RUNNING")
+        return SweepRun(uri, experiment_id, resume_run_id)
+    tags = {TAG_KIND: "sweep", TAG_SWEEP: sweep, TAG_STORAGE: storage,
+            TAG_OBJECTIVES: json.dumps([list(o) for o in objectives]),
+            TAG_METHOD: str(raw_spec.get("method", {}).get("name", "")),
+            TAG_DATASET: str((raw_spec.get("dataset") or {}).get("name", "ser3"))}
+    run = c.create_run(experiment_id, tags=tags, run_name=f"sweep-{sweep}-{time.strftime('%Y%m%d-%H%M%S')}")
+    params = [Param(k, v) for k, v in flatten({k: v for k, v in raw_spec.items() if k != "search"}).items()]
+    for i in range(0, len(params), 90):
+        c.log_batch(run.info.run_id, params=params[i:i + 90])
+    with tempfile.TemporaryDirectory() as d:
+        import yaml
+
+        p = Path(d) / "spec.yaml"
+        p.write_text(yaml.safe_dump(dict(raw_spec), sort_keys=False))
+        c.log_artifact(run.info.run_id, str(p))
+    c.set_tag(run.info.run_id, "mlflow.note.content", f"fairray sweep `{sweep}`; trials are the nested runs.")
+    return SweepRun(uri, experiment_id, run.info.run_id)
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+    c = client(uri)
+    if reason:
+        c.set_tag(run_id, TAG_FAILURE, reason[:4000])
+    c.set_terminated(run_id, status=status)
+
+
+def close_orphan_trials(uri: str, experiment_id: str, parent_run_id: str,
+                        reason: str = "trial ended without closing its run (process killed?)") -> int:
+    """Mark child runs of a sweep still RUNNING as FAILED; returns how many there were."""
+    c = client(uri)
+    runs = c.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' "
+                         "and attributes.status = 'RUNNING'", max_results=10000)
+    for run in runs:
+        end_run(uri, run.info.run_id, "FAILED", reason)
+    return len(runs)
+
+
+class TrialRun:
+    """The child run of one trial. A retried trial resumes its own run (found by trial id)."""
+
+    def __init__(self, uri: str, run_id: str, resumed: bool) -> None:
+        self.uri, self.run_id, self.resumed = uri, run_id, resumed
+
+    @classmethod
+    def open(cls, uri: str, experiment_id: str, parent_run_id: str | None, trial_id: str,
+             tags: Mapping[str, str], params: Mapping[str, str]) -> TrialRun:
+        from mlflow.entities import Param
+
+        c = client(uri)
+        filt = f"tags.`{TAG_TRIAL}` = '{trial_id}'"
+        if parent_run_id:
+            filt += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+        existing = c.search_runs([experiment_id], filter_string=filt, max_results=1)
+        if existing:
+            run_id = existing[0].info.run_id
+            c.update_run(run_id, status="RUNNING")
+            c.set_tag(run_id, "fairray.resumed", "true")
+            return cls(uri, run_id, resumed=True)
+        all_tags = {TAG_TRIAL: trial_id, **tags}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = c.create_run(experiment_id, tags=all_tags, run_name=trial_id)
+        plist = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(plist), 90):
+            c.log_batch(run.info.run_id, params=plist[i:i + 90])
+        return cls(uri, run.info.run_id, resumed=False)
+
+    def log(self, values: Mapping[str, float], step: int) -> None:
+        log_metrics(self.uri, self.run_id, values, step)
+
+    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        client(self.uri).log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def finish(self) -> None:
+        end_run(self.uri, self.run_id, "FINISHED")
+
+    def fail(self, reason: str) -> None:
+        end_run(self.uri, self.run_id, "FAILED", reason)
+
+
+def find_sweep_run(uri: str, experiment: str, run_id: str | None = None):
+    """The latest parent run of ``experiment`` (or the given one); TrackingError if none."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in c.search_experiments()]
+        raise TrackingError(f"no MLflow experiment {experiment!r} at {uri}; experiments there: {names or 'none'} "
+                            "(run `fairray sweep SPEC` first, or pass --tracking-uri)")
+    if run_id:
+        return c.get_run(run_id)
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'sweep'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise TrackingError(f"experiment {experiment!r} at {uri} holds no fairray sweep run")
+    return runs[0]
+
+
+def trial_runs(uri: str, sweep_run) -> list:
+    c = client(uri)
+    return c.search_runs([sweep_run.info.experiment_id],
+                         filter_string=f"tags.`{PARENT_TAG}` = '{sweep_run.info.run_id}'", max_results=10000)

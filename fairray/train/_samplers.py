@@ -1,0 +1,53 @@
+"""Batch composition (METHODS 3.0 samplers); methods pick one by name, the loop just iterates."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from fairray._registry import Registry
+
+#: name -> fn(train_indices, attr, stratum, batch_size, rng) -> iterator of index arrays (one epoch)
+SAMPLERS: Registry[Callable[..., Iterator[np.ndarray]]] = Registry("sampler")
+
+
+@SAMPLERS.register("uniform")
+def uniform(indices: np.ndarray, attr: np.ndarray, stratum: np.ndarray, batch_size: int,
+            rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Shuffle, then consecutive batches (the last one may be smaller, never below 2 samples)."""
+    order = rng.permutation(indices)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        if len(batch) >= 2:
+            yield batch
+
+
+@SAMPLERS.register("stratified_cells")
+def stratified_cells(indices: np.ndarray, attr: np.ndarray, stratum: np.ndarray, batch_size: int,
+                     rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """A fixed quota per stratum x attribute cell in every batch (``batch_size // n_cells`` each).
+
+    An epoch has ``ceil(N / batch_size)`` batches; each cell is drawn without replacement from its own
+    shuffled queue, reshuffled when it runs out, so small cells are revisited more often.
+    """
+    cells = stratum[indices] * (attr.max() + 1) + attr[indices]
+    known = (attr[indices] >= 0) & (stratum[indices] >= 0)
+    members = [indices[(cells == c) & known] for c in np.unique(cells[known])]
+    quota = max(1, batch_size // len(members))
+    queues = [rng.permutation(m) for m in members]
+    positions = [0] * len(members)
+    for _ in range(math.ceil(len(indices) / batch_size)):
+        batch = []
+        for k, member in enumerate(members):
+            take, got = [], 0
+            while got < quota:
+                if positions[k] == len(queues[k]):
+                    queues[k], positions[k] = rng.permutation(member), 0
+                n = min(quota - got, len(queues[k]) - positions[k])
+                take.append(queues[k][positions[k]:positions[k] + n])
+                positions[k] += n
+                got += n
+            batch.append(np.concatenate(take))
+        yield rng.permutation(np.concatenate(batch))

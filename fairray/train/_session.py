@@ -1,0 +1,124 @@
+"""Where the one training loop runs: a plain process, a Tune function trial, or a Ray Train worker.
+
+A session only reports metrics with an optional checkpoint folder and hands back the latest
+checkpoint on restart; the loop itself is identical in all three.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import nn
+
+
+class Session(Protocol):
+    world_rank: int
+    world_size: int
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
+
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[str | None]: ...
+
+    def prepare_model(self, model: nn.Module) -> nn.Module: ...
+
+
+class LocalSession:
+    """``fairray train``: no Ray; keeps the latest checkpoint in ``root`` and calls ``on_report``."""
+
+    world_rank = 0
+    world_size = 1
+
+    def __init__(self, root: str | Path, on_report=None) -> None:
+        self.root = Path(root)
+        self.on_report = on_report
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is not None:
+            from fairray._atomic import atomic_publish_dir
+
+            target = self.root / "checkpoint"
+            staged = self.root / f".checkpoint.{metrics.get('training_step', 0)}"
+            shutil.rmtree(staged, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, staged)
+            old = self.root / ".checkpoint.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if target.exists():
+                target.rename(old)
+            atomic_publish_dir(staged, target)
+            shutil.rmtree(old, ignore_errors=True)
+        if self.on_report is not None:
+            self.on_report(metrics)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        target = self.root / "checkpoint"
+        yield str(target) if target.is_dir() else None
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+class TuneSession:
+    """The loop runs directly inside a Tune function trainable (single worker, no Train start-up)."""
+
+    world_rank = 0
+    world_size = 1
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        from ray import tune
+
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield d
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+class TrainSession:
+    """The loop is a Ray Train ``train_loop_per_worker`` (DDP across ``world_size`` workers)."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.world_rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield d
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        if self.world_size == 1:
+            return model
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)

@@ -1,0 +1,238 @@
+"""The one training loop every method plugs into.
+
+``run_trial`` trains one configuration: batches from the method's sampler, the method's loss, an
+evaluation of the dev split after each epoch (one :class:`~fairray.metrics.GroupReport`, read by the
+progress report, MLflow and model selection alike), the method's ``on_epoch_end`` hook, a checkpoint
+per epoch, and a final report of the selected model on dev and test. It runs unchanged as a Ray
+Train ``train_loop_per_worker``, directly inside a Tune trial, or in a plain process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tempfile
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from fairray.config import SweepSpec, resolve_trial, to_plain
+from fairray.data import SERData
+from fairray.errors import TrialError
+from fairray.methods import METHODS, Batch, DevEval, Method, TrainContext
+from fairray.metrics import GroupReport, MetricKey
+from fairray.models import build_model
+from fairray.train._samplers import SAMPLERS
+from fairray.train._session import Session
+
+MODEL_FILE = "model.pt"
+TRAINER_FILE = "trainer.pt"
+META_FILE = "fairray.json"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass(frozen=True)
+class TrialTracking:
+    """Where a trial logs in MLflow (``parent_run_id`` is the sweep's run, None for ``fairray train``)."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str | None
+    trial_id: str
+    sweep: str
+
+
+def headline(flat: Mapping[str, float]) -> dict[str, float]:
+    """Overall utilities and gaps (pooled, worst, mean) — what is shown and logged every epoch."""
+    out = {}
+    for key, value in flat.items():
+        k = MetricKey.parse(key)
+        if k.metric == "n":
+            continue
+        if k.scope == "overall" or (k.scope == "gap" and (k.stratum is None or k.is_aggregate)):
+            out[key] = value
+    return out
+
+
+def _batch(data: SERData, idx: np.ndarray) -> Batch:
+    t = torch.as_tensor
+    return Batch(x=t(data.X[idx]), y=t(data.y[idx]), attr=t(data.attr[idx]), stratum=t(data.stratum[idx]),
+                 index=t(idx))
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class _Evaluator:
+    """Dev/test outputs of a model and their one GroupReport per split."""
+
+    def __init__(self, data: SERData, method: Method, s_min: int) -> None:
+        self.data, self.method, self.s_min = data, method, s_min
+        self.batches = {s: _batch(data, data.indices(s)) for s in ("dev", "test")}
+        self.frames = {s: data.groups_frame(s) for s in ("dev", "test")}
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, split: str) -> tuple[torch.Tensor, float, GroupReport]:
+        model.eval()
+        batch = self.batches[split]
+        logits = model(batch.x)
+        loss = float(self.method.per_sample_loss(logits, batch).mean())
+        report = GroupReport.compute(batch.y.numpy(), logits.argmax(1).numpy(), self.data.classes,
+                                     self.frames[split], attribute=self.data.attribute,
+                                     stratum=self.data.stratum_name, s_min=self.s_min)
+        return logits, loss, report
+
+
+def model_meta(spec: SweepSpec, data: SERData) -> dict[str, Any]:
+    """What a checkpoint needs besides weights to be applied to new features (``fairray predict``)."""
+    return {
+        "model": {"name": spec.model.name, **to_plain(spec.model.params)},
+        "classes": list(data.classes), "attribute": data.attribute, "attr_values": list(data.attr_values),
+        "stratum": data.stratum_name, "strata_values": list(data.strata_values), "n_features": data.n_features,
+        "feature_mean": data.mean.tolist(), "feature_std": data.std.tolist(), "data_fingerprint": data.fingerprint,
+    }
+
+
+def _write_checkpoint(d: Path, model, trainer_state: dict, meta: dict, raw: Mapping[str, Any]) -> None:
+    torch.save(_unwrap(model).state_dict(), d / MODEL_FILE)
+    torch.save(trainer_state, d / TRAINER_FILE)
+    (d / META_FILE).write_text(json.dumps(meta, indent=1))
+    (d / CONFIG_FILE).write_text(yaml.safe_dump(dict(raw), sort_keys=False))
+
+
+def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, session: Session,
+              tracking: TrialTracking | None = None, on_epoch: Callable[[dict], None] | None = None
+              ) -> dict[str, float]:
+    """Train one configuration (``raw`` spec with sampled ``params``) and return its final metrics."""
+    loaded = resolve_trial(raw, params, source=f"trial {tracking.trial_id if tracking else ''}".strip())
+    spec, trial_raw = loaded.spec, loaded.raw
+    tcfg = spec.train
+    torch.manual_seed(tcfg.seed)
+    train_idx = data.indices("train")
+    ctx = TrainContext(classes=data.classes, class_counts=np.bincount(data.y[train_idx], minlength=len(data.classes)),
+                       attr_values=data.attr_values, strata_values=data.strata_values, n_train=len(train_idx))
+    method_cls = METHODS.get(spec.method.name)
+    method = method_cls(spec.method.params, ctx)
+    sampler = SAMPLERS.get(method_cls.sampler if tcfg.sampler == "auto" else tcfg.sampler)
+    model = build_model(spec.model.name, spec.model.params, data.n_features, len(data.classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    meta = model_meta(spec, data)
+
+    state: dict[str, Any] = {"epoch": 0, "best": None, "failure": None}
+    with session.latest_checkpoint() as ckpt:
+        if ckpt is not None:
+            model.load_state_dict(torch.load(Path(ckpt) / MODEL_FILE, weights_only=True))
+            state = torch.load(Path(ckpt) / TRAINER_FILE, weights_only=False)
+            optimizer.load_state_dict(state["optimizer"])
+            method.load_state_dict(state["method"])
+    if state.get("failure"):
+        raise TrialError(state["failure"])  # a deterministic failure: do not redo the work on retry
+    model = session.prepare_model(model)
+    evaluate = _Evaluator(data, method, tcfg.s_min)
+
+    run = None
+    if tracking is not None and session.world_rank == 0:
+        from fairray.tracking import TrialRun, flatten
+
+        tags = {"fairray.kind": "trial" if tracking.parent_run_id else "train", "fairray.sweep": tracking.sweep,
+                "fairray.method": spec.method.name, "fairray.dataset": spec.dataset.name,
+                "fairray.searched_params": json.dumps(sorted(params))}
+        run = TrialRun.open(tracking.uri, tracking.experiment_id, tracking.parent_run_id, tracking.trial_id,
+                            tags, flatten({k: v for k, v in trial_raw.items() if k != "search"}))
+
+    def checkpoint_and_report(metrics: dict[str, Any], trainer_state: dict[str, Any]) -> None:
+        if session.world_rank != 0:
+            session.report(metrics, None)
+            return
+        with tempfile.TemporaryDirectory(prefix="fairray-ckpt-") as d:
+            _write_checkpoint(Path(d), model, trainer_state, meta, trial_raw)
+            session.report(metrics, d)
+
+    try:
+        for epoch in range(state["epoch"], tcfg.epochs):
+            torch.manual_seed(tcfg.seed * 100_003 + epoch)
+            rng = np.random.default_rng([tcfg.seed, epoch])
+            model.train()
+            losses = []
+            for step, idx in enumerate(sampler(train_idx, data.attr, data.stratum, tcfg.batch_size, rng)):
+                batch = _batch(data, idx[session.world_rank::session.world_size])
+                out = method.loss(model(batch.x), batch)
+                if not torch.isfinite(out.loss):
+                    msg = (f"training loss is {float(out.loss)} at epoch {epoch}, step {step}; "
+                           f"lower train.lr (now {tcfg.lr}) or the method's weights")
+                    if tcfg.fail_on_nan:
+                        state = {**state, "failure": msg}
+                        checkpoint_and_report({"epoch": epoch, "failed": 1.0},
+                                              {**state, "optimizer": optimizer.state_dict(),
+                                               "method": method.state_dict()})
+                        raise TrialError(msg)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                losses.append(float(out.loss.detach()))
+
+            dev_logits, dev_loss, dev_report = evaluate(model, "dev")
+            method_logs = method.on_epoch_end(DevEval(dev_logits, evaluate.batches["dev"]))
+            best = state["best"]
+            if tcfg.selection == "last" or best is None or dev_loss < best["dev_loss"]:
+                best = {"epoch": epoch, "dev_loss": dev_loss,
+                        "model": copy.deepcopy(_unwrap(model).state_dict())}
+            metrics = {"epoch": epoch, "train/loss": float(np.mean(losses)), "dev/loss": dev_loss,
+                       **headline(dev_report.flat("dev")), **{f"method/{k}": v for k, v in method_logs.items()}}
+            state = {"epoch": epoch + 1, "best": best, "failure": None}
+            if run is not None:
+                run.log(metrics, step=epoch)
+            if on_epoch is not None and session.world_rank == 0:
+                on_epoch(metrics)
+            checkpoint_and_report(metrics, {**state, "optimizer": optimizer.state_dict(),
+                                            "method": method.state_dict()})
+
+        final = _final(spec, model, state, evaluate, run, method, meta, trial_raw)
+        checkpoint_and_report(final, {**state, "optimizer": optimizer.state_dict(), "method": method.state_dict()})
+        if run is not None:
+            run.finish()
+        return final
+    except BaseException as exc:
+        if run is not None:
+            reason = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, (TrialError, KeyboardInterrupt)):
+                reason += "\n" + traceback.format_exc(limit=8)
+            run.fail(reason)
+        raise
+
+
+def _final(spec: SweepSpec, model, state: dict[str, Any], evaluate: _Evaluator, run, method: Method,
+           meta: dict[str, Any], trial_raw: Mapping[str, Any]) -> dict[str, float]:
+    """Evaluate the selected model on dev and test; check objectives; log everything to MLflow."""
+    best = state["best"]
+    _unwrap(model).load_state_dict(best["model"])
+    _, dev_loss, dev_report = evaluate(model, "dev")
+    _, test_loss, test_report = evaluate(model, "test")
+    final = {**dev_report.flat("dev"), **test_report.flat("test"), "dev/loss": dev_loss, "test/loss": test_loss,
+             "selected_epoch": float(best["epoch"]), "final": 1.0}
+    for objective in spec.search.objectives:
+        value = final.get(objective.metric)
+        if value is None or not math.isfinite(value):
+            raise TrialError(f"objective {objective.metric} is {value} for the selected model (epoch "
+                             f"{best['epoch']}); the trial cannot be placed on a front "
+                             "(is a group missing from a dev stratum? see the dev supports)")
+    if run is not None:
+        run.log(final, step=spec.train.epochs)
+        with tempfile.TemporaryDirectory(prefix="fairray-art-") as d:
+            root = Path(d)
+            (root / "checkpoint").mkdir()
+            _write_checkpoint(root / "checkpoint", model, {"selected_epoch": best["epoch"]}, meta, trial_raw)
+            (root / "groups").mkdir()
+            dev_report.table().to_csv(root / "groups" / "dev.csv", index=False)
+            test_report.table().to_csv(root / "groups" / "test.csv", index=False)
+            (root / "method_state.json").write_text(json.dumps(method.state_dict(), indent=1, default=str))
+            run.log_artifacts(root)
+    return final

@@ -1,0 +1,51 @@
+"""Per-group evaluation (METHODS §2): utilities, supports and fairness gaps computed once.
+
+:class:`GroupReport` is the one object that training reports, MLflow logging, the frontier and
+export read; :class:`MetricKey` is the one naming scheme of its keys.
+"""
+
+from fairray.metrics._keys import (
+    COUNT_METRICS,
+    GAP_METRICS,
+    KEY_FORMAT,
+    METRICS,
+    SPLITS,
+    STRATUM_AGGREGATES,
+    STRATUM_COLUMNS,
+    UTILITY_METRICS,
+    MetricKey,
+    MetricSpec,
+    metric_direction,
+    restrict,
+    validate_metric_name,
+)
+from fairray.metrics._report import (
+    CLASS_AGGS,
+    GAP_OPS,
+    MISSING_VALUES,
+    GroupReport,
+    evaluate_frame,
+    format_report,
+)
+
+__all__ = [
+    "CLASS_AGGS",
+    "COUNT_METRICS",
+    "GAP_METRICS",
+    "GAP_OPS",
+    "KEY_FORMAT",
+    "METRICS",
+    "MISSING_VALUES",
+    "SPLITS",
+    "STRATUM_AGGREGATES",
+    "STRATUM_COLUMNS",
+    "UTILITY_METRICS",
+    "GroupReport",
+    "MetricKey",
+    "MetricSpec",
+    "evaluate_frame",
+    "format_report",
+    "metric_direction",
+    "restrict",
+    "validate_metric_name",
+]

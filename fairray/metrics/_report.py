@@ -1,0 +1,514 @@
+"""Per-group evaluation computed once (METHODS §2.2–2.6).
+
+:meth:`GroupReport.compute` counts one confusion matrix per (group, stratum) cell with a single
+``np.bincount`` and derives every utility, support and gap from those counts into one long
+table. ``flat``, ``get``, ``table``, ``to_json`` and :func:`format_report` only read that table.
+
+All values are fractions in [0, 1] (MMG tables print them in %). Undefined values are NaN, never 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fairray.errors import ConfigError, DataError
+from fairray.metrics._keys import (
+    COUNT_METRICS,
+    GAP_METRICS,
+    METRICS,
+    SPLITS,
+    STRATUM_AGGREGATES,
+    UTILITY_METRICS,
+    MetricKey,
+    is_safe_name,
+)
+
+MISSING_VALUES = frozenset({"", "U", "Unspecified", "unspecified", "Unknown", "unknown"})
+"""Attribute/stratum values treated as missing (besides NaN/None): excluded and counted in ``n_excluded``."""
+GAP_OPS = ("sum_abs_dev", "range", "mad")
+CLASS_AGGS = ("rms", "mean", "max")
+TABLE_COLUMNS = (
+    "scope", "metric", "attr", "group", "stratum", "stratum_value", "value", "support", "n_classes", "n_strata",
+)  # fmt: skip
+_PARTITION_METRICS = (*UTILITY_METRICS, "n", "n_undefined_f1")
+_CLASSWISE = ("tpr_gap", "fpr_gap", "dp_gap")
+
+
+@dataclass(frozen=True, eq=False)
+class GroupReport:
+    """Utilities, supports and fairness gaps of one prediction set, per attribute group and stratum.
+
+    Attributes
+    ----------
+    classes, attribute, stratum : the class names, the protected attribute column and the
+        stratum column (``None``: no strata).
+    groups, strata : the attribute / stratum values found (sorted); missing values are excluded.
+    counts : int array ``[G+1, S+1, C, C]`` of (true, predicted) counts per cell; index ``G`` holds
+        samples with a missing attribute and ``S`` those with a missing (or no) stratum.
+    frame : the long table (see :meth:`table`), one row per metric key.
+
+    Examples
+    --------
+    >>> r = GroupReport.compute([0, 1, 1, 0], [0, 1, 0, 0], ["a", "b"],
+    ...                         pd.DataFrame({"gender": list("FFMM")}), stratum=None)
+    >>> r.get("dev/acc_gap/gender")
+    0.5
+    """
+
+    classes: tuple[str, ...]
+    attribute: str
+    stratum: str | None
+    groups: tuple[str, ...]
+    strata: tuple[str, ...]
+    s_min: int
+    gap_op: str
+    class_agg: str
+    counts: np.ndarray = field(repr=False)
+    frame: pd.DataFrame = field(repr=False)
+
+    @classmethod
+    def compute(
+        cls,
+        y_true: Sequence[int] | np.ndarray,
+        y_pred: Sequence[int] | np.ndarray,
+        classes: Sequence[str],
+        groups: pd.DataFrame,
+        attribute: str = "gender",
+        stratum: str | None = "language",
+        *,
+        s_min: int = 1,
+        gap_op: str = "sum_abs_dev",
+        class_agg: str = "rms",
+    ) -> GroupReport:
+        """Evaluate integer predictions over classes ``0..C-1`` against ``groups[attribute]``.
+
+        ``groups`` holds one row per sample with the attribute column and, unless ``stratum`` is
+        None, the stratum column. Samples whose value is missing (NaN, ``U`` ...; see
+        :data:`MISSING_VALUES`) count in the overall numbers but not in that column's groups.
+        """
+        _check_options(s_min, gap_op, class_agg)
+        classes = tuple(str(c) for c in classes)
+        n_classes = len(classes)
+        if n_classes < 2:
+            raise DataError(f"need at least two classes; got {list(classes)}")
+        y_true = _labels(y_true, "y_true", n_classes)
+        y_pred = _labels(y_pred, "y_pred", n_classes)
+        if len(y_true) != len(y_pred) or len(groups) != len(y_true):
+            raise DataError(f"length mismatch: y_true {len(y_true)}, y_pred {len(y_pred)}, groups {len(groups)} rows")
+        g_idx, group_values = _encode(groups, attribute, "attribute")
+        if stratum is None:
+            s_idx, stratum_values = np.zeros(len(y_true), dtype=np.int64), ()
+        else:
+            s_idx, stratum_values = _encode(groups, stratum, "stratum")
+        n_g, n_s = len(group_values), len(stratum_values)
+        flat_idx = ((g_idx * (n_s + 1) + s_idx) * n_classes + y_true) * n_classes + y_pred
+        counts = np.bincount(flat_idx, minlength=(n_g + 1) * (n_s + 1) * n_classes * n_classes)
+        counts = counts.reshape(n_g + 1, n_s + 1, n_classes, n_classes)
+        return cls.from_counts(
+            counts, classes, attribute, stratum, group_values, stratum_values,
+            s_min=s_min, gap_op=gap_op, class_agg=class_agg,
+        )  # fmt: skip
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: np.ndarray,
+        classes: Sequence[str],
+        attribute: str,
+        stratum: str | None,
+        groups: Sequence[str],
+        strata: Sequence[str],
+        *,
+        s_min: int = 1,
+        gap_op: str = "sum_abs_dev",
+        class_agg: str = "rms",
+    ) -> GroupReport:
+        """Build the report from cell confusion counts ``[G+1, S+1, C, C]`` (see ``counts``)."""
+        _check_options(s_min, gap_op, class_agg)
+        counts = np.asarray(counts, dtype=np.int64)
+        expected = (len(groups) + 1, len(strata) + 1, len(classes), len(classes))
+        if counts.shape != expected:
+            raise DataError(f"counts must have shape {expected} (groups+1, strata+1, C, C); got {counts.shape}")
+        frame = _build_frame(counts, attribute, stratum, tuple(groups), tuple(strata), s_min, gap_op, class_agg)
+        return cls(
+            tuple(classes), attribute, stratum, tuple(groups), tuple(strata),
+            s_min, gap_op, class_agg, counts, frame,
+        )  # fmt: skip
+
+    @cached_property
+    def _index(self) -> dict[str, float]:
+        """``{key without split: value}``, built once from the frame."""
+        names = self.frame[list(TABLE_COLUMNS[1:6])].to_numpy(dtype=object)
+        names[pd.isna(names)] = None
+        keys = [_suffix(*row) for row in names.tolist()]
+        return dict(zip(keys, self.frame["value"].astype(float).tolist(), strict=True))
+
+    @property
+    def n_excluded(self) -> int:
+        """Samples with a missing attribute value."""
+        return int(self.counts[-1].sum())
+
+    def flat(self, split: str) -> dict[str, float]:
+        """Every metric as ``{'{split}/{metric}...': value}`` (supports as float, NaN kept)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        return {f"{split}/{k}": v for k, v in self._index.items()}
+
+    def get(self, key: str | MetricKey) -> float:
+        """One value by key; the split part is not checked (a report does not know its split)."""
+        if isinstance(key, str):
+            key = MetricKey.parse(key, strata=() if self.stratum is None else (self.stratum,))
+        suffix = key.format().split("/", 1)[1]
+        try:
+            return self._index[suffix]
+        except KeyError:
+            raise KeyError(
+                f"{key.format()!r} is not in this report: metrics {', '.join(METRICS)}; attribute "
+                f"{self.attribute!r} with groups {list(self.groups)}; stratum {self.stratum!r} with values "
+                f"{list(self.strata)}"
+            ) from None
+
+    def table(self) -> pd.DataFrame:
+        """The long per-group table, one row per key (a copy).
+
+        Columns: ``scope`` (overall, group, stratum, cell, gap), ``metric``, ``attr``, ``group``,
+        ``stratum``, ``stratum_value`` (a stratum value, or ``worst``/``mean``), ``value``,
+        ``support`` (samples behind the value; for gaps those with a known attribute),
+        ``n_classes`` (classes entering a class-wise gap) and ``n_strata`` (strata behind worst/mean).
+        """
+        return self.frame.copy()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (NaN as None) holding the options, the counts and the table."""
+        rows = self.frame.astype(object).where(self.frame.notna(), None).to_dict(orient="records")
+        return {
+            "classes": list(self.classes),
+            "attribute": self.attribute,
+            "stratum": self.stratum,
+            "groups": list(self.groups),
+            "strata": list(self.strata),
+            "s_min": self.s_min,
+            "gap_op": self.gap_op,
+            "class_agg": self.class_agg,
+            "counts": self.counts.tolist(),
+            "rows": rows,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GroupReport:
+        """Inverse of :meth:`to_json`; the table is read back, not recomputed."""
+        try:
+            frame = pd.DataFrame(data["rows"], columns=list(TABLE_COLUMNS))
+            numeric = ["value", "support", "n_classes", "n_strata"]
+            frame[numeric] = frame[numeric].astype(float)
+            return cls(
+                tuple(data["classes"]), data["attribute"], data["stratum"], tuple(data["groups"]),
+                tuple(data["strata"]), int(data["s_min"]), data["gap_op"], data["class_agg"],
+                np.asarray(data["counts"], dtype=np.int64), frame,
+            )  # fmt: skip
+        except KeyError as err:
+            raise DataError(f"GroupReport JSON lacks the field {err}") from None
+
+
+def evaluate_frame(
+    df: pd.DataFrame,
+    *,
+    group: str,
+    stratum: str | None,
+    classes: Sequence[str] | None = None,
+    s_min: int = 1,
+    gap_op: str = "sum_abs_dev",
+    class_agg: str = "rms",
+) -> GroupReport:
+    """Evaluate a predictions table: ``y_true``, ``y_pred`` (class names) and the group/stratum columns.
+
+    The class list is ``classes`` if given, else the ``p_<class>`` probability columns in column
+    order, else the sorted union of ``y_true`` and ``y_pred``.
+    """
+    needed = ["y_true", "y_pred", group] + ([] if stratum is None else [stratum])
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise DataError(f"predictions table lacks column(s) {missing}; found columns {list(df.columns)}")
+    y_true, y_pred = df["y_true"].astype(str), df["y_pred"].astype(str)
+    if df["y_true"].isna().any() or df["y_pred"].isna().any():
+        raise DataError("predictions table has empty y_true/y_pred cells")
+    if classes is None:
+        prob_columns = [str(c)[2:] for c in df.columns if str(c).startswith("p_")]
+        classes = prob_columns or sorted(set(y_true) | set(y_pred))
+    classes = [str(c) for c in classes]
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted((set(y_true) | set(y_pred)) - set(index))
+    if unknown:
+        raise DataError(f"labels {unknown} in y_true/y_pred are not among the classes {classes}")
+    return GroupReport.compute(
+        y_true.map(index).to_numpy(), y_pred.map(index).to_numpy(), classes, df, group, stratum,
+        s_min=s_min, gap_op=gap_op, class_agg=class_agg,
+    )  # fmt: skip
+
+
+def format_report(report: GroupReport, split: str = "test", fmt: str = "table") -> str:
+    """Render a report as a plain-text table (``fmt='table'``) or the flat dict as JSON (``'json'``)."""
+    if fmt == "json":
+        flat = {k: (None if np.isnan(v) else v) for k, v in report.flat(split).items()}
+        return json.dumps(flat, indent=2, allow_nan=False)
+    if fmt != "table":
+        raise ConfigError(f"format_report: fmt must be 'table' or 'json'; got {fmt!r}")
+    frame = report.frame
+    head = (
+        f"{split}: {len(report.classes)} classes, attribute {report.attribute!r} "
+        f"(groups {', '.join(report.groups) or '-'}; {report.n_excluded} excluded), stratum {report.stratum!r}, "
+        f"s_min={report.s_min}, gap_op={report.gap_op}, class_agg={report.class_agg}"
+    )
+    part = frame[frame["scope"] != "gap"]
+    labels = [
+        k.partition("/")[2] or "overall"
+        for k, scope in zip(report._index, frame["scope"], strict=True)
+        if scope != "gap"
+    ]
+    utility = _render(part.assign(row=labels), "row", "metric", ["n", *UTILITY_METRICS, "n_undefined_f1"])
+    gaps = frame[frame["scope"] == "gap"]
+    columns = gaps["stratum_value"].fillna("pooled")
+    order = ["pooled", *report.strata, *STRATUM_AGGREGATES]
+    gap_text = _render(gaps.assign(column=columns), "metric", "column", order, row_order=[*GAP_METRICS, *COUNT_METRICS])
+    return f"{head}\n\nutility and support\n{utility}\n\ngaps between {report.attribute} groups\n{gap_text}\n"
+
+
+# --- computation -----------------------------------------------------------------------------
+
+
+def _check_options(s_min: int, gap_op: str, class_agg: str) -> None:
+    if not isinstance(s_min, (int, np.integer)) or isinstance(s_min, bool) or s_min < 1:
+        raise ConfigError(f"s_min must be an integer >= 1; got {s_min!r}")
+    if gap_op not in GAP_OPS:
+        raise ConfigError(f"gap_op must be one of {', '.join(GAP_OPS)}; got {gap_op!r}")
+    if class_agg not in CLASS_AGGS:
+        raise ConfigError(f"class_agg must be one of {', '.join(CLASS_AGGS)}; got {class_agg!r}")
+
+
+def _labels(values: Any, name: str, n_classes: int) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise DataError(
+            f"{name} must be a 1-D array of integer class indices; got dtype {arr.dtype}, shape {arr.shape}"
+        )
+    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        bad = sorted(set(arr[(arr < 0) | (arr >= n_classes)].tolist()))
+        raise DataError(f"{name} holds class indices outside 0..{n_classes - 1}: {bad}")
+    return arr.astype(np.int64)
+
+
+def _encode(frame: pd.DataFrame, column: str, what: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer codes of ``frame[column]`` (missing values get code ``len(values)``) and the sorted values."""
+    if column not in frame.columns:
+        raise DataError(f"{what} column {column!r} not found; columns are {list(frame.columns)}")
+    if not is_safe_name(column) or column in STRATUM_AGGREGATES:
+        raise DataError(f"{what} column name {column!r} cannot appear in a metric key")
+    raw = frame[column].to_numpy(dtype=object)
+    text = np.char.strip(np.where(pd.isna(raw), "", raw).astype(str))
+    unique, inverse = np.unique(text, return_inverse=True)
+    known = ~np.isin(unique, list(MISSING_VALUES))
+    values = tuple(unique[known].tolist())
+    bad = [v for v in values if not is_safe_name(v) or (what == "stratum" and v in STRATUM_AGGREGATES)]
+    if bad:
+        raise DataError(
+            f"{what} column {column!r} has values {bad} that cannot appear in a metric key "
+            f"(letters, digits, '_', '-', '.', space; not {STRATUM_AGGREGATES}); recode them"
+        )
+    remap = np.full(len(unique), len(values), dtype=np.int64)
+    remap[known] = np.arange(len(values))
+    codes = remap[inverse.reshape(-1)]
+    return codes, values
+
+
+def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` with NaN where ``den == 0``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _masked_mean(values: np.ndarray, mask: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean of ``values`` over ``mask`` along ``axis``; NaN where the mask is empty."""
+    return _div(np.where(mask, values, 0.0).sum(axis), mask.sum(axis))
+
+
+def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class counts of a stack of confusion matrices ``[..., C, C]`` (rows true, columns predicted)."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    pos, pred = cm.sum(-1), cm.sum(-2)
+    n = pos.sum(-1)
+    return {"tp": tp, "pos": pos, "pred": pred, "neg": n[..., None] - pos, "fp": pred - tp, "n": n}
+
+
+def _utilities(cm: np.ndarray, s_min: int) -> dict[str, np.ndarray]:
+    """§2.2 utilities of each confusion matrix in a stack ``[..., C, C]`` (NaN on empty subsets)."""
+    r = _rates(cm)
+    tp, pos, n = r["tp"], r["pos"], r["n"]
+    f1_den = r["pred"] + pos  # 2TP + FP + FN
+    f1 = np.nan_to_num(_div(2 * tp, f1_den))  # zero_division=0
+    empty = n == 0
+    return {
+        "acc": _div(tp.sum(-1), n),
+        "weighted_f1": _div((pos * f1).sum(-1), n),
+        "macro_f1": np.where(empty, np.nan, f1.mean(-1)),
+        "uar": _masked_mean(_div(tp, pos), pos > 0),
+        "fpr": _masked_mean(_div(r["fp"], r["neg"]), r["neg"] >= s_min),
+        "n": n.astype(float),
+        "n_undefined_f1": (f1_den == 0).sum(-1).astype(float),
+    }
+
+
+def _classwise_gap(
+    num: np.ndarray, den: np.ndarray, defined: np.ndarray, gap_op: str, class_agg: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """§2.4 gap of rate ``num/den`` over groups (axis 1) per class, aggregated over classes.
+
+    Inputs are ``[B, G, C]``; returns the gap ``[B]`` and the number of classes kept ``[B]``.
+    The overall rate of a class pools exactly the groups defined for it.
+    """
+    rate = np.where(defined, _div(num, den), np.nan)
+    if gap_op == "sum_abs_dev":
+        pooled = _div(np.where(defined, num, 0).sum(1), np.where(defined, den, 0).sum(1))
+        gap = np.where(defined, np.abs(rate - pooled[:, None]), 0.0).sum(1)
+    elif gap_op == "range":
+        gap = np.where(defined, rate, -np.inf).max(1, initial=-np.inf) - np.where(defined, rate, np.inf).min(
+            1, initial=np.inf
+        )
+    else:  # mad
+        centre = _masked_mean(rate, defined, axis=1)
+        gap = _masked_mean(np.abs(rate - centre[:, None]), defined, axis=1)
+    keep = defined.sum(1) >= 2
+    if class_agg == "rms":
+        agg = np.sqrt(_masked_mean(np.where(keep, gap, 0.0) ** 2, keep))
+    elif class_agg == "mean":
+        agg = _masked_mean(gap, keep)
+    else:
+        agg = np.where(keep.any(-1), np.where(keep, gap, -np.inf).max(-1), np.nan)
+    return agg, keep.sum(-1)
+
+
+def _range(values: np.ndarray, defined: np.ndarray) -> np.ndarray:
+    """``max - min`` of ``values [B, G]`` over defined, finite groups; NaN with fewer than two."""
+    ok = defined & np.isfinite(values)
+    spread = np.where(ok, values, -np.inf).max(-1, initial=-np.inf) - np.where(ok, values, np.inf).min(
+        -1, initial=np.inf
+    )
+    return np.where(ok.sum(-1) >= 2, spread, np.nan)
+
+
+def _gaps(
+    gcm: np.ndarray, s_min: int, gap_op: str, class_agg: str
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """All gaps for a stack of per-group confusion matrices ``[B, G, C, C]``.
+
+    Returns ``{gap: [B]}``, ``{gap: classes kept [B]}`` (NaN for the scalar gaps) and the number
+    of groups with at least ``s_min`` samples ``[B]``; a smaller group takes part in no gap.
+    """
+    r = _rates(gcm)
+    n_g = np.broadcast_to(r["n"][..., None], r["tp"].shape)
+    present = r["n"] >= s_min
+    rates = {
+        "tpr_gap": (r["tp"], r["pos"], r["pos"] >= s_min),
+        "fpr_gap": (r["fp"], r["neg"], r["neg"] >= s_min),
+        "dp_gap": (r["pred"], n_g, n_g >= s_min),
+    }
+    gaps = {}
+    n_classes = {name: np.full(len(gcm), np.nan) for name in GAP_METRICS}
+    for name, (num, den, defined) in rates.items():
+        gaps[name], n_classes[name] = _classwise_gap(num, den, defined, gap_op, class_agg)
+    util = _utilities(gcm, s_min)
+    fpr_defined = r["neg"] >= s_min
+    common = np.all(fpr_defined | ~present[..., None], axis=1, keepdims=True)  # classes defined for all groups
+    mean_fpr = _masked_mean(_div(r["fp"], r["neg"]), common & fpr_defined)
+    gaps["uar_gap"] = _range(util["uar"], present)
+    gaps["mfpr_gap"] = _range(mean_fpr, present)
+    gaps["weighted_f1_gap"] = _range(util["weighted_f1"], present)
+    gaps["acc_gap"] = _range(util["acc"], present)
+    gaps["avg_gap"] = (gaps["uar_gap"] + gaps["mfpr_gap"] + gaps["weighted_f1_gap"] + gaps["acc_gap"]) / 4
+    return gaps, n_classes, present.sum(-1)
+
+
+def _build_frame(
+    counts: np.ndarray,
+    attr: str,
+    stratum: str | None,
+    groups: tuple[str, ...],
+    strata: tuple[str, ...],
+    s_min: int,
+    gap_op: str,
+    class_agg: str,
+) -> pd.DataFrame:
+    """The long table of every metric, from the cell counts."""
+    n_g, n_s = len(groups), len(strata)
+    rows: dict[str, list] = {c: [] for c in TABLE_COLUMNS}
+
+    def add(scope, metric, a, g, s, sv, value, support, n_cls=np.nan, n_str=np.nan):
+        for col, v in zip(TABLE_COLUMNS, (scope, metric, a, g, s, sv, value, support, n_cls, n_str), strict=True):
+            rows[col].append(v)
+
+    # Partition scopes: overall, each group, each stratum, each cell; one stacked utility call.
+    cells = [("overall", None, None, counts.sum((0, 1)))]
+    cells += [("group", g, None, counts[i].sum(0)) for i, g in enumerate(groups)]
+    cells += [("stratum", None, s, counts[:, j].sum(0)) for j, s in enumerate(strata)]
+    cells += [("cell", g, s, counts[i, j]) for i, g in enumerate(groups) for j, s in enumerate(strata)]
+    util = _utilities(np.stack([c[3] for c in cells]), s_min)
+    for k, (scope, g, s, _) in enumerate(cells):
+        for metric in _PARTITION_METRICS:
+            add(scope, metric, None if g is None else attr, g, None if s is None else stratum, s,
+                util[metric][k], util["n"][k])  # fmt: skip
+
+    # Gap scopes: pooled over the known groups, then inside each stratum.
+    known = counts[:n_g]
+    gcm = np.concatenate([known.sum(1)[None], known[:, :n_s].transpose(1, 0, 2, 3)])
+    gaps, n_classes, n_groups = _gaps(gcm, s_min, gap_op, class_agg)
+    support = gcm.sum((1, 2, 3)).astype(float)
+    excluded = np.concatenate([[counts[n_g].sum()], counts[n_g, :n_s].sum((1, 2))]).astype(float)
+    scopes = [(None, None)] + [(stratum, s) for s in strata]
+    for b, (s, sv) in enumerate(scopes):
+        for metric in GAP_METRICS:
+            add("gap", metric, attr, None, s, sv, gaps[metric][b], support[b], n_classes[metric][b])
+        add("gap", "n_excluded", attr, None, s, sv, excluded[b], support[b] + excluded[b])
+        add("gap", "n_groups_eff", attr, None, s, sv, float(n_groups[b]), support[b])
+    if n_s:
+        for metric in GAP_METRICS:
+            per_stratum = gaps[metric][1:]
+            ok = np.isfinite(per_stratum)
+            worst = per_stratum[ok].max() if ok.any() else np.nan
+            mean = per_stratum[ok].mean() if ok.any() else np.nan
+            for agg, value in (("worst", worst), ("mean", mean)):
+                add("gap", metric, attr, None, stratum, agg, value, support[1:][ok].sum(), np.nan, float(ok.sum()))
+    frame = pd.DataFrame(rows)
+    for col in ("value", "support", "n_classes", "n_strata"):
+        frame[col] = frame[col].astype(float)
+    return frame
+
+
+@lru_cache(maxsize=65536)
+def _suffix(metric: str, attr: str | None, group: str | None, stratum: str | None, value: str | None) -> str:
+    """Key without its split, e.g. ``acc/gender:F`` (cached: the same keys come back every epoch)."""
+    return MetricKey("x", metric, attr, group, stratum, value).format()[2:]
+
+
+def _render(frame: pd.DataFrame, index: str, columns: str, column_order: list[str], row_order=None) -> str:
+    """Pivot ``value`` to a text grid; counts print as integers, rates with four decimals."""
+    text = [_cell(m, v) for m, v in zip(frame["metric"], frame["value"], strict=True)]
+    grid = frame.assign(text=text).pivot(index=index, columns=columns, values="text")
+    grid = grid.reindex(columns=[c for c in column_order if c in grid.columns])
+    if row_order is not None:
+        grid = grid.reindex([r for r in row_order if r in grid.index])
+    else:
+        grid = grid.reindex(list(dict.fromkeys(frame[index])))
+    grid.index.name, grid.columns.name = None, None
+    return grid.fillna("").to_string()
+
+
+def _cell(metric: str, value: float) -> str:
+    if np.isnan(value):
+        return "nan"
+    return f"{value:.0f}" if metric in COUNT_METRICS else f"{value:.4f}"

@@ -75,15 +75,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides.append(f"budget.num_samples={args.num_samples}")
     loaded = load_spec(args.spec, overrides)
     outcome = run_sweep(loaded, address=args.address, resume=args.resume, verbose=0 if args.quiet else 1)
-    print(f"\nsweep {loaded.spec.name!r}: {outcome.n_trials} trials ({outcome.n_errored} errored) in "
+    print(f"\nsweep {loaded.spec.name!r}: {outcome.n_finished} trials finished, {outcome.n_errored} errored, in "
           f"{outcome.wall_s:.0f} s; MLflow {outcome.tracking_uri} run {outcome.sweep_run_id}")
     from fairray.frontier.query import fronts, load_sweep
 
     sweep = load_sweep(outcome.tracking_uri, outcome.experiment, outcome.sweep_run_id)
     if sweep.trials:
         print(_format_fronts(sweep, fronts(sweep), "table", show_all=False))
+    if outcome.interrupted:
+        print(f"interrupted: continue with `fairray sweep {args.spec} --resume`", file=sys.stderr)
+        return 130
     print(f"next: fairray frontier {args.spec} --by language   |   fairray export {args.spec} --out pareto/")
-    return 0 if outcome.n_errored < outcome.n_trials else 1
+    return 0 if outcome.n_finished else 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:

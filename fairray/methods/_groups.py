@@ -48,6 +48,6 @@ def worst_stratum_gap(values: torch.Tensor, attr: torch.Tensor, stratum: torch.T
     hi = torch.where(present, means, -inf).amax(dim=1)
     lo = torch.where(present, means, inf).amin(dim=1)
     valid = present.sum(dim=1) >= 2
-    gaps = torch.where(valid, hi - lo, torch.zeros_like(hi))
-    worst = gaps.max() if bool(valid.any()) else values.new_zeros(())
+    gaps = torch.where(valid, hi - lo, torch.zeros_like(hi))  # invalid strata add 0, and gaps are >= 0
+    worst = gaps.max()
     return worst, torch.where(valid, gaps, torch.full_like(gaps, float("nan"))).detach()

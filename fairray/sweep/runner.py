@@ -19,6 +19,7 @@ from fairray.data import SERData, prepare
 from fairray.errors import ConfigError, FairrayError
 from fairray.search import make_sampler, to_distributions
 from fairray.tracking import (
+    client,
     close_orphan_trials,
     default_tracking_uri,
     end_run,
@@ -39,8 +40,10 @@ class SweepOutcome:
     sweep_run_id: str
     ray_path: str
     n_trials: int
+    n_finished: int
     n_errored: int
     wall_s: float
+    interrupted: bool
 
 
 def storage_root(spec: SweepSpec) -> str:
@@ -115,6 +118,13 @@ def _find_resumable(uri: str, experiment_id: str, sweep: str):
     return runs[0] if runs else None
 
 
+def _count_finished(uri: str, experiment_id: str, parent_run_id: str) -> int:
+    from fairray.tracking import trial_runs
+
+    parent = client(uri).get_run(parent_run_id)
+    return sum(r.info.status == "FINISHED" for r in trial_runs(uri, parent))
+
+
 def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = False, verbose: int = 1
               ) -> SweepOutcome:
     """Run (or resume) the sweep of ``loaded``; every trial is one MLflow child run."""
@@ -126,8 +136,10 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         raise ConfigError(f"{loaded.source}: search.space: a sweep needs at least one dimension to search")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table shows our objective columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # JSON + CSV below, no TensorBoard
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -147,8 +159,6 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     objectives = [(o.metric, o.direction.value) for o in spec.search.objectives]
     sweep = start_sweep_run(uri, experiment_id, spec.name, root, raw, objectives,
                             resume_run_id=previous.info.run_id if previous else None)
-    from fairray.tracking import client
-
     client(uri).set_tag(sweep.run_id, TAG_RAY_PATH, ray_path)
     tracking = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": sweep.run_id, "sweep": spec.name}
 
@@ -192,12 +202,20 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                     failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     progress_reporter=_reporter(spec) if verbose else None,
+                    callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
                 ),
             )
         results = tuner.fit()
+        # Tune stops gracefully on Ctrl-C and returns; MLflow tells what really finished.
         n_errored = len(results.errors)
-        status = "FINISHED"
-        return SweepOutcome(spec.experiment, uri, sweep.run_id, ray_path, len(results), n_errored, time.time() - t0)
+        n_finished = _count_finished(uri, experiment_id, sweep.run_id)
+        interrupted = n_finished + n_errored < spec.budget.num_samples
+        status = "KILLED" if interrupted else "FINISHED"
+        if interrupted:
+            reason = (f"interrupted after {n_finished} of {spec.budget.num_samples} trials; "
+                      "continue with `fairray sweep SPEC --resume`")
+        return SweepOutcome(spec.experiment, uri, sweep.run_id, ray_path, len(results), n_finished, n_errored,
+                            time.time() - t0, interrupted)
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted; continue with `fairray sweep SPEC --resume`"
         raise
@@ -205,7 +223,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         reason = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        close_orphan_trials(uri, experiment_id, sweep.run_id)
+        close_orphan_trials(uri, experiment_id, sweep.run_id, status="KILLED" if status == "KILLED" else "FAILED")
         end_run(uri, sweep.run_id, status, reason)
         if ray.is_initialized() and not address:
             ray.shutdown()

@@ -144,14 +144,14 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None 
     c.set_terminated(run_id, status=status)
 
 
-def close_orphan_trials(uri: str, experiment_id: str, parent_run_id: str,
+def close_orphan_trials(uri: str, experiment_id: str, parent_run_id: str, status: str = "FAILED",
                         reason: str = "trial ended without closing its run (process killed?)") -> int:
-    """Mark child runs of a sweep still RUNNING as FAILED; returns how many there were."""
+    """End child runs of a sweep still RUNNING (as FAILED, or KILLED after Ctrl-C); returns how many."""
     c = client(uri)
     runs = c.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' "
                          "and attributes.status = 'RUNNING'", max_results=10000)
     for run in runs:
-        end_run(uri, run.info.run_id, "FAILED", reason)
+        end_run(uri, run.info.run_id, status, reason)
     return len(runs)
 
 
@@ -194,8 +194,8 @@ class TrialRun:
     def finish(self) -> None:
         end_run(self.uri, self.run_id, "FINISHED")
 
-    def fail(self, reason: str) -> None:
-        end_run(self.uri, self.run_id, "FAILED", reason)
+    def end(self, status: str, reason: str) -> None:
+        end_run(self.uri, self.run_id, status, reason)
 
 
 def find_sweep_run(uri: str, experiment: str, run_id: str | None = None):

@@ -30,7 +30,8 @@ def stratified_cells(indices: np.ndarray, attr: np.ndarray, stratum: np.ndarray,
     """A fixed quota per stratum x attribute cell in every batch (``batch_size // n_cells`` each).
 
     An epoch has ``ceil(N / batch_size)`` batches; each cell is drawn without replacement from its own
-    shuffled queue, reshuffled when it runs out, so small cells are revisited more often.
+    shuffled queue, reshuffled when it runs out, so small cells are revisited more often. The batch
+    size is ``quota * n_cells`` (the remainder of ``batch_size`` is dropped).
     """
     cells = stratum[indices] * (attr.max() + 1) + attr[indices]
     known = (attr[indices] >= 0) & (stratum[indices] >= 0)
@@ -44,7 +45,11 @@ def stratified_cells(indices: np.ndarray, attr: np.ndarray, stratum: np.ndarray,
             take, got = [], 0
             while got < quota:
                 if positions[k] == len(queues[k]):
-                    queues[k], positions[k] = rng.permutation(member), 0
+                    # reshuffle; samples already in this batch go last, so a batch repeats a sample
+                    # only when its cell is smaller than the quota
+                    taken = np.concatenate(take) if take else np.empty(0, dtype=member.dtype)
+                    fresh = rng.permutation(np.setdiff1d(member, taken))
+                    queues[k], positions[k] = np.concatenate([fresh, rng.permutation(taken)]), 0
                 n = min(quota - got, len(queues[k]) - positions[k])
                 take.append(queues[k][positions[k]:positions[k] + n])
                 positions[k] += n

@@ -165,8 +165,8 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             for step, idx in enumerate(sampler(train_idx, data.attr, data.stratum, tcfg.batch_size, rng)):
                 batch = _batch(data, idx[session.world_rank::session.world_size])
                 out = method.loss(model(batch.x), batch)
-                if not torch.isfinite(out.loss):
-                    msg = (f"training loss is {float(out.loss)} at epoch {epoch}, step {step}; "
+                if not torch.isfinite(out.loss.detach()):
+                    msg = (f"training loss is {out.loss.item()} at epoch {epoch}, step {step}; "
                            f"lower train.lr (now {tcfg.lr}) or the method's weights")
                     if tcfg.fail_on_nan:
                         state = {**state, "failure": msg}
@@ -200,12 +200,16 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
         if run is not None:
             run.finish()
         return final
+    except (KeyboardInterrupt, SystemExit):
+        if run is not None:  # stopped from outside (Ctrl-C, Tune shutting down): resumable, not a failure
+            run.end("KILLED", "interrupted; the sweep can continue with --resume")
+        raise
     except BaseException as exc:
         if run is not None:
             reason = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, (TrialError, KeyboardInterrupt)):
+            if not isinstance(exc, TrialError):
                 reason += "\n" + traceback.format_exc(limit=8)
-            run.fail(reason)
+            run.end("FAILED", reason)
         raise
 
 

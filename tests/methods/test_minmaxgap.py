@@ -1,0 +1,152 @@
+"""ERM-MinMaxGAP (METHODS 3.2): the batch penalty, the dual update and the fixed-λ ablation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fairray.methods import Batch, DevEval, MinMaxGap, MinMaxGapParams, TrainContext, dual_step, worst_stratum_gap
+
+
+def ctx(n_strata=2, classes=("a", "b", "c")):
+    return TrainContext(classes=classes, class_counts=np.array([10, 10, 10]), attr_values=("F", "M"),
+                        strata_values=tuple("xyz"[:n_strata]), n_train=30)
+
+
+def batch(y, attr, stratum):
+    n = len(y)
+    return Batch(x=torch.zeros(n, 1), y=torch.tensor(y), attr=torch.tensor(attr), stratum=torch.tensor(stratum),
+                 index=torch.arange(n))
+
+
+def test_worst_stratum_gap_hand_computed():
+    values = torch.tensor([1.0, 3.0, 2.0, 2.0, 5.0, 1.0])
+    attr = torch.tensor([0, 0, 1, 1, 0, 1])
+    stratum = torch.tensor([0, 0, 0, 0, 1, 1])
+    worst, per = worst_stratum_gap(values, attr, stratum, n_attr=2, n_strata=2, m_min=1)
+    # stratum 0: F (1+3)/2 = 2, M (2+2)/2 = 2 -> 0; stratum 1: F 5, M 1 -> 4
+    assert float(worst) == pytest.approx(4.0)
+    assert per.tolist() == pytest.approx([0.0, 4.0])
+    # m_min = 2: stratum 1 has one sample per gender -> not valid, so only stratum 0 counts
+    worst2, per2 = worst_stratum_gap(values, attr, stratum, n_attr=2, n_strata=2, m_min=2)
+    assert float(worst2) == 0.0
+    assert math.isnan(per2[1])
+
+
+def test_stratum_missing_a_gender_is_skipped_not_zero():
+    values = torch.tensor([9.0, 1.0, 1.0, 2.0])
+    attr = torch.tensor([0, 0, 0, 1])  # stratum 0 only has F (would be a gap of 9 - 0 if treated as zero cell)
+    stratum = torch.tensor([0, 0, 1, 1])
+    worst, per = worst_stratum_gap(values, attr, stratum, n_attr=2, n_strata=2, m_min=1)
+    assert float(worst) == pytest.approx(1.0)
+    assert math.isnan(per[0])
+
+
+def test_no_valid_stratum_gives_zero_penalty():
+    values = torch.tensor([1.0, 2.0], requires_grad=True)
+    worst, _ = worst_stratum_gap(values, torch.tensor([0, 0]), torch.tensor([0, 1]), 2, 2, 1)
+    assert worst.item() == 0.0
+    worst.backward()
+    assert torch.all(values.grad == 0)
+
+
+def test_unknown_group_ids_are_ignored():
+    values = torch.tensor([100.0, 1.0, 3.0])
+    worst, _ = worst_stratum_gap(values, torch.tensor([-1, 0, 1]), torch.tensor([0, 0, 0]), 2, 1, 1)
+    assert float(worst) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0])
+def test_loss_matches_a_direct_computation(p):
+    torch.manual_seed(0)
+    y = [0, 1, 2, 0, 1, 2, 0, 1]
+    attr = [0, 0, 1, 1, 0, 0, 1, 1]
+    stratum = [0, 0, 0, 0, 1, 1, 1, 1]
+    logits = torch.randn(8, 3, requires_grad=True)
+    params = MinMaxGapParams(p=p, lambda0=0.7, m_min=2)
+    out = MinMaxGap(params, ctx()).loss(logits, batch(y, attr, stratum))
+    ce = F.cross_entropy(logits, torch.tensor(y), reduction="none").detach().numpy()
+    gaps = []
+    for s in (0, 1):
+        f = [ce[i] for i in range(8) if stratum[i] == s and attr[i] == 0]
+        m = [ce[i] for i in range(8) if stratum[i] == s and attr[i] == 1]
+        gaps.append(abs(np.mean(f) - np.mean(m)))
+    expected = ce.mean() + 0.7 * max(gaps) ** p
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    assert out.logs["gap_batch"] == pytest.approx(max(gaps), rel=1e-5)
+
+
+def test_penalty_gradient_reaches_only_the_worst_stratum():
+    y = [0, 0, 0, 0, 0, 0, 0, 0]
+    attr = [0, 0, 1, 1, 0, 0, 1, 1]
+    stratum = [0, 0, 0, 0, 1, 1, 1, 1]
+    logits = torch.zeros(8, 3)
+    logits[4:6, 0] = 3.0  # stratum 1, F: low loss -> stratum 1 has the larger gap
+    logits.requires_grad_(True)
+    method = MinMaxGap(MinMaxGapParams(lambda0=1.0, m_min=2), ctx())
+    b = batch(y, attr, stratum)
+    losses = method.per_sample_loss(logits, b)
+    gap, _ = worst_stratum_gap(losses, b.attr, b.stratum, n_attr=2, n_strata=2, m_min=2)
+    gap.backward()
+    grad = logits.grad.abs().sum(dim=1)
+    assert torch.all(grad[:4] == 0)
+    assert torch.all(grad[4:] > 0)
+
+
+def test_dual_step_hand_cases():
+    assert dual_step(0.5, 0.3, eta=2.0, eps=0.1, lambda_max=10) == pytest.approx(0.9)
+    assert dual_step(9.9, 1.0, eta=2.0, eps=0.0, lambda_max=10) == 10.0  # projected onto λ_max
+    assert dual_step(0.1, 0.0, eta=2.0, eps=0.1, lambda_max=10) == 0.0  # projected onto 0
+    assert dual_step(1.0, 0.02, eta=5.0, eps=0.02, lambda_max=10) == 1.0  # at ε: unchanged
+
+
+def _dev(method):
+    y = [0, 1, 0, 1]
+    b = batch(y, [0, 1, 0, 1], [0, 0, 1, 1])
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    ce = F.cross_entropy(logits, torch.tensor(y), reduction="none")
+    expected_gap = max(abs(float(ce[0] - ce[1])), abs(float(ce[2] - ce[3])))
+    return DevEval(logits, b), expected_gap
+
+
+def test_adaptive_lambda_follows_projected_dual_ascent():
+    params = MinMaxGapParams(lambda0=0.5, eta=2.0, eps=0.02, lambda_max=10.0)
+    method = MinMaxGap(params, ctx())
+    dev, gap = _dev(method)
+    lam = 0.5
+    for _ in range(3):
+        logs = method.on_epoch_end(dev)
+        assert logs["lambda"] == pytest.approx(lam)
+        assert logs["delta_dev"] == pytest.approx(gap, rel=1e-6)
+        lam = dual_step(lam, gap, eta=2.0, eps=0.02, lambda_max=10.0)
+        assert method.lam == pytest.approx(lam)
+    assert [h["lambda"] for h in method.state_dict()["history"]][1:] == pytest.approx(
+        [h["lambda_next"] for h in method.state_dict()["history"]][:-1])
+
+
+def test_fixed_lambda_ablation_keeps_lambda0():
+    method = MinMaxGap(MinMaxGapParams(lambda0=0.3, adaptive=False), ctx())
+    dev, _ = _dev(method)
+    for _ in range(3):
+        method.on_epoch_end(dev)
+    assert method.lam == 0.3
+
+
+def test_lambda0_above_lambda_max_is_rejected():
+    with pytest.raises(ValueError, match="lambda0"):
+        MinMaxGapParams(lambda0=5.0, lambda_max=1.0)
+
+
+def test_state_round_trip():
+    m1 = MinMaxGap(MinMaxGapParams(), ctx())
+    dev, _ = _dev(m1)
+    m1.on_epoch_end(dev)
+    m2 = MinMaxGap(MinMaxGapParams(), ctx())
+    m2.load_state_dict(m1.state_dict())
+    assert m2.lam == m1.lam and m2.history == m1.history
+    assert dataclasses.asdict(MinMaxGapParams()) == dataclasses.asdict(m1.params)

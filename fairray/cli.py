@@ -29,20 +29,30 @@ typical session (embedded default: local Ray, local MLflow store, built-in en/de
 
 
 def _tracking_default() -> str:
-    from fairray.tracking import default_tracking_uri
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(DEFAULT_STORAGE)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(DEFAULT_STORAGE).resolve() / 'mlflow.db'}"
 
 
 def _resolve_sweep_target(target: str, tracking_uri: str | None) -> tuple[str, str]:
-    """SWEEP may be an experiment name or a spec file (whose name/tracking settings are then used)."""
+    """SWEEP may be an experiment name or a spec file (whose name/tracking settings are then used).
+
+    Read-only commands never create a store: a local SQLite URI must point at an existing file.
+    """
     if target.endswith((".yaml", ".yml")):
         from fairray.config import load_spec
         from fairray.sweep import tracking_uri as spec_uri
 
         spec = load_spec(target).spec
-        return spec.experiment, tracking_uri or spec_uri(spec)
-    return target, tracking_uri or _tracking_default()
+        experiment, uri = spec.experiment, tracking_uri or spec_uri(spec)
+    else:
+        experiment, uri = target, tracking_uri or _tracking_default()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        from fairray.errors import TrackingError
+
+        raise TrackingError(f"no MLflow store at {uri} for sweep {experiment!r}; run `fairray sweep SPEC` first, "
+                            "or pass --tracking-uri (or the spec file) of the store that has it")
+    return experiment, uri
 
 
 def _parse_objectives(text: str | None):
@@ -150,7 +160,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']}: {r['summary']}\n  needs: {r['needs']}; default sampler: {r['sampler']}")
         for p in r["params"]:
-            print(f"    method.{p['name']:<12} {p['type']:<28} default {p['default']}")
+            print(f"    method.{p['name']:<12} {p['type']:<28} default {json.dumps(p['default'])}")
     return 0
 
 
@@ -265,7 +275,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"{args.predictions}: no such file; write one with `fairray predict EXPORT --out FILE`")
     df = pd.read_csv(args.predictions, dtype=str, keep_default_na=False)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    report = evaluate_frame(df, group=args.group, stratum=args.stratum, classes=classes)
+    try:
+        report = evaluate_frame(df, group=args.group, stratum=args.stratum, classes=classes)
+    except DataError as exc:
+        raise DataError(f"{args.predictions}: {exc}") from None
     print(format_report(report, split=args.split_name, fmt=args.format))
     return 0
 
@@ -426,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # store creation chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "fn", None) is None:
@@ -441,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fairray: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fairray ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,44 @@ from fairray.config._typed import Where, build
 from fairray.errors import ConfigError, FairrayError
 
 _PLUGIN_SECTIONS = ("method", "model")
+_DEFAULT_PLUGIN = {"model": "mlp"}  # a section without `name` uses this plugin (method has no default)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """Safe YAML with two fixes for specs: ``1e-3`` is a float (YAML 1.2, not a string as in PyYAML's
+    YAML 1.1), and a key given twice in one mapping is an error instead of silently keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one "
+                                  "mapping; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str):
+    try:
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}:" if mark else ""
+        raise ConfigError(f"{source}:{line} invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
 
 
 @dataclass(frozen=True)
@@ -43,7 +82,9 @@ def _build_plugin(section: str, data: Any, where: Where) -> PluginConfig:
     if not isinstance(data, Mapping):
         raise where.error(f"expected a mapping with 'name' and the {section}'s parameters, got {data!r}")
     if "name" not in data:
-        raise where.child("name").error(f"required key is missing (the registered {section} to use)")
+        if section not in _DEFAULT_PLUGIN:
+            raise where.child("name").error(f"required key is missing (the registered {section} to use)")
+        data = {"name": _DEFAULT_PLUGIN[section], **data}
     try:
         plugin = _plugin_registry(section).get(data["name"])
     except FairrayError as exc:
@@ -65,7 +106,7 @@ def build_spec(raw: Mapping[str, Any], source: str) -> SweepSpec:
         elif section == "method":
             raise where.child("method").error("required key is missing (e.g. `method: {name: erm}`)")
         else:
-            plugins[section] = _build_plugin(section, {"name": "mlp"}, where.child(section))
+            plugins[section] = _build_plugin(section, {}, where.child(section))
     data.update(plugins)
     spec = build(SweepSpec, data, where)
     _check_space(spec, raw, source)
@@ -73,7 +114,7 @@ def build_spec(raw: Mapping[str, Any], source: str) -> SweepSpec:
     return spec
 
 
-def set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str = "--set") -> None:
     """Set ``a.b.c = value`` in nested dicts, creating intermediate mappings."""
     keys = dotted.split(".")
     node = raw
@@ -86,7 +127,7 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(child, dict):
             child = dict(child) if isinstance(child, Mapping) else child
         if not isinstance(child, dict):
-            raise ConfigError(f"cannot set {dotted!r}: {key!r} holds {child!r}, not a mapping")
+            raise ConfigError(f"{source}: {dotted}: cannot set it, {key!r} holds {child!r}, not a mapping")
         node[key] = child
         node = child
     node[keys[-1]] = value
@@ -134,14 +175,19 @@ def _representatives(dim: ParamSpec, where: Where) -> list[Any]:
                 raise where.child(key).error(f"an int dimension needs integer bounds, got {getattr(dim, key)!r}")
         if dim.log and low <= 0:
             raise where.child("low").error(f"a log-scaled int dimension needs low >= 1, got {low!r}")
+        if dim.step is not None and (dim.step <= 0 or float(dim.step) != int(dim.step) or dim.log):
+            raise where.child("step").error(f"an int step must be a positive integer and not used with log, "
+                                            f"got {dim.step!r}")
         return [int(low), int(high)]
-    if dim.step is not None and (dim.step <= 0 or dim.type == "loguniform"):
-        raise where.child("step").error(f"step must be > 0 and not used with loguniform, got {dim.step!r}")
+    if dim.step is not None and (dim.step <= 0 or dim.type == "loguniform" or dim.log):
+        raise where.child("step").error(f"step must be > 0 and not combined with a log scale, got {dim.step!r}")
+    if dim.log and low <= 0:
+        raise where.child("low").error(f"a log-scaled dimension needs low > 0, got {low!r}")
     return [float(low), float(high)]
 
 
 def _check_objectives(spec: SweepSpec, source: str) -> None:
-    from fairray.metrics import validate_metric_name
+    from fairray.metrics import metric_direction, validate_metric_name
 
     seen = set()
     for i, objective in enumerate(spec.search.objectives):
@@ -156,6 +202,16 @@ def _check_objectives(spec: SweepSpec, source: str) -> None:
         if key.attr is not None and key.attr != spec.dataset.attribute:
             raise where.error(f"attribute {key.attr!r} in {objective.metric!r} is not the dataset's "
                               f"attribute {spec.dataset.attribute!r}")
+        if key.stratum is not None and key.stratum != spec.dataset.stratum:
+            raise where.error(f"stratum {key.stratum!r} in {objective.metric!r} is not the dataset's "
+                              f"stratum {spec.dataset.stratum!r}")
+        try:
+            natural = metric_direction(key)
+        except ValueError:
+            raise where.error(f"{objective.metric!r} is a count, not something to optimise") from None
+        if key.is_gap and objective.direction.value != natural:
+            raise where.error(f"{objective.metric!r} is a gap (lower is fairer); its direction must be 'min', "
+                              f"got {objective.direction.value!r}")
         if objective.metric in seen:
             raise where.error(f"objective {objective.metric!r} is listed twice")
         seen.add(objective.metric)
@@ -169,10 +225,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: invalid key {key!r}")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.problem})") from None
+    parsed = parse_yaml(value, f"--set {text}") if value.strip() else ""
     return key, parsed
 
 
@@ -182,18 +235,16 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> LoadedSpec:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{source}: no such file; pass a sweep spec such as search_spaces/minmaxgap.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{source}:{line} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = parse_yaml(p.read_text(), source)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a YAML mapping at the top level, got {raw!r}")
+    overrides = list(overrides)
     for text in overrides:
         key, value = parse_override(text)
-        set_path(raw, key, value)
-        build_spec(raw, f"{source} (with --set {text})")
+        set_path(raw, key, value, f"{source} (with --set {text})")
+    if overrides:  # validated once, after all of them: --set order does not matter
+        source_with = f"{source} (with --set {' '.join(overrides)})"
+        return LoadedSpec(spec=build_spec(raw, source_with), raw=raw, source=source)
     return LoadedSpec(spec=build_spec(raw, source), raw=raw, source=source)
 
 
@@ -203,5 +254,5 @@ def resolve_trial(raw: Mapping[str, Any], params: Mapping[str, Any], source: str
     for key, value in params.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{source}: {key}: sampled value {value!r} is not finite")
-        set_path(trial_raw, key, value)
+        set_path(trial_raw, key, value, source)
     return LoadedSpec(spec=build_spec(trial_raw, source), raw=trial_raw, source=source)

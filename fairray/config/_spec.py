@@ -30,6 +30,12 @@ class DatasetConfig:
     test_fraction: float = field(default=0.25, metadata={"gt": 0, "lt": 0.5})
     split_seed: int = 0
 
+    def __post_init__(self) -> None:
+        if len(set(self.emotions)) < 2 or len(set(self.emotions)) != len(self.emotions):
+            raise ValueError(f"emotions needs at least two distinct classes, got {list(self.emotions)}")
+        if not self.languages or len(set(self.languages)) != len(self.languages):
+            raise ValueError(f"languages needs at least one value and no repeats, got {list(self.languages)}")
+
 
 @dataclass(frozen=True)
 class PluginConfig:
@@ -37,6 +43,12 @@ class PluginConfig:
 
     name: str
     params: Any = None  # the plugin's own frozen Params dataclass, filled by the loader
+
+    def to_plain(self) -> dict[str, Any]:
+        """The YAML layout: ``{name: ..., <param>: ...}``."""
+        from fairray.config._typed import to_plain
+
+        return {"name": self.name, **(to_plain(self.params) if self.params is not None else {})}
 
 
 @dataclass(frozen=True)

@@ -90,14 +90,14 @@ def convert(tp: Any, value: Any, where: Where) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
+        real = [o for o in options if o is not type(None)]
+        if len(real) == 1:  # `X | None`: X's own message says more than "expected X or null"
+            return convert(real[0], value, where)
+        for option in real:
             try:
                 return convert(option, value, where)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                continue
         raise where.error(f"expected {' or '.join(_type_name(o) for o in options)}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)
@@ -120,7 +120,7 @@ def convert(tp: Any, value: Any, where: Where) -> Any:
         return build(tp, value, where)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
-            return tp(value)
+            return tp.parse(value) if hasattr(tp, "parse") else tp(value)
         except ValueError:
             raise where.error(f"expected one of {', '.join(repr(m.value) for m in tp)}, got {value!r}") from None
     if tp is bool:
@@ -146,7 +146,12 @@ def convert(tp: Any, value: Any, where: Where) -> Any:
 
 
 def to_plain(obj: Any) -> Any:
-    """Inverse of :func:`build`: dataclasses, enums and mappings back to YAML-able data."""
+    """Inverse of :func:`build`: dataclasses, enums and mappings back to YAML-able data.
+
+    An object with a ``to_plain()`` method (a plugin section) gives its own layout.
+    """
+    if hasattr(obj, "to_plain") and not isinstance(obj, type):
+        return obj.to_plain()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, enum.Enum):

@@ -36,7 +36,13 @@ def to_distribution(name: str, dim: ParamSpec) -> BaseDistribution:
 
 def to_distributions(space: Mapping[str, ParamSpec]) -> dict[str, BaseDistribution]:
     """The whole space, keyed by dotted config path."""
-    return {name: to_distribution(name, dim) for name, dim in space.items()}
+    out = {}
+    for name, dim in space.items():
+        try:
+            out[name] = to_distribution(name, dim)
+        except ValueError as exc:  # Optuna's own checks; the loader should have caught these first
+            raise ConfigError(f"search.space.{name}: {exc}") from None
+    return out
 
 
 def make_sampler(name: str, seed: int, n_objectives: int) -> optuna.samplers.BaseSampler:

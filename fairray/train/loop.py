@@ -94,7 +94,7 @@ class _Evaluator:
 def model_meta(spec: SweepSpec, data: SERData) -> dict[str, Any]:
     """What a checkpoint needs besides weights to be applied to new features (``fairray predict``)."""
     return {
-        "model": {"name": spec.model.name, **to_plain(spec.model.params)},
+        "model": to_plain(spec.model),
         "classes": list(data.classes), "attribute": data.attribute, "attr_values": list(data.attr_values),
         "stratum": data.stratum_name, "strata_values": list(data.strata_values), "n_features": data.n_features,
         "feature_mean": data.mean.tolist(), "feature_std": data.std.tolist(), "data_fingerprint": data.fingerprint,
@@ -125,6 +125,7 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
     model = build_model(spec.model.name, spec.model.params, data.n_features, len(data.classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     meta = model_meta(spec, data)
+    objectives = [o.metric for o in spec.search.objectives]  # in every report: Tune checks they are there
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "failure": None}
     with session.latest_checkpoint() as ckpt:
@@ -170,7 +171,7 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
                            f"lower train.lr (now {tcfg.lr}) or the method's weights")
                     if tcfg.fail_on_nan:
                         state = {**state, "failure": msg}
-                        checkpoint_and_report({"epoch": epoch, "failed": 1.0},
+                        checkpoint_and_report({"epoch": epoch, "failed": 1.0, **dict.fromkeys(objectives, math.nan)},
                                               {**state, "optimizer": optimizer.state_dict(),
                                                "method": method.state_dict()})
                         raise TrialError(msg)
@@ -185,8 +186,10 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             if tcfg.selection == "last" or best is None or dev_loss < best["dev_loss"]:
                 best = {"epoch": epoch, "dev_loss": dev_loss,
                         "model": copy.deepcopy(_unwrap(model).state_dict())}
-            metrics = {"epoch": epoch, "train/loss": float(np.mean(losses)), "dev/loss": dev_loss,
-                       **headline(dev_report.flat("dev")), **{f"method/{k}": v for k, v in method_logs.items()}}
+            flat = dev_report.flat("dev")
+            metrics = {"epoch": epoch, "train/loss": float(np.mean(losses)), "dev/loss": dev_loss, **headline(flat),
+                       **{k: flat.get(k, math.nan) for k in objectives},
+                       **{f"method/{k}": v for k, v in method_logs.items()}}
             state = {"epoch": epoch + 1, "best": best, "failure": None}
             if run is not None:
                 run.log(metrics, step=epoch)

@@ -1,0 +1,24 @@
+"""Pareto fronts: the one module of Pareto logic, fronts read from MLflow, and the interactive page."""
+
+from fairray.frontier.pareto import (
+    Direction,
+    default_reference,
+    hypervolume,
+    non_dominated_mask,
+    pareto_ranks,
+    to_minimization,
+)
+from fairray.frontier.plot import FrontPanel, FrontPoint, render_frontier_html, write_frontier_html
+
+__all__ = [
+    "Direction",
+    "FrontPanel",
+    "FrontPoint",
+    "default_reference",
+    "hypervolume",
+    "non_dominated_mask",
+    "pareto_ranks",
+    "render_frontier_html",
+    "to_minimization",
+    "write_frontier_html",
+]

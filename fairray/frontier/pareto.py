@@ -1,0 +1,263 @@
+"""Pareto logic as pure functions over plain ``[n_trials, n_objectives]`` arrays.
+
+This is the one module that decides dominance. Search, frontier and export all normalise
+objective directions through :func:`to_minimization`, so "better" means the same everywhere.
+
+Semantics shared by every function here (in minimisation space, after :func:`to_minimization`):
+
+* ``a`` dominates ``b`` iff ``a <= b`` in every objective and ``a < b`` in at least one.
+* Identical rows do not dominate each other: all copies of a non-dominated row are on the front.
+* A row with any NaN is an invalid trial: it is never on the front and never dominates.
+* ``+inf`` / ``-inf`` are ordinary ordered values: an objective stuck at the worst infinity is
+  dominated by any finite value there, the best infinity dominates every finite value.
+
+Example
+-------
+>>> import numpy as np
+>>> values = np.array([[0.8, 0.10], [0.7, 0.05], [0.6, 0.20], [np.nan, 0.0]])
+>>> non_dominated_mask(values, ["max", "min"]).tolist()
+[True, True, False, False]
+>>> round(hypervolume(values, ["max", "min"], default_reference(["max", "min"])), 4)
+0.755
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+
+import numpy as np
+
+__all__ = [
+    "Direction",
+    "default_reference",
+    "hypervolume",
+    "non_dominated_mask",
+    "pareto_ranks",
+    "to_minimization",
+]
+
+
+class Direction(str, Enum):
+    """Optimisation direction of one objective."""
+
+    MAX = "max"
+    MIN = "min"
+
+    @classmethod
+    def parse(cls, value: Direction | str) -> Direction:
+        """Read ``"max"``, ``"maximize"``, ``"min"`` or ``"minimize"`` (any case) or a :class:`Direction`.
+
+        Raises
+        ------
+        ValueError
+            For any other spelling; the message lists the valid ones.
+        """
+        if isinstance(value, Direction):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _SPELLINGS:
+            return _SPELLINGS[value.strip().lower()]
+        raise ValueError(f"an objective direction must be one of {sorted(_SPELLINGS)} (any case); got {value!r}")
+
+
+_SPELLINGS = {
+    "max": Direction.MAX,
+    "maximize": Direction.MAX,
+    "min": Direction.MIN,
+    "minimize": Direction.MIN,
+}
+
+
+def _parse_directions(directions: Sequence[Direction | str]) -> tuple[Direction, ...]:
+    if isinstance(directions, str):
+        raise ValueError(
+            f"directions must be a sequence with one direction per objective; got the string {directions!r}"
+        )
+    parsed = tuple(Direction.parse(d) for d in directions)
+    if not parsed:
+        raise ValueError("directions must name at least one objective; got an empty sequence")
+    return parsed
+
+
+def to_minimization(values: np.ndarray, directions: Sequence[Direction | str]) -> np.ndarray:
+    """Return a float copy of ``values`` in which every objective is to be minimised.
+
+    Columns whose direction is ``MAX`` are negated; NaN stays NaN and infinities flip sign.
+
+    Parameters
+    ----------
+    values
+        Array of shape ``[n_trials, n_objectives]`` (an empty 1-D array counts as zero trials).
+    directions
+        One :class:`Direction` or spelling per objective.
+
+    Raises
+    ------
+    ValueError
+        When ``values`` is not ``[n, len(directions)]``; the message names both shapes.
+    """
+    dirs = _parse_directions(directions)
+    arr = np.array(values, dtype=float)
+    if arr.ndim == 1 and arr.size == 0:
+        arr = arr.reshape(0, len(dirs))
+    if arr.ndim != 2 or arr.shape[1] != len(dirs):
+        raise ValueError(
+            f"values must have shape (n_trials, n_objectives) with n_objectives == len(directions); "
+            f"got values of shape {arr.shape} and directions of shape ({len(dirs)},)"
+        )
+    is_max = np.array([d is Direction.MAX for d in dirs])
+    return np.where(is_max, -arr, arr)
+
+
+def _front_of_loss(loss: np.ndarray) -> np.ndarray:
+    """Non-dominated mask of an array already in minimisation space (NaN rows excluded)."""
+    mask = np.zeros(len(loss), dtype=bool)
+    valid = np.flatnonzero(~np.isnan(loss).any(axis=1))
+    if valid.size == 0:
+        return mask
+    # Distinct rows in lexicographic order: a row can only be dominated by rows sorted before it.
+    # Equal rows collapse into one, so ties share a verdict (``+ 0.0`` folds -0.0 into 0.0).
+    unique, inverse = np.unique(loss[valid] + 0.0, axis=0, return_inverse=True)
+    if unique.shape[1] == 2:
+        # Dominated iff some earlier row has a y no larger: y must set a new strict running minimum.
+        running_min = np.minimum.accumulate(unique[:, 1])
+        on_front = np.ones(len(unique), dtype=bool)
+        on_front[1:] = unique[1:, 1] < running_min[:-1]
+    else:
+        on_front = np.zeros(len(unique), dtype=bool)
+        remaining = np.arange(len(unique))
+        while remaining.size:
+            best = remaining[0]  # nothing left dominates it; it dominates every row it never beats
+            on_front[best] = True
+            remaining = remaining[(unique[remaining] < unique[best]).any(axis=1)]
+    mask[valid] = on_front[inverse.reshape(-1)]
+    return mask
+
+
+def non_dominated_mask(values: np.ndarray, directions: Sequence[Direction | str]) -> np.ndarray:
+    """Boolean mask of the Pareto-optimal rows of ``values``.
+
+    NaN rows are False; identical non-dominated rows are all True; infinities compare as
+    ordinary ordered values (see the module docstring).
+
+    Parameters
+    ----------
+    values
+        Array of shape ``[n_trials, n_objectives]`` in the objectives' own units.
+    directions
+        One :class:`Direction` or spelling per objective.
+    """
+    return _front_of_loss(to_minimization(values, directions))
+
+
+def pareto_ranks(values: np.ndarray, directions: Sequence[Direction | str]) -> np.ndarray:
+    """Non-dominated sorting: rank 0 is the Pareto front, rank 1 the front once it is removed, ...
+
+    Rows with any NaN get rank ``-1``. Ties share a rank.
+    """
+    loss = to_minimization(values, directions)
+    ranks = np.full(len(loss), -1, dtype=int)
+    remaining = np.flatnonzero(~np.isnan(loss).any(axis=1))
+    rank = 0
+    while remaining.size:
+        # A finite set under a strict partial order always has a non-dominated element: this terminates.
+        on_front = _front_of_loss(loss[remaining])
+        ranks[remaining[on_front]] = rank
+        remaining = remaining[~on_front]
+        rank += 1
+    return ranks
+
+
+def hypervolume(
+    values: np.ndarray,
+    directions: Sequence[Direction | str],
+    reference: Sequence[float],
+) -> float:
+    """Volume dominated by the valid rows of ``values`` and bounded by ``reference``.
+
+    Both ``values`` and ``reference`` are in the objectives' own units; they go through the same
+    :func:`to_minimization`. Exact: a sweep for two objectives, recursive slicing along the last
+    objective for three or more (fronts here are small, hundreds of points at most).
+
+    Rows that do not strictly beat the reference in every objective contribute nothing (this
+    includes rows with the worst infinity). NaN rows are ignored. No valid row gives ``0.0``.
+
+    Raises
+    ------
+    ValueError
+        When the reference point has the wrong length or is not finite, or when a row beats the
+        reference in every objective and has the best infinity in one (its volume is infinite).
+    """
+    dirs = _parse_directions(directions)
+    loss = to_minimization(values, dirs)
+    ref_arr = np.array(reference, dtype=float)
+    if ref_arr.shape != (len(dirs),):
+        raise ValueError(
+            f"the reference point must have one coordinate per objective, shape ({len(dirs)},); "
+            f"got shape {ref_arr.shape}: {list(np.atleast_1d(ref_arr))}"
+        )
+    if not np.isfinite(ref_arr).all():
+        raise ValueError(f"the reference point must be finite in every objective; got {ref_arr.tolist()}")
+    ref = to_minimization(ref_arr[None, :], dirs)[0]
+
+    valid = ~np.isnan(loss).any(axis=1)
+    contributes = valid & (np.where(valid[:, None], loss, np.inf) < ref).all(axis=1)
+    unbounded = contributes & np.isneginf(loss).any(axis=1)
+    if unbounded.any():
+        row = int(np.flatnonzero(unbounded)[0])
+        col = int(np.flatnonzero(np.isneginf(loss[row]))[0])
+        original = -loss[row, col] if dirs[col] is Direction.MAX else loss[row, col]
+        raise ValueError(
+            "hypervolume must be finite, so no point that beats the reference may be unbounded in the better "
+            f"direction; got row {row} with value {original} in objective {col} ({dirs[col].value}); "
+            "drop that trial or fix its metric"
+        )
+    pts = loss[contributes]
+    if len(pts) == 0:
+        return 0.0
+    pts = np.unique(pts[_front_of_loss(pts)], axis=0)
+    return float(_hv_minimisation(pts, ref))
+
+
+def _hv_minimisation(pts: np.ndarray, ref: np.ndarray) -> float:
+    """Exact hypervolume of finite points that all strictly beat ``ref`` (minimisation space)."""
+    n_obj = pts.shape[1]
+    if n_obj == 1:
+        return float(ref[0] - pts[:, 0].min())
+    if n_obj == 2:
+        # Sweep along x: on [x_i, x_{i+1}) the dominated height is ref_y - min(y_0..y_i).
+        order = np.argsort(pts[:, 0], kind="stable")
+        widths = np.diff(np.append(pts[order, 0], ref[0]))
+        heights = ref[1] - np.minimum.accumulate(pts[order, 1])
+        return float(np.sum(widths * heights))
+    # Slice along the last objective: between consecutive z levels the cross-section is the
+    # (d-1)-dimensional hypervolume of every point at or below that level.
+    pts = pts[np.argsort(pts[:, -1], kind="stable")]
+    levels = np.append(pts[:, -1], ref[-1])
+    total = 0.0
+    for i in range(len(pts)):
+        depth = levels[i + 1] - levels[i]
+        if depth > 0:
+            section = pts[: i + 1, :-1]
+            if n_obj > 3:  # the 2-D sweep needs no pruning; higher dimensions benefit from it
+                section = section[_front_of_loss(section)]
+            total += depth * _hv_minimisation(section, ref[:-1])
+    return total
+
+
+def default_reference(
+    directions: Sequence[Direction | str],
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> list[float]:
+    """Worst corner of ``bounds`` for each objective: the lower bound for MAX, the upper for MIN.
+
+    Meant for metrics known to lie in ``bounds`` (accuracies, recalls, gaps in ``[0, 1]``). The
+    frontier CLI states the reference point it used next to every hypervolume it prints.
+
+    >>> default_reference(["max", "min"])
+    [0.0, 1.0]
+    """
+    lo, hi = (float(b) for b in bounds)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"bounds must be finite with lower < upper; got {tuple(bounds)!r}")
+    return [lo if d is Direction.MAX else hi for d in _parse_directions(directions)]

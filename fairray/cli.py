@@ -443,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for noisy in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # store creation chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # exports fetch a few small files
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "fn", None) is None:

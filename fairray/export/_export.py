@@ -40,12 +40,32 @@ def _download(uri: str, run_id: str, artifact: str, dst: Path) -> Path:
 
 
 def _table_md(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False):
-        cells = [f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join([df.index.name or "", *cols]) + " |", "|" + "---|" * (len(cols) + 1)]
+    for label, row in df.iterrows():
+        cells = ["" if pd.isna(v) else f"{int(v)}" if float(v).is_integer() and (abs(v) > 1 or v == 0) else f"{v:.3f}"
+                 for v in row]
+        lines.append("| " + " | ".join([str(label), *cells]) + " |")
     return "\n".join(lines)
+
+
+def _subset(row) -> str:
+    parts = [f"{row.attr}={row.group}" if isinstance(row.group, str) else "",
+             f"{row.stratum}={row.stratum_value}" if isinstance(row.stratum_value, str) else ""]
+    return ", ".join(p for p in parts if p) or "all"
+
+
+def _card_tables(df: pd.DataFrame) -> str:
+    """Utilities per subset (rows) x metric (columns), then gaps per metric x language."""
+    parts = df[df["scope"] != "gap"].assign(subset=lambda d: d.apply(_subset, axis=1))
+    util = parts.pivot_table(index="subset", columns="metric", values="value", sort=False, dropna=False)
+    util = util[[c for c in ("n", "acc", "weighted_f1", "macro_f1", "uar", "fpr") if c in util.columns]]
+    util.index.name = "subset"
+    gaps = df[df["scope"] == "gap"].assign(where=lambda d: d["stratum_value"].fillna("pooled"))
+    gap = gaps.pivot_table(index="metric", columns="where", values="value", sort=False, dropna=False)
+    gap.index.name = "gap"
+    return f"{_table_md(util)}\n\nGaps between {', '.join(sorted(gaps['attr'].dropna().unique()))} groups:\n\n" \
+           f"{_table_md(gap)}"
 
 
 def _card(sweep: Sweep, front: Front, trial: TrialRecord, groups: dict[str, pd.DataFrame], config: str) -> str:
@@ -54,10 +74,7 @@ def _card(sweep: Sweep, front: Front, trial: TrialRecord, groups: dict[str, pd.D
                                f"{m.get('test/' + k.split('/', 1)[1], float('nan')):.4f} |"
                                for k, d in zip(front.objectives, front.directions, strict=True))
     params = "\n".join(f"- `{k}` = `{v}`" for k, v in sorted(trial.params.items())) or "- (none searched)"
-    sections = []
-    for split, df in groups.items():
-        keep = df[df["scope"].isin(["overall", "stratum", "group", "cell", "gap"])]
-        sections.append(f"### {split}\n\n{_table_md(keep)}")
+    sections = [f"### {split}\n\n{_card_tables(df)}\n" for split, df in groups.items()]
     return f"""# Model card — trial `{trial.trial_id}` of sweep `{sweep.experiment}`
 
 Pareto-optimal on the dev objectives of MLflow sweep run `{sweep.run_id}` (trial run `{trial.run_id}`).

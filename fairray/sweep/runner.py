@@ -97,16 +97,18 @@ def _reporter(spec: SweepSpec):
                             max_report_frequency=15, sort_by_metric=False)
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None) -> bool:
+    """Start or join Ray; True when this call connected (and must disconnect again)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
         # Trial output stays in the trial logs; Tune's table and error summaries reach the console.
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    return True
 
 
 def _find_resumable(uri: str, experiment_id: str, sweep: str):
@@ -163,9 +165,9 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     tracking = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": sweep.run_id, "sweep": spec.name}
 
     t0 = time.time()
-    status, reason = "FAILED", None
+    status, reason, connected = "FAILED", None, False
     try:
-        _init_ray(address)
+        connected = _init_ray(address)
         backend = spec.resources.resolved_backend
         threads = _threads(spec)
         if backend == "function":
@@ -228,6 +230,6 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     finally:
         close_orphan_trials(uri, experiment_id, sweep.run_id, status="KILLED" if status == "KILLED" else "FAILED")
         end_run(uri, sweep.run_id, status, reason)
-        if ray.is_initialized() and not address:
+        if connected:  # leaves a cluster joined with --address running; only this driver disconnects
             ray.shutdown()
 

@@ -313,6 +313,31 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from fairray.data import DATASETS
+    from fairray.data.corpora import CORPORA
+
+    print("built-in datasets (dataset.name in a spec): " + ", ".join(DATASETS.names()))
+    print("\ncorpus adapters (fairray data stats NAME --root DIR):")
+    for name in CORPORA:
+        cls = CORPORA.get(name)
+        verified = " [verified on real data]" if cls.verified_on_real_data else ""
+        print(f"\n{name} ({', '.join(cls.languages)}){verified}")
+        if args.layouts:
+            print(textwrap.indent(cls.layout(), "    "))
+    if not args.layouts:
+        print("\n(--layouts shows each corpus's expected directory layout)")
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from fairray.data.corpora import CORPORA, corpus_stats, format_stats
+
+    table = CORPORA.get(args.corpus)().load(args.root)
+    print(format_stats(corpus_stats(table, root=args.root), fmt=args.format))
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="sweep spec YAML, e.g. search_spaces/minmaxgap.yaml")
@@ -425,6 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("data", None, "the built-in dataset: inspect it or rebuild it from the corpora")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    d = dsub.add_parser("list", help="registered datasets and corpus adapters")
+    d.add_argument("--layouts", action="store_true", help="show each adapter's expected directory layout")
+    d.set_defaults(fn=cmd_data_list)
+    d = dsub.add_parser("stats", help="counts by language x gender x emotion, speakers, durations of a corpus",
+                        description="example: fairray data stats ravdess --root /data/RAVDESS")
+    d.add_argument("corpus", help="a corpus adapter name (see `fairray data list`)")
+    d.add_argument("--root", required=True, help="the corpus folder, in the adapter's native layout")
+    d.add_argument("--format", choices=["table", "json"], default="table")
+    d.set_defaults(fn=cmd_data_stats)
     d = dsub.add_parser("info", help="counts per language x gender x split of a registered dataset")
     d.add_argument("--dataset", default="ser3")
     d.set_defaults(fn=cmd_data_info)

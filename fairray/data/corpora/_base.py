@@ -1,0 +1,85 @@
+"""The corpus-adapter extension point: a corpus in its native layout → one table of utterances.
+
+Lifecycle::
+
+    adapter = CORPORA.get("ravdess")()      # registered by name
+    table = adapter.load(root)              # reads the native files under `root`, no audio decoding
+    table = validate_table(table, source)   # shared checks; adapters call it at the end of load()
+
+Every adapter documents its expected directory layout in its class docstring (shown by
+`fairray data list`). The table has one row per utterance with at least :data:`REQUIRED_COLUMNS`;
+``path`` is relative to ``root``. Emotions use the harmonised lower-case names of
+:data:`EMOTIONS`; gender is ``F``, ``M`` or ``U`` (unknown: excluded from fairness metrics).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import pandas as pd
+
+from fairray._registry import Registry
+from fairray.errors import DataError
+
+REQUIRED_COLUMNS = ("uid", "corpus", "path", "speaker", "gender", "language", "emotion")
+#: Harmonised emotion names across corpora (a corpus uses a subset).
+EMOTIONS = ("anger", "boredom", "calm", "contempt", "disgust", "excitement", "fear", "frustration", "happiness",
+            "neutral", "other", "sadness", "surprise")
+GENDERS = ("F", "M", "U")
+#: Audio file endings adapters accept for a native file name (the shared corpora are FLAC).
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+class CorpusAdapter(ABC):
+    """Base class: subclasses set ``name``, ``languages`` and implement :meth:`load`."""
+
+    name: ClassVar[str]
+    languages: ClassVar[tuple[str, ...]]
+    #: Which shared-corpora folder (../shared/corpora/<name>) the adapter was verified on, if any.
+    verified_on_real_data: ClassVar[bool] = False
+
+    @abstractmethod
+    def load(self, root: str | Path) -> pd.DataFrame:
+        """Read the corpus under ``root`` into a validated utterance table."""
+
+    @classmethod
+    def layout(cls) -> str:
+        return inspect.cleandoc(cls.__doc__ or "")
+
+
+CORPORA: Registry[type[CorpusAdapter]] = Registry("corpus")
+
+
+def validate_table(table: pd.DataFrame, source: str, *, root: str | Path | None = None,
+                   check_files: bool = False) -> pd.DataFrame:
+    """Shared checks; errors name the source, the row (1-based, as in a CSV with header) and the column."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; got {list(table.columns)}")
+    for column in REQUIRED_COLUMNS:
+        empty = table[column].isna() | (table[column].astype(str).str.strip() == "")
+        if empty.any():
+            row = int(empty.to_numpy().nonzero()[0][0])
+            raise DataError(f"{source}: row {row + 2}, column {column!r} is empty")
+    bad = ~table["gender"].isin(GENDERS)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise DataError(f"{source}: row {row + 2}, column 'gender' is {table['gender'].iloc[row]!r}; "
+                        f"expected one of {GENDERS}")
+    bad = ~table["emotion"].isin(EMOTIONS)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise DataError(f"{source}: row {row + 2}, column 'emotion' is {table['emotion'].iloc[row]!r}; "
+                        f"expected one of {EMOTIONS}")
+    dup = table["uid"].duplicated()
+    if dup.any():
+        row = int(dup.to_numpy().nonzero()[0][0])
+        raise DataError(f"{source}: row {row + 2}, column 'uid' repeats {table['uid'].iloc[row]!r}")
+    if check_files and root is not None:
+        for i, rel in enumerate(table["path"]):
+            if not (Path(root) / rel).is_file():
+                raise DataError(f"{source}: row {i + 2}, column 'path': {Path(root) / rel} does not exist")
+    return table.reset_index(drop=True)

@@ -106,15 +106,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fairray.config import load_spec
-    from fairray.data import prepare
-    from fairray.sweep import storage_root, tracking_uri
+    from fairray.sweep import prepare_data, storage_root, tracking_uri
     from fairray.tracking import ensure_experiment
     from fairray.train import LocalSession, TrialTracking, run_trial
 
     loaded = load_spec(args.spec, args.set)
     spec = loaded.spec
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
-    data = prepare(spec.dataset)
+    data = prepare_data(spec)
     tracking = None
     if not args.no_mlflow:
         uri = tracking_uri(spec)

@@ -3,7 +3,9 @@
 from fairray.config._load import LoadedSpec, build_spec, load_spec, parse_override, resolve_trial, set_path
 from fairray.config._spec import (
     BudgetConfig,
+    CorpusSource,
     DatasetConfig,
+    NamedParams,
     Objective,
     ParamSpec,
     PluginConfig,
@@ -18,8 +20,10 @@ from fairray.config._typed import to_plain
 
 __all__ = [
     "BudgetConfig",
+    "CorpusSource",
     "DatasetConfig",
     "LoadedSpec",
+    "NamedParams",
     "Objective",
     "ParamSpec",
     "PluginConfig",

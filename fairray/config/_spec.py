@@ -15,10 +15,38 @@ from fairray.frontier.pareto import Direction
 
 
 @dataclass(frozen=True)
+class CorpusSource:
+    """One corpus in its native layout: a registered adapter (`fairray data list`) and its folder."""
+
+    adapter: str
+    root: str
+    #: Adapter options, e.g. {metadata_only: true} for cremad.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NamedParams:
+    """A registered protocol or extractor and its parameters."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
-    """Which data a trial trains and is scored on."""
+    """Which data a trial trains and is scored on.
+
+    ``name: ser3`` is the built-in dataset (features shipped in the package). ``name: corpora`` reads
+    ``corpora`` in their native layouts, splits them with ``protocol`` (default: speaker-independent per
+    stratum x attribute) and extracts features with ``extractor`` once per sweep through the feature
+    cache under ``cache`` (default: ``<storage.path>/features``).
+    """
 
     name: str = "ser3"
+    corpora: tuple[CorpusSource, ...] = ()
+    protocol: NamedParams | None = None
+    extractor: NamedParams = field(default_factory=lambda: NamedParams("opensmile_egemaps"))
+    cache: str | None = None
     #: Emotion classes kept (clips of other emotions are dropped).
     emotions: tuple[str, ...] = ("anger", "fear", "happiness", "neutral", "sadness")
     languages: tuple[str, ...] = ("en", "de", "pl")
@@ -35,6 +63,9 @@ class DatasetConfig:
             raise ValueError(f"emotions needs at least two distinct classes, got {list(self.emotions)}")
         if not self.languages or len(set(self.languages)) != len(self.languages):
             raise ValueError(f"languages needs at least one value and no repeats, got {list(self.languages)}")
+        if (self.name == "corpora") != bool(self.corpora):
+            raise ValueError("`corpora` (a list of {adapter, root}) is required with name: corpora and only there, "
+                             f"got name={self.name!r} with {len(self.corpora)} corpora")
 
 
 @dataclass(frozen=True)

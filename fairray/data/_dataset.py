@@ -21,12 +21,12 @@ from fairray.errors import DataError
 
 SPLITS = ("train", "dev", "test")
 
-#: name -> loader returning (meta DataFrame, float32 features [N, D], provenance dict)
-DATASETS: Registry[Callable[[], tuple[pd.DataFrame, np.ndarray, dict]]] = Registry("dataset")
+#: name -> loader(cfg, cache_root) returning (meta DataFrame, float32 features [N, D], provenance dict)
+DATASETS: Registry[Callable[..., tuple[pd.DataFrame, np.ndarray, dict]]] = Registry("dataset")
 
 
 @DATASETS.register("ser3")
-def load_ser3() -> tuple[pd.DataFrame, np.ndarray, dict]:
+def load_ser3(cfg: DatasetConfig | None = None, cache_root: str | None = None) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """The built-in dataset: eGeMAPSv02 functionals of RAVDESS (en), EmoDB (de), nEMO (pl)."""
     root = resources.files("fairray.data").joinpath("builtin")
     with root.joinpath("ser3.npz").open("rb") as fh:
@@ -36,6 +36,46 @@ def load_ser3() -> tuple[pd.DataFrame, np.ndarray, dict]:
         meta = pd.read_csv(fh, dtype={"speaker": str, "language": str, "gender": str})
     provenance = json.loads(root.joinpath("ser3.json").read_text())
     return meta, features, provenance
+
+
+@DATASETS.register("corpora")
+def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """Native corpora → utterance table, features through the cache, then the protocol's split.
+
+    Clips the audio scan skips (corrupt, empty, silent ...) are dropped and listed, never silently.
+    """
+    from fairray.config._typed import Where, build
+    from fairray.data.corpora import CORPORA
+    from fairray.data.features import EXTRACTORS, FeatureCache
+    from fairray.data.protocols import apply_protocol
+
+    if cache_root is None:
+        raise DataError("dataset.cache is not set and no storage path was given for the feature cache")
+    extractor_cls = EXTRACTORS.get(cfg.extractor.name)
+    extractor = extractor_cls(build(extractor_cls.Params, dict(cfg.extractor.params),
+                                    Where("spec", "dataset.extractor.params")))
+    cache = FeatureCache(cfg.cache or cache_root)
+    tables, blocks, keys = [], [], []
+    for source in cfg.corpora:
+        table = CORPORA.get(source.adapter)(**dict(source.options)).load(source.root)
+        cached = cache.get_or_compute(table, source.root, extractor)
+        skipped = set(cached.report.skipped) if hasattr(cached.report, "skipped") else set()
+        if skipped:
+            print(cached.report.format())
+        keep = table["uid"].isin(cached.uids).to_numpy()
+        table = table.loc[keep].reset_index(drop=True)
+        order = pd.Index(cached.uids).get_indexer(table["uid"])
+        tables.append(table)
+        blocks.append(np.asarray(cached.X, dtype=np.float32)[order])
+        keys.append(cached.key)
+    meta = pd.concat(tables, ignore_index=True)
+    X = np.concatenate(blocks)
+    if cfg.protocol is not None:
+        meta = apply_protocol(cfg.protocol.name, meta, **dict(cfg.protocol.params))
+        X = X[meta.index.to_numpy()]
+        meta = meta.reset_index(drop=True)
+    return meta, X, {"input_fingerprint": hashlib.sha256("".join(keys).encode()).hexdigest(),
+                     "extractor": cfg.extractor.name, "cache_keys": keys}
 
 
 @dataclass(frozen=True)
@@ -100,9 +140,13 @@ def speaker_split(meta: pd.DataFrame, attribute: str, stratum: str, dev_fraction
     return meta["speaker"].astype(str).map(assignment).to_numpy(dtype=object)
 
 
-def prepare(cfg: DatasetConfig) -> SERData:
-    """Load, filter, split and standardise a registered dataset according to ``cfg``."""
-    meta, X, provenance = DATASETS.get(cfg.name)()
+def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
+    """Load, filter, split and standardise a registered dataset according to ``cfg``.
+
+    Runs once per sweep on the driver (features are extracted or read from the cache here, before any
+    trial starts); trials receive the result through Ray's object store.
+    """
+    meta, X, provenance = DATASETS.get(cfg.name)(cfg, cache_root)
     for column in (cfg.attribute, cfg.stratum, "emotion", "speaker"):
         if column not in meta.columns:
             raise DataError(f"dataset {cfg.name!r} has no column {column!r}; columns: {list(meta.columns)}")
@@ -117,7 +161,14 @@ def prepare(cfg: DatasetConfig) -> SERData:
     keep = meta["emotion"].isin(cfg.emotions) & meta[cfg.stratum].astype(str).isin(cfg.languages)
     meta = meta.loc[keep].reset_index(drop=True)
     X = X[keep.to_numpy()]
-    split = speaker_split(meta, cfg.attribute, cfg.stratum, cfg.dev_fraction, cfg.test_fraction, cfg.split_seed)
+    if "split" in meta.columns and cfg.protocol is not None:  # the protocol decided the split
+        split = meta["split"].astype(str).to_numpy(dtype=object)
+        bad = sorted(set(split) - set(SPLITS))
+        if bad:
+            raise DataError(f"protocol {cfg.protocol.name!r} produced split value(s) {bad}; expected {SPLITS}")
+    else:
+        split = speaker_split(meta, cfg.attribute, cfg.stratum, cfg.dev_fraction, cfg.test_fraction,
+                              cfg.split_seed)
     meta = meta.assign(split=split)
 
     classes = tuple(cfg.emotions)

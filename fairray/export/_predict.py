@@ -12,7 +12,6 @@ import yaml
 
 from fairray._atomic import atomic_write_text
 from fairray.config import build_spec
-from fairray.data import prepare
 from fairray.errors import DataError
 from fairray.models import build_model
 from fairray.train.loop import CONFIG_FILE, META_FILE, MODEL_FILE
@@ -36,8 +35,10 @@ def load_export(path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
 def predict(path: str | Path, split: str = "test") -> pd.DataFrame:
     """Predictions of an export on ``split``: uid, speaker, groups, ``y_true``, ``y_pred``, ``p_<class>``."""
     model, meta, raw = load_export(path)
+    from fairray.sweep import prepare_data
+
     spec = build_spec(raw, str(Path(path) / CONFIG_FILE))
-    data = prepare(spec.dataset)
+    data = prepare_data(spec)
     if data.fingerprint != meta["data_fingerprint"]:
         raise DataError(f"{path}: the dataset differs from the one this model was trained on "
                         f"(fingerprint {data.fingerprint} != {meta['data_fingerprint']}); rebuild it as it was")

@@ -51,6 +51,11 @@ def storage_root(spec: SweepSpec) -> str:
     return path if is_remote(path) else str(local_path(path))
 
 
+def prepare_data(spec: SweepSpec) -> SERData:
+    """The spec's dataset, features from the cache under ``dataset.cache`` or ``<storage>/features``."""
+    return prepare(spec.dataset, cache_root=f"{storage_root(spec).rstrip('/')}/features")
+
+
 def tracking_uri(spec: SweepSpec) -> str:
     return spec.tracking.uri or default_tracking_uri(storage_root(spec))
 
@@ -149,7 +154,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     ray_root = f"{root.rstrip('/')}/ray"
     uri = tracking_uri(spec)
     experiment_id = ensure_experiment(uri, spec.experiment, root)
-    data = prepare(spec.dataset)
+    data = prepare_data(spec)
 
     previous = _find_resumable(uri, experiment_id, spec.name) if resume else None
     if resume and previous is None:

@@ -18,6 +18,7 @@ import pytest
 from fairray.cli import main
 from fairray.config import DatasetConfig
 from fairray.errors import ConfigError, DataError, FairrayError, RegistryError, TrackingError
+from fairray.methods import METHODS
 
 FAIRRAY = Path(sys.executable).parent / "fairray"  # the console script of the venv running the tests
 BUILTIN_META = Path(__file__).resolve().parents[1] / "fairray" / "data" / "builtin" / "ser3_meta.csv"
@@ -166,7 +167,7 @@ def test_methods_table(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "methods")
     assert code == 0
     blocks = dict(re.findall(r"^(\w+): .*\n((?:\s+.*\n)*)", out, re.M))
-    assert set(blocks) == {"erm", "minmaxgap"}
+    assert set(blocks) == set(METHODS.names()) and {"erm", "minmaxgap", "rw", "gdro"} <= set(blocks)
     assert "needs: nothing" in blocks["erm"] and "needs: true groups" in blocks["minmaxgap"]
     for param in ("lambda_max", "eps", "eta", "p", "lambda0", "m_min", "adaptive"):
         assert re.search(rf"^\s+method\.{param}\s", blocks["minmaxgap"], re.M), f"method.{param} not listed"
@@ -179,7 +180,7 @@ def test_methods_json(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "methods", "--format", "json")
     assert code == 0
     rows = {r["name"]: r for r in json.loads(out)}
-    assert set(rows) == {"erm", "minmaxgap"}
+    assert set(rows) == set(METHODS.names())
     params = {name: {p["name"]: p for p in row["params"]} for name, row in rows.items()}
     assert {"lambda_max", "eps", "eta", "p"} <= set(params["minmaxgap"])
     assert set(params["erm"]) == {"loss", "beta", "gamma"}

@@ -109,6 +109,7 @@ def build_spec(raw: Mapping[str, Any], source: str) -> SweepSpec:
             plugins[section] = _build_plugin(section, {}, where.child(section))
     data.update(plugins)
     spec = build(SweepSpec, data, where)
+    _check_dataset(spec, source)
     _check_space(spec, raw, source)
     _check_objectives(spec, source)
     return spec
@@ -184,6 +185,39 @@ def _representatives(dim: ParamSpec, where: Where) -> list[Any]:
     if dim.log and low <= 0:
         raise where.child("low").error(f"a log-scaled dimension needs low > 0, got {low!r}")
     return [float(low), float(high)]
+
+
+def _check_dataset(spec: SweepSpec, source: str) -> None:
+    """Registered dataset, corpus adapters, protocol (and its parameters) and extractor (and its Params)."""
+    ds = spec.dataset
+    where = Where(source, "dataset")
+    from fairray.data import DATASETS
+
+    try:
+        DATASETS.get(ds.name)
+    except FairrayError as exc:
+        raise where.child("name").error(str(exc)) from None
+    if ds.name != "corpora":
+        return
+    from fairray.data.corpora import CORPORA
+    from fairray.data.features import EXTRACTORS
+    from fairray.data.protocols import check_protocol_params
+
+    for i, corpus in enumerate(ds.corpora):
+        try:
+            CORPORA.get(corpus.adapter)
+        except FairrayError as exc:
+            raise where.child("corpora").child(i).child("adapter").error(str(exc)) from None
+    if ds.protocol is not None:
+        try:
+            check_protocol_params(ds.protocol.name, dict(ds.protocol.params))
+        except FairrayError as exc:
+            raise where.child("protocol").error(str(exc)) from None
+    try:
+        extractor = EXTRACTORS.get(ds.extractor.name)
+    except FairrayError as exc:
+        raise where.child("extractor").child("name").error(str(exc)) from None
+    build(extractor.Params, dict(ds.extractor.params), where.child("extractor").child("params"))
 
 
 def _check_objectives(spec: SweepSpec, source: str) -> None:

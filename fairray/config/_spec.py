@@ -47,6 +47,8 @@ class DatasetConfig:
     protocol: NamedParams | None = None
     extractor: NamedParams = field(default_factory=lambda: NamedParams("opensmile_egemaps"))
     cache: str | None = None
+    #: Where training groups come from (`attribute` = the true attribute); metrics always use the truth.
+    groups: NamedParams = field(default_factory=lambda: NamedParams("attribute"))
     #: Emotion classes kept (clips of other emotions are dropped).
     emotions: tuple[str, ...] = ("anger", "fear", "happiness", "neutral", "sadness")
     languages: tuple[str, ...] = ("en", "de", "pl")
@@ -89,7 +91,7 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"gt": 0})
     weight_decay: float = field(default=1e-4, metadata={"ge": 0})
     #: Batch composition; ``auto`` takes the method's preferred sampler.
-    sampler: Literal["auto", "uniform", "stratified_cells"] = "auto"
+    sampler: Literal["auto", "uniform", "stratified_cells", "group_balanced", "class_balanced"] = "auto"
     #: Which epoch's model a trial keeps: lowest dev base loss (IDI, ES) or the last one.
     selection: Literal["best_dev_loss", "last"] = "best_dev_loss"
     seed: int = 0

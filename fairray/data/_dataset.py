@@ -101,6 +101,9 @@ class SERData:
     mean: np.ndarray
     std: np.ndarray
     fingerprint: str
+    group: np.ndarray
+    group_values: tuple[str, ...]
+    group_prob: np.ndarray
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -184,10 +187,14 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     std = np.where(std > 1e-8, std, 1.0)
     Xs = ((X - mean) / std).astype(np.float32)
 
+    from fairray.data.groups import GROUP_SOURCES
+
+    attr_codes = attr.to_numpy(np.int64)
+    groups = GROUP_SOURCES.get(cfg.groups.name)(meta, attr_codes, attr_values, dict(cfg.groups.params))
     digest = hashlib.sha256(json.dumps({"cfg": repr(cfg), "input": provenance.get("input_fingerprint")}).encode())
     return SERData(
-        X=Xs, y=y, attr=attr.to_numpy(np.int64), stratum=stratum.to_numpy(np.int64), split=split, meta=meta,
+        X=Xs, y=y, attr=attr_codes, stratum=stratum.to_numpy(np.int64), split=split, meta=meta,
         classes=classes, attribute=cfg.attribute, attr_values=attr_values, stratum_name=cfg.stratum,
         strata_values=strata_values, mean=mean.astype(np.float32), std=std.astype(np.float32),
-        fingerprint=digest.hexdigest()[:16],
+        fingerprint=digest.hexdigest()[:16], group=groups.ids, group_values=groups.values, group_prob=groups.prob,
     )

@@ -29,8 +29,8 @@ from fairray.errors import ConfigError, DataError
 PROTOCOLS: Registry[Callable[..., pd.DataFrame]] = Registry("protocol")
 
 
-def apply_protocol(name: str, table: pd.DataFrame, **params) -> pd.DataFrame:
-    """Run the registered protocol ``name``; unknown or missing parameters are a :class:`ConfigError`."""
+def check_protocol_params(name: str, params: Mapping[str, object]) -> None:
+    """Unknown protocol, unknown or missing parameters → :class:`ConfigError` (used at spec load time)."""
     fn = PROTOCOLS.get(name)
     signature = inspect.signature(fn)
     accepted = list(signature.parameters)[1:]
@@ -41,7 +41,12 @@ def apply_protocol(name: str, table: pd.DataFrame, **params) -> pd.DataFrame:
                 if p.default is inspect.Parameter.empty and p.name not in params]
     if required:
         raise ConfigError(f"protocol {name!r}: missing required parameter(s) {required}")
-    return fn(table, **params)
+
+
+def apply_protocol(name: str, table: pd.DataFrame, **params) -> pd.DataFrame:
+    """Run the registered protocol ``name``; unknown or missing parameters are a :class:`ConfigError`."""
+    check_protocol_params(name, params)
+    return PROTOCOLS.get(name)(table, **params)
 
 
 def _need_columns(table: pd.DataFrame, columns: tuple[str, ...], protocol: str) -> None:

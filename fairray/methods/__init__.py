@@ -1,12 +1,21 @@
 """Training methods: plugins of the one training loop (see :class:`Method` for the lifecycle)."""
 
-from fairray.methods._base import METHODS, Batch, DevEval, LossOutput, Method, TrainContext
+from fairray.methods._base import METHODS, Batch, DevEval, LossOutput, Method, SamplerInput, TrainContext
 from fairray.methods._groups import group_means, worst_stratum_gap
+from fairray.methods.dro import GroupAdjustedDRO, GroupDRO, ProbabilisticGroupDRO
 from fairray.methods.erm import ERM, BaseLoss, BaseLossParams, class_balanced_weights
 from fairray.methods.minmaxgap import MinMaxGap, MinMaxGapParams, dual_step
+from fairray.methods.reweight import Downsampling, Reweighting, downsample, reweighting_table
 
 __all__ = [
     "ERM",
+    "Downsampling",
+    "GroupAdjustedDRO",
+    "GroupDRO",
+    "ProbabilisticGroupDRO",
+    "Reweighting",
+    "downsample",
+    "reweighting_table",
     "METHODS",
     "BaseLoss",
     "BaseLossParams",
@@ -16,6 +25,7 @@ __all__ = [
     "Method",
     "MinMaxGap",
     "MinMaxGapParams",
+    "SamplerInput",
     "TrainContext",
     "class_balanced_weights",
     "dual_step",

@@ -51,3 +51,23 @@ def worst_stratum_gap(values: torch.Tensor, attr: torch.Tensor, stratum: torch.T
     gaps = torch.where(valid, hi - lo, torch.zeros_like(hi))  # invalid strata add 0, and gaps are >= 0
     worst = gaps.max()
     return worst, torch.where(valid, gaps, torch.full_like(gaps, float("nan"))).detach()
+
+
+def soft_group_means(values: torch.Tensor, prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``L_g = Σ_i π_ig v_i / Σ_i π_ig`` and the soft counts ``Σ_i π_ig`` (PGDRO; all-reduced under DDP)."""
+    sums = _all_reduce_sum(prob.T @ values)
+    mass = _all_reduce_sum(prob.sum(dim=0))
+    return sums / mass.clamp(min=1e-12), mass
+
+
+def q_step(q: torch.Tensor, group_losses: torch.Tensor, present: torch.Tensor, eta: float) -> torch.Tensor:
+    """Online exponentiated-gradient step of group DRO (Sagawa et al., ``loss.py``).
+
+    ``q_g ← q_g exp(η L_g)`` for present groups, then renormalise; absent groups keep their weight
+    (the reference code decays them by feeding a zero loss, METHODS §3.7). ``group_losses`` are
+    detached; one shift for all groups keeps ``exp`` finite and cancels in the renormalisation.
+    """
+    step = torch.where(present, eta * group_losses.detach(), torch.zeros_like(group_losses))
+    shift = step[present].max() if bool(present.any()) else step.new_zeros(())
+    q = q * torch.exp(step - shift)  # the same shift for every group, so it cancels below
+    return q / q.sum()

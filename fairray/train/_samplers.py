@@ -8,16 +8,16 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from fairray._registry import Registry
+from fairray.methods._base import SamplerInput
 
-#: name -> fn(train_indices, attr, stratum, batch_size, rng) -> iterator of index arrays (one epoch)
+#: name -> fn(SamplerInput, batch_size, rng) -> iterator of index arrays (one epoch)
 SAMPLERS: Registry[Callable[..., Iterator[np.ndarray]]] = Registry("sampler")
 
 
 @SAMPLERS.register("uniform")
-def uniform(indices: np.ndarray, attr: np.ndarray, stratum: np.ndarray, batch_size: int,
-            rng: np.random.Generator) -> Iterator[np.ndarray]:
+def uniform(inp: SamplerInput, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Shuffle, then consecutive batches (the last one may be smaller, never below 2 samples)."""
-    order = rng.permutation(indices)
+    order = rng.permutation(inp.indices)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
         if len(batch) >= 2:
@@ -25,14 +25,14 @@ def uniform(indices: np.ndarray, attr: np.ndarray, stratum: np.ndarray, batch_si
 
 
 @SAMPLERS.register("stratified_cells")
-def stratified_cells(indices: np.ndarray, attr: np.ndarray, stratum: np.ndarray, batch_size: int,
-                     rng: np.random.Generator) -> Iterator[np.ndarray]:
+def stratified_cells(inp: SamplerInput, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """A fixed quota per stratum x attribute cell in every batch (``batch_size // n_cells`` each).
 
     An epoch has ``ceil(N / batch_size)`` batches; each cell is drawn without replacement from its own
     shuffled queue, reshuffled when it runs out, so small cells are revisited more often. The batch
     size is ``quota * n_cells`` (the remainder of ``batch_size`` is dropped).
     """
+    indices, attr, stratum = inp.indices, inp.attr, inp.stratum
     cells = stratum[indices] * (attr.max() + 1) + attr[indices]
     known = (attr[indices] >= 0) & (stratum[indices] >= 0)
     members = [indices[(cells == c) & known] for c in np.unique(cells[known])]
@@ -56,3 +56,29 @@ def stratified_cells(indices: np.ndarray, attr: np.ndarray, stratum: np.ndarray,
                 got += n
             batch.append(np.concatenate(take))
         yield rng.permutation(np.concatenate(batch))
+
+
+def _weighted(inp: SamplerInput, codes: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Draw with replacement, each sample with probability proportional to 1 / (size of its code)."""
+    idx = inp.indices
+    c = codes[idx]
+    known = c >= 0
+    counts = np.bincount(c[known])
+    weight = np.where(known, 1.0 / np.maximum(counts[np.maximum(c, 0)], 1), 0.0)
+    if weight.sum() == 0:
+        weight = np.ones(len(idx))
+    p = weight / weight.sum()
+    for _ in range(math.ceil(len(idx) / batch_size)):
+        yield rng.choice(idx, size=batch_size, replace=True, p=p)
+
+
+@SAMPLERS.register("group_balanced")
+def group_balanced(inp: SamplerInput, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Each training group equally likely per draw (``p_i ∝ 1/n_{g_i}``, with replacement; Sagawa's runs)."""
+    return _weighted(inp, inp.group, batch_size, rng)
+
+
+@SAMPLERS.register("class_balanced")
+def class_balanced(inp: SamplerInput, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Each class equally likely per draw (``p_i ∝ 1/n_{c_i}``, with replacement)."""
+    return _weighted(inp, inp.y, batch_size, rng)

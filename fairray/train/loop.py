@@ -26,10 +26,9 @@ import yaml
 from fairray.config import SweepSpec, resolve_trial, to_plain
 from fairray.data import SERData
 from fairray.errors import TrialError
-from fairray.methods import METHODS, Batch, DevEval, Method, TrainContext
+from fairray.methods import METHODS, Batch, DevEval, Method, SamplerInput, TrainContext
 from fairray.metrics import GroupReport, MetricKey
 from fairray.models import build_model
-from fairray.train._samplers import SAMPLERS
 from fairray.train._session import Session
 
 MODEL_FILE = "model.pt"
@@ -64,7 +63,21 @@ def headline(flat: Mapping[str, float]) -> dict[str, float]:
 def _batch(data: SERData, idx: np.ndarray) -> Batch:
     t = torch.as_tensor
     return Batch(x=t(data.X[idx]), y=t(data.y[idx]), attr=t(data.attr[idx]), stratum=t(data.stratum[idx]),
-                 index=t(idx))
+                 index=t(idx), group=t(data.group[idx]), group_prob=t(data.group_prob[idx]))
+
+
+def train_context(data: SERData) -> TrainContext:
+    """Training-split counts a method may use (classes, groups, class x group, soft group mass)."""
+    idx = data.indices("train")
+    y, g = data.y[idx], data.group[idx]
+    n_c, n_g = len(data.classes), len(data.group_values)
+    known = g >= 0
+    class_group = np.zeros((n_c, n_g), dtype=np.int64)
+    np.add.at(class_group, (y[known], g[known]), 1)
+    return TrainContext(classes=data.classes, class_counts=np.bincount(y, minlength=n_c),
+                        attr_values=data.attr_values, strata_values=data.strata_values, n_train=len(idx),
+                        group_values=data.group_values, group_counts=class_group.sum(axis=0),
+                        class_group_counts=class_group, group_soft_counts=data.group_prob[idx].sum(axis=0))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -116,12 +129,11 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
     spec, trial_raw = loaded.spec, loaded.raw
     tcfg = spec.train
     torch.manual_seed(tcfg.seed)
-    train_idx = data.indices("train")
-    ctx = TrainContext(classes=data.classes, class_counts=np.bincount(data.y[train_idx], minlength=len(data.classes)),
-                       attr_values=data.attr_values, strata_values=data.strata_values, n_train=len(train_idx))
+    ctx = train_context(data)
     method_cls = METHODS.get(spec.method.name)
     method = method_cls(spec.method.params, ctx)
-    sampler = SAMPLERS.get(method_cls.sampler if tcfg.sampler == "auto" else tcfg.sampler)
+    sampler = method_cls.sampler if tcfg.sampler == "auto" else tcfg.sampler
+    sampler_input = SamplerInput(data.indices("train"), data.y, data.attr, data.stratum, data.group)
     model = build_model(spec.model.name, spec.model.params, data.n_features, len(data.classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     meta = model_meta(spec, data)
@@ -163,7 +175,7 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             rng = np.random.default_rng([tcfg.seed, epoch])
             model.train()
             losses = []
-            for step, idx in enumerate(sampler(train_idx, data.attr, data.stratum, tcfg.batch_size, rng)):
+            for step, idx in enumerate(method.batches(sampler_input, tcfg.batch_size, rng, epoch, sampler)):
                 batch = _batch(data, idx[session.world_rank::session.world_size])
                 out = method.loss(model(batch.x), batch)
                 if not torch.isfinite(out.loss.detach()):

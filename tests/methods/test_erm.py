@@ -11,8 +11,10 @@ from fairray.methods import ERM, BaseLoss, BaseLossParams, TrainContext, class_b
 
 
 def ctx(counts=(1, 3)):
+    cg = np.array([[c, 0] for c in counts])
     return TrainContext(classes=tuple("ab"[: len(counts)]), class_counts=np.array(counts), attr_values=("F", "M"),
-                        strata_values=("x",), n_train=int(sum(counts)))
+                        strata_values=("x",), n_train=int(sum(counts)), group_values=("F", "M"),
+                        group_counts=cg.sum(axis=0), class_group_counts=cg, group_soft_counts=cg.sum(axis=0) * 1.0)
 
 
 def test_class_balanced_weights_hand_computed():
@@ -58,7 +60,7 @@ def test_erm_loss_is_the_batch_mean():
     y = torch.tensor([0, 1, 1, 0, 1])
     from fairray.methods import Batch
 
-    b = Batch(torch.zeros(5, 1), y, torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long),
-              torch.arange(5))
+    zeros = torch.zeros(5, dtype=torch.long)
+    b = Batch(torch.zeros(5, 1), y, zeros, zeros, torch.arange(5), zeros, torch.ones(5, 1))
     out = ERM(BaseLossParams(), ctx()).loss(logits, b)
     assert float(out.loss) == pytest.approx(float(F.cross_entropy(logits, y)))

@@ -14,14 +14,17 @@ from fairray.methods import Batch, DevEval, MinMaxGap, MinMaxGapParams, TrainCon
 
 
 def ctx(n_strata=2, classes=("a", "b", "c")):
-    return TrainContext(classes=classes, class_counts=np.array([10, 10, 10]), attr_values=("F", "M"),
-                        strata_values=tuple("xyz"[:n_strata]), n_train=30)
+    cg = np.array([[5, 5], [5, 5], [5, 5]])
+    return TrainContext(classes=classes, class_counts=cg.sum(axis=1), attr_values=("F", "M"),
+                        strata_values=tuple("xyz"[:n_strata]), n_train=30, group_values=("F", "M"),
+                        group_counts=cg.sum(axis=0), class_group_counts=cg, group_soft_counts=cg.sum(axis=0) * 1.0)
 
 
 def batch(y, attr, stratum):
     n = len(y)
-    return Batch(x=torch.zeros(n, 1), y=torch.tensor(y), attr=torch.tensor(attr), stratum=torch.tensor(stratum),
-                 index=torch.arange(n))
+    a = torch.tensor(attr)
+    return Batch(x=torch.zeros(n, 1), y=torch.tensor(y), attr=a, stratum=torch.tensor(stratum),
+                 index=torch.arange(n), group=a, group_prob=F.one_hot(a.clamp(min=0), 2).float())
 
 
 def test_worst_stratum_gap_hand_computed():

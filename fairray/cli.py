@@ -337,6 +337,23 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_features(args: argparse.Namespace) -> int:
+    from fairray.config import parse_override
+    from fairray.data.corpora import CORPORA
+    from fairray.data.features import FeatureCache, make_extractor
+
+    params = dict(parse_override(text) for text in args.param)
+    extractor = make_extractor(args.extractor, **params)
+    table = CORPORA.get(args.corpus)().load(args.root)
+    cache_root = args.cache or str(Path(DEFAULT_STORAGE).resolve() / "features")
+    feats = FeatureCache(cache_root).get_or_compute(table, args.root, extractor, progress=not args.quiet,
+                                                    num_workers=args.workers)
+    print(feats.report.format())
+    print(f"{args.corpus}: {len(feats.uids)} of {len(table)} clips x {feats.X.shape[1]} features "
+          f"({'cache hit' if feats.hit else 'extracted'}; key {feats.key[:16]}; cache {cache_root})")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="sweep spec YAML, e.g. search_spaces/minmaxgap.yaml")
@@ -458,6 +475,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", required=True, help="the corpus folder, in the adapter's native layout")
     d.add_argument("--format", choices=["table", "json"], default="table")
     d.set_defaults(fn=cmd_data_stats)
+    d = dsub.add_parser("features", help="extract (or read from the cache) one extractor's features of a corpus",
+                        description="examples:\n  fairray data features ravdess --root /data/RAVDESS "
+                                    "--extractor opensmile_egemaps\n  fairray data features emodb --root /data/emodb "
+                                    "--extractor hf_ssl --param model_path=/models/wavlm-base-plus --param layers=[6]",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("corpus", help="a corpus adapter name (see `fairray data list`)")
+    d.add_argument("--root", required=True, help="the corpus folder, in the adapter's native layout")
+    d.add_argument("--extractor", required=True,
+                   help="opensmile_egemaps, opensmile_compare, hf_ssl, resemblyzer, minilm, hf_text, ecapa")
+    d.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="extractor parameter")
+    d.add_argument("--cache", help=f"cache root, a folder or a bucket URI (default ./{DEFAULT_STORAGE}/features)")
+    d.add_argument("--workers", type=int, default=1, help="parallel extraction processes")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(fn=cmd_data_features)
     d = dsub.add_parser("info", help="counts per language x gender x split of a registered dataset")
     d.add_argument("--dataset", default="ser3")
     d.set_defaults(fn=cmd_data_info)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -59,9 +60,8 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     for source in cfg.corpora:
         table = CORPORA.get(source.adapter)(**dict(source.options)).load(source.root)
         cached = cache.get_or_compute(table, source.root, extractor)
-        skipped = set(cached.report.skipped) if hasattr(cached.report, "skipped") else set()
-        if skipped:
-            print(cached.report.format())
+        if cached.report.skipped:  # never a silently shorter dataset: say which clips and why
+            logging.getLogger("fairray").warning("%s: %s", source.root, cached.report.format())
         keep = table["uid"].isin(cached.uids).to_numpy()
         table = table.loc[keep].reset_index(drop=True)
         order = pd.Index(cached.uids).get_indexer(table["uid"])

@@ -15,6 +15,16 @@ from typing import Any, Protocol
 from torch import nn
 
 
+@contextlib.contextmanager
+def _as_directory(checkpoint) -> Iterator[str | None]:
+    """A Ray (Tune or Train) checkpoint as a local folder for the duration of the block; None if absent."""
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as d:
+        yield d
+
+
 class Session(Protocol):
     world_rank: int
     world_size: int
@@ -74,16 +84,10 @@ class TuneSession:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
 
-    @contextlib.contextmanager
-    def latest_checkpoint(self) -> Iterator[str | None]:
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
         from ray import tune
 
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            yield None
-            return
-        with ckpt.as_directory() as d:
-            yield d
+        return _as_directory(tune.get_checkpoint())
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model
@@ -105,16 +109,10 @@ class TrainSession:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    @contextlib.contextmanager
-    def latest_checkpoint(self) -> Iterator[str | None]:
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            yield None
-            return
-        with ckpt.as_directory() as d:
-            yield d
+        return _as_directory(ray.train.get_checkpoint())
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         if self.world_size == 1:

@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("info", help="counts per language x gender x split of a registered dataset")
     d.add_argument("--dataset", default="ser3")
     d.set_defaults(fn=cmd_data_info)
-    d = dsub.add_parser("build-builtin", help="re-extract eGeMAPS features of RAVDESS/EmoDB/nEMO (needs [build])",
+    d = dsub.add_parser("build-builtin", help="re-extract eGeMAPS features and speaker embeddings of RAVDESS/EmoDB/nEMO (needs [features])",
                         description="expects CORPORA/{ravdess,emodb,nemo}/manifest.csv and the audio they name")
     d.add_argument("--corpora", required=True, help="folder holding ravdess/, emodb/, nemo/")
     d.add_argument("--out", help="output folder (default: the package's built-in data folder)")

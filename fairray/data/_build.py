@@ -46,7 +46,7 @@ def _smile():
         except ImportError as exc:  # pragma: no cover - depends on the extra
             raise DataError(
                 "openSMILE is not installed: rebuilding the built-in dataset needs "
-                "`pip install 'fairray[build]'`"
+                "`pip install 'fairray[features]'` and `pip install --no-deps resemblyzer==0.1.4`"
             ) from exc
         _SMILE = opensmile.Smile(
             feature_set=opensmile.FeatureSet.eGeMAPSv02,
@@ -115,7 +115,7 @@ def build_builtin(
     """Extract eGeMAPSv02 functionals for every clip and write the dataset files.
 
     Returns the path of the written ``.npz``. Files written: ``ser3.npz``
-    (``X`` float32 [N, 88], ``feature_names``), ``ser3_meta.csv`` and
+    (``X`` float32 [N, 88], ``feature_names``, ``speaker_emb`` float32 [N, 256]), ``ser3_meta.csv`` and
     ``ser3.json`` (provenance: extractor, versions, input fingerprint).
     """
     from tqdm import tqdm
@@ -139,18 +139,21 @@ def build_builtin(
         bad = int(np.flatnonzero(~np.isfinite(features).all(axis=1))[0])
         raise DataError(f"{paths[bad]}: openSMILE returned non-finite features; check the audio")
 
+    speaker_emb = _speaker_embeddings(paths, progress)
+
     import opensmile
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = meta[list(META_COLUMNS)]
-    buf = _npz_bytes(X=features, feature_names=np.array(feature_names()))
+    buf = _npz_bytes(X=features, feature_names=np.array(feature_names()), speaker_emb=speaker_emb)
     atomic_write_bytes(out / "ser3.npz", buf)
     atomic_write_bytes(out / "ser3_meta.csv", meta.to_csv(index=False).encode())
     provenance = {
         "name": "ser3",
         "extractor": "opensmile.eGeMAPSv02.Functionals",
         "opensmile_version": opensmile.__version__,
+        "speaker_extractor": "resemblyzer (GE2E, 256-d, L2-normalised)",
         "corpora": list(corpora),
         "n_clips": int(len(meta)),
         "n_features": int(features.shape[1]),
@@ -159,6 +162,20 @@ def build_builtin(
     }
     atomic_write_bytes(out / "ser3.json", (json.dumps(provenance, indent=2) + "\n").encode())
     return out / "ser3.npz"
+
+
+def _speaker_embeddings(paths: list[str], progress: bool, batch: int = 64) -> np.ndarray:
+    """resemblyzer GE2E speaker embeddings [N, 256] of every clip (for k-means / pseudo-label groups)."""
+    from tqdm import tqdm
+
+    from fairray.data.audio import load_audio
+    from fairray.data.features import make_extractor
+
+    extractor = make_extractor("resemblyzer").load()
+    rows = []
+    for start in tqdm(range(0, len(paths), batch), desc="resemblyzer", unit="batch", disable=not progress):
+        rows.append(extractor.extract([load_audio(p) for p in paths[start:start + batch]]))
+    return np.concatenate(rows).astype(np.float32)
 
 
 def _npz_bytes(**arrays: np.ndarray) -> bytes:

@@ -22,7 +22,8 @@ from fairray.errors import DataError
 
 SPLITS = ("train", "dev", "test")
 
-#: name -> loader(cfg, cache_root) returning (meta DataFrame, float32 features [N, D], provenance dict)
+#: name -> loader(cfg, cache_root) returning (meta DataFrame, float32 features [N, D], provenance dict,
+#: aux arrays aligned with the rows, e.g. {"speaker_emb": [N, 256]})
 DATASETS: Registry[Callable[..., tuple[pd.DataFrame, np.ndarray, dict]]] = Registry("dataset")
 
 
@@ -33,10 +34,11 @@ def load_ser3(cfg: DatasetConfig | None = None, cache_root: str | None = None) -
     with root.joinpath("ser3.npz").open("rb") as fh:
         arrays = np.load(fh)
         features = arrays["X"].astype(np.float32)
+        aux = {"speaker_emb": arrays["speaker_emb"].astype(np.float32)} if "speaker_emb" in arrays else {}
     with root.joinpath("ser3_meta.csv").open("r") as fh:
         meta = pd.read_csv(fh, dtype={"speaker": str, "language": str, "gender": str})
     provenance = json.loads(root.joinpath("ser3.json").read_text())
-    return meta, features, provenance
+    return meta, features, provenance, aux
 
 
 @DATASETS.register("corpora")
@@ -47,7 +49,7 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     """
     from fairray.config._typed import Where, build
     from fairray.data.corpora import CORPORA
-    from fairray.data.features import EXTRACTORS, FeatureCache
+    from fairray.data.features import EXTRACTORS, FeatureCache, make_extractor
     from fairray.data.protocols import apply_protocol
 
     if cache_root is None:
@@ -56,26 +58,33 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     extractor = extractor_cls(build(extractor_cls.Params, dict(cfg.extractor.params),
                                     Where("spec", "dataset.extractor.params")))
     cache = FeatureCache(cfg.cache or cache_root)
-    tables, blocks, keys = [], [], []
+    # inferred groups (kmeans, pseudo) read speaker embeddings, extracted through the same cache
+    speaker = make_extractor("resemblyzer") if cfg.groups.name != "attribute" else None
+    tables, blocks, emb_blocks, keys = [], [], [], []
     for source in cfg.corpora:
         table = CORPORA.get(source.adapter)(**dict(source.options)).load(source.root)
-        cached = cache.get_or_compute(table, source.root, extractor)
-        if cached.report.skipped:  # never a silently shorter dataset: say which clips and why
-            logging.getLogger("fairray").warning("%s: %s", source.root, cached.report.format())
-        keep = table["uid"].isin(cached.uids).to_numpy()
-        table = table.loc[keep].reset_index(drop=True)
-        order = pd.Index(cached.uids).get_indexer(table["uid"])
+        cached = [cache.get_or_compute(table, source.root, e) for e in (extractor, speaker) if e is not None]
+        for c in cached:
+            if c.report.skipped:  # never a silently shorter dataset: say which clips and why
+                logging.getLogger("fairray").warning("%s: %s", source.root, c.report.format())
+        kept = set.intersection(*(set(c.uids) for c in cached))
+        table = table.loc[table["uid"].isin(kept).to_numpy()].reset_index(drop=True)
         tables.append(table)
-        blocks.append(np.asarray(cached.X, dtype=np.float32)[order])
-        keys.append(cached.key)
+        blocks.append(np.asarray(cached[0].X, dtype=np.float32)[pd.Index(cached[0].uids).get_indexer(table["uid"])])
+        if speaker is not None:
+            emb_blocks.append(np.asarray(cached[1].X, dtype=np.float32)[
+                pd.Index(cached[1].uids).get_indexer(table["uid"])])
+        keys += [c.key for c in cached]
     meta = pd.concat(tables, ignore_index=True)
     X = np.concatenate(blocks)
+    aux = {"speaker_emb": np.concatenate(emb_blocks)} if emb_blocks else {}
     if cfg.protocol is not None:
         meta = apply_protocol(cfg.protocol.name, meta, **dict(cfg.protocol.params))
-        X = X[meta.index.to_numpy()]
+        rows = meta.index.to_numpy()
+        X, aux = X[rows], {k: v[rows] for k, v in aux.items()}
         meta = meta.reset_index(drop=True)
     return meta, X, {"input_fingerprint": hashlib.sha256("".join(keys).encode()).hexdigest(),
-                     "extractor": cfg.extractor.name, "cache_keys": keys}
+                     "extractor": cfg.extractor.name, "cache_keys": keys}, aux
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,8 @@ class SERData:
     group: np.ndarray
     group_values: tuple[str, ...]
     group_prob: np.ndarray
+    #: diagnostics of the group source (e.g. pseudo-label accuracy per corpus), logged with every trial
+    group_info: dict[str, float]
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -149,7 +160,7 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     Runs once per sweep on the driver (features are extracted or read from the cache here, before any
     trial starts); trials receive the result through Ray's object store.
     """
-    meta, X, provenance = DATASETS.get(cfg.name)(cfg, cache_root)
+    meta, X, provenance, aux = DATASETS.get(cfg.name)(cfg, cache_root)
     for column in (cfg.attribute, cfg.stratum, "emotion", "speaker"):
         if column not in meta.columns:
             raise DataError(f"dataset {cfg.name!r} has no column {column!r}; columns: {list(meta.columns)}")
@@ -164,6 +175,7 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     keep = meta["emotion"].isin(cfg.emotions) & meta[cfg.stratum].astype(str).isin(cfg.languages)
     meta = meta.loc[keep].reset_index(drop=True)
     X = X[keep.to_numpy()]
+    aux = {k: v[keep.to_numpy()] for k, v in aux.items()}
     if "split" in meta.columns and cfg.protocol is not None:  # the protocol decided the split
         split = meta["split"].astype(str).to_numpy(dtype=object)
         bad = sorted(set(split) - set(SPLITS))
@@ -187,14 +199,16 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     std = np.where(std > 1e-8, std, 1.0)
     Xs = ((X - mean) / std).astype(np.float32)
 
-    from fairray.data.groups import GROUP_SOURCES
+    from fairray.data.groups import GROUP_SOURCES, GroupInput
 
     attr_codes = attr.to_numpy(np.int64)
-    groups = GROUP_SOURCES.get(cfg.groups.name)(meta, attr_codes, attr_values, dict(cfg.groups.params))
+    groups = GROUP_SOURCES.get(cfg.groups.name)(GroupInput(meta, attr_codes, attr_values, split, aux),
+                                                dict(cfg.groups.params))
     digest = hashlib.sha256(json.dumps({"cfg": repr(cfg), "input": provenance.get("input_fingerprint")}).encode())
     return SERData(
         X=Xs, y=y, attr=attr_codes, stratum=stratum.to_numpy(np.int64), split=split, meta=meta,
         classes=classes, attribute=cfg.attribute, attr_values=attr_values, stratum_name=cfg.stratum,
         strata_values=strata_values, mean=mean.astype(np.float32), std=std.astype(np.float32),
         fingerprint=digest.hexdigest()[:16], group=groups.ids, group_values=groups.values, group_prob=groups.prob,
+        group_info=groups.info,
     )

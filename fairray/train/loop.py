@@ -236,7 +236,8 @@ def _final(spec: SweepSpec, model, state: dict[str, Any], evaluate: _Evaluator, 
     _, dev_loss, dev_report = evaluate(model, "dev")
     _, test_loss, test_report = evaluate(model, "test")
     final = {**dev_report.flat("dev"), **test_report.flat("test"), "dev/loss": dev_loss, "test/loss": test_loss,
-             "selected_epoch": float(best["epoch"]), "final": 1.0}
+             "selected_epoch": float(best["epoch"]), "final": 1.0,
+             **{f"groups/{k}": v for k, v in evaluate.data.group_info.items()}}
     for objective in spec.search.objectives:
         value = final.get(objective.metric)
         if value is None or not math.isfinite(value):

@@ -32,7 +32,7 @@ def test_rebuild_reproduces_the_shipped_features(corpora, tmp_path):
     build_builtin(root, tmp_path / "out", workers=1, progress=False)
     rebuilt = np.load(tmp_path / "out" / "ser3.npz")["X"]
     meta = pd.read_csv(tmp_path / "out" / "ser3_meta.csv")
-    shipped_meta, shipped_X, _ = DATASETS.get("ser3")()
+    shipped_meta, shipped_X, _, _ = DATASETS.get("ser3")()
     rows = shipped_meta.reset_index().set_index("uid").loc[meta["uid"], "index"].to_numpy()
     np.testing.assert_allclose(rebuilt, shipped_X[rows], rtol=1e-5, atol=1e-5)
     assert not list((tmp_path / "out").glob("*.tmp"))

@@ -12,7 +12,7 @@ from fairray.errors import DataError
 
 
 def test_builtin_is_real_and_complete():
-    meta, X, provenance = DATASETS.get("ser3")()
+    meta, X, provenance, _ = DATASETS.get("ser3")()
     assert X.shape == (3489, 88) and X.dtype == np.float32 and np.isfinite(X).all()
     assert meta.groupby("corpus").size().to_dict() == {"emodb": 535, "nemo": 1514, "ravdess": 1440}
     assert set(meta["language"]) == {"en", "de", "pl"}

@@ -22,7 +22,7 @@ def test_feature_sets_and_names():
 def test_real_clips_reproduce_the_builtin_dataset(corpora, tmp_path):
     from fairray.data.corpora import CORPORA
 
-    shipped_meta, shipped_X, _ = DATASETS.get("ser3")()
+    shipped_meta, shipped_X, _, _ = DATASETS.get("ser3")()
     row_of = {uid: i for i, uid in enumerate(shipped_meta["uid"])}
     for corpus in ("ravdess", "emodb", "nemo"):
         table = CORPORA.get("manifest")().load(corpora / corpus).iloc[::200].head(3)

@@ -295,7 +295,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     from fairray.data._build import build_builtin
 
     out_dir = args.out or str(Path(__file__).parent / "data" / "builtin")
-    path = build_builtin(args.corpora, out_dir, workers=args.workers, progress=not args.quiet)
+    path = build_builtin(args.corpora, out_dir, workers=args.workers, progress=not args.quiet, cache_root=args.cache)
     print(f"wrote {path}")
     return 0
 
@@ -497,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--corpora", required=True, help="folder holding ravdess/, emodb/, nemo/")
     d.add_argument("--out", help="output folder (default: the package's built-in data folder)")
     d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--cache", help=f"feature cache root (default ./{DEFAULT_STORAGE}/features)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(fn=cmd_data_build)
     return parser

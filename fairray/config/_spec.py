@@ -47,6 +47,8 @@ class DatasetConfig:
     protocol: NamedParams | None = None
     extractor: NamedParams = field(default_factory=lambda: NamedParams("opensmile_egemaps"))
     cache: str | None = None
+    #: Parallel feature extraction on a cache miss: Ray tasks when Ray runs (a sweep), else processes.
+    extract_workers: int = field(default=1, metadata={"ge": 1})
     #: Where training groups come from (`attribute` = the true attribute); metrics always use the truth.
     groups: NamedParams = field(default_factory=lambda: NamedParams("attribute"))
     #: Emotion classes kept (clips of other emotions are dropped).

@@ -63,7 +63,8 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     tables, blocks, emb_blocks, keys = [], [], [], []
     for source in cfg.corpora:
         table = CORPORA.get(source.adapter)(**dict(source.options)).load(source.root)
-        cached = [cache.get_or_compute(table, source.root, e) for e in (extractor, speaker) if e is not None]
+        cached = [cache.get_or_compute(table, source.root, e, num_workers=cfg.extract_workers)
+                  for e in (extractor, speaker) if e is not None]
         for c in cached:
             if c.report.skipped:  # never a silently shorter dataset: say which clips and why
                 logging.getLogger("fairray").warning("%s: %s", source.root, c.report.format())

@@ -154,8 +154,6 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     ray_root = f"{root.rstrip('/')}/ray"
     uri = tracking_uri(spec)
     experiment_id = ensure_experiment(uri, spec.experiment, root)
-    data = prepare_data(spec)
-
     previous = _find_resumable(uri, experiment_id, spec.name) if resume else None
     if resume and previous is None:
         raise FairrayError(f"--resume: no earlier sweep {spec.name!r} in MLflow experiment {spec.experiment!r} "
@@ -173,6 +171,9 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     status, reason, connected = "FAILED", None, False
     try:
         connected = _init_ray(address)
+        # once per sweep, before any trial: feature extraction (as Ray tasks with dataset.extract_workers > 1)
+        # or the cache; trials get the result through the object store
+        data = prepare_data(spec)
         backend = spec.resources.resolved_backend
         threads = _threads(spec)
         if backend == "function":

@@ -34,7 +34,7 @@ def test_sweep_on_a_native_corpus_uses_the_feature_cache(corpora, tmp_path):
     raw = yaml.safe_load(SPEC.read_text())
     raw["dataset"] = {"name": "corpora", "corpora": [{"adapter": "manifest", "root": str(root)}],
                       "extractor": {"name": "opensmile_egemaps"}, "emotions": ["anger", "neutral", "sadness"],
-                      "languages": ["de"], "cache": str(tmp_path / "cache")}
+                      "languages": ["de"], "cache": str(tmp_path / "cache"), "extract_workers": 2}
     raw["train"]["epochs"] = 2
     raw["budget"].update(num_samples=2)
     raw["storage"]["path"] = str(tmp_path / "runs")

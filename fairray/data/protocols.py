@@ -182,6 +182,36 @@ def speaker_split(table: pd.DataFrame, *, attribute: str = "gender", stratum: st
     return table.assign(split=split)
 
 
+@PROTOCOLS.register("speaker_kfold")
+def speaker_kfold(table: pd.DataFrame, *, k: int = 5, fold: int = 1, attribute: str = "gender",
+                  stratum: str = "language", seed: int = 0) -> pd.DataFrame:
+    """Speaker-independent k folds for any corpus, balanced inside each ``stratum`` x ``attribute`` cell.
+
+    Each cell's speakers are shuffled (seeded) and dealt round-robin into folds 1..k; fold ``fold`` is
+    test, fold ``fold % k + 1`` is dev (EMO-SUPERB's cyclic convention, METHODS §4.2), the rest train.
+    Adds ``fold`` (the speaker's fold) and ``split``; a cell needs at least three speakers so that
+    train, dev and test each get one of them in every fold.
+    """
+    if k < 3 or not 1 <= fold <= k:
+        raise ConfigError(f"protocol 'speaker_kfold': needs k >= 3 and 1 <= fold <= k, got k={k!r}, fold={fold!r}")
+    _need_columns(table, ("speaker", attribute, stratum), "speaker_kfold")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    cells = table.groupby([stratum, attribute], sort=True)["speaker"].unique()
+    for (stratum_value, group), speakers in cells.items():
+        speakers = np.sort(speakers.astype(str))
+        if len(speakers) < 3:
+            raise DataError(f"protocol 'speaker_kfold': {stratum}={stratum_value}, {attribute}={group} has only "
+                            f"{len(speakers)} speaker(s); each cell needs at least 3")
+        offset = int(rng.integers(k))  # spread remainders over folds instead of always filling fold 1
+        for i, spk in enumerate(rng.permutation(speakers)):
+            fold_of[spk] = (i + offset) % k + 1
+    folds = table["speaker"].astype(str).map(fold_of).to_numpy()
+    dev_fold = fold % k + 1
+    split = np.where(folds == fold, "test", np.where(folds == dev_fold, "dev", "train")).astype(object)
+    return table.assign(fold=folds, split=split)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # GEAR out-of-distribution test subsets (METHODS §4.3)
 

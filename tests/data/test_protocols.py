@@ -213,3 +213,36 @@ def test_gear_ood_parameter_and_data_errors(ood_data):
     with pytest.raises(DataError, match=r"features 'features' has 3 rows for a table of 800"):
         apply_protocol("gear_ood", pd.DataFrame({"split": ["train"] * 800, "y": 0}), features=x_tr[:3], label="y")
 
+
+
+def test_speaker_kfold_on_the_real_corpora(corpora):
+    """Every speaker of RAVDESS + EmoDB + nEMO is in exactly one test fold; folds are speaker-disjoint and
+    every language x gender cell has speakers in train, dev and test of every fold."""
+    from fairray.data.corpora import CORPORA
+    from fairray.data.protocols import apply_protocol
+
+    table = pd.concat([CORPORA.get("manifest")().load(corpora / c) for c in ("ravdess", "emodb", "nemo")],
+                      ignore_index=True)
+    test_speakers = []
+    for fold in range(1, 4):
+        out = apply_protocol("speaker_kfold", table, k=3, fold=fold)
+        by_split = {s: set(out.loc[out["split"] == s, "speaker"]) for s in ("train", "dev", "test")}
+        assert not (by_split["train"] & by_split["dev"]) and not (by_split["dev"] & by_split["test"])
+        assert not (by_split["train"] & by_split["test"])
+        cells = out.groupby(["split", "language", "gender"])["speaker"].nunique()
+        assert all(cells[(s, lang, g)] >= 1 for s in ("train", "dev", "test") for lang in ("en", "de", "pl")
+                   for g in ("F", "M"))
+        test_speakers += sorted(by_split["test"])
+        nxt = apply_protocol("speaker_kfold", table, k=3, fold=fold % 3 + 1)
+        assert by_split["dev"] == set(nxt.loc[nxt["split"] == "test", "speaker"])  # cyclic: dev(f) = test(f+1)
+    assert sorted(test_speakers) == sorted(table["speaker"].unique())
+
+
+def test_speaker_kfold_rejects_too_few_speakers_and_bad_folds():
+    from fairray.data.protocols import apply_protocol
+
+    table = pd.DataFrame({"speaker": ["a", "b"], "gender": ["F", "F"], "language": ["en", "en"]})
+    with pytest.raises(DataError, match="language=en, gender=F has only 2 speaker"):
+        apply_protocol("speaker_kfold", table, k=3, fold=1)
+    with pytest.raises(ConfigError, match="k >= 3"):
+        apply_protocol("speaker_kfold", table, k=2, fold=1)

@@ -50,35 +50,33 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     from fairray.config._typed import Where, build
     from fairray.data.corpora import CORPORA
     from fairray.data.features import EXTRACTORS, FeatureCache, make_extractor
+    from fairray.data.groups import AUX_EXTRACTORS, needs
     from fairray.data.protocols import apply_protocol
 
-    if cache_root is None:
+    if cfg.cache is None and cache_root is None:
         raise DataError("dataset.cache is not set and no storage path was given for the feature cache")
     extractor_cls = EXTRACTORS.get(cfg.extractor.name)
     extractor = extractor_cls(build(extractor_cls.Params, dict(cfg.extractor.params),
                                     Where("spec", "dataset.extractor.params")))
     cache = FeatureCache(cfg.cache or cache_root)
-    # inferred groups (kmeans, pseudo) read speaker embeddings, extracted through the same cache
-    speaker = make_extractor("resemblyzer") if cfg.groups.name != "attribute" else None
-    tables, blocks, emb_blocks, keys = [], [], [], []
+    # the group source's auxiliary arrays (e.g. speaker embeddings for kmeans/pseudo), through the same cache
+    aux_names = needs(cfg.groups.name)
+    extractors = [extractor, *(make_extractor(AUX_EXTRACTORS[name]) for name in aux_names)]
+    tables, blocks, keys = [], [], []
     for source in cfg.corpora:
         table = CORPORA.get(source.adapter)(**dict(source.options)).load(source.root)
-        cached = [cache.get_or_compute(table, source.root, e, num_workers=cfg.extract_workers)
-                  for e in (extractor, speaker) if e is not None]
+        cached = [cache.get_or_compute(table, source.root, e, num_workers=cfg.extract_workers) for e in extractors]
         for c in cached:
             if c.report.skipped:  # never a silently shorter dataset: say which clips and why
                 logging.getLogger("fairray").warning("%s: %s", source.root, c.report.format())
         kept = set.intersection(*(set(c.uids) for c in cached))
         table = table.loc[table["uid"].isin(kept).to_numpy()].reset_index(drop=True)
         tables.append(table)
-        blocks.append(np.asarray(cached[0].X, dtype=np.float32)[pd.Index(cached[0].uids).get_indexer(table["uid"])])
-        if speaker is not None:
-            emb_blocks.append(np.asarray(cached[1].X, dtype=np.float32)[
-                pd.Index(cached[1].uids).get_indexer(table["uid"])])
+        blocks.append([np.asarray(c.X, dtype=np.float32)[pd.Index(c.uids).get_indexer(table["uid"])] for c in cached])
         keys += [c.key for c in cached]
     meta = pd.concat(tables, ignore_index=True)
-    X = np.concatenate(blocks)
-    aux = {"speaker_emb": np.concatenate(emb_blocks)} if emb_blocks else {}
+    X = np.concatenate([b[0] for b in blocks])
+    aux = {name: np.concatenate([b[i + 1] for b in blocks]) for i, name in enumerate(aux_names)}
     if cfg.protocol is not None:
         meta = apply_protocol(cfg.protocol.name, meta, **dict(cfg.protocol.params))
         rows = meta.index.to_numpy()

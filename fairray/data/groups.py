@@ -46,6 +46,14 @@ class Groups:
 #: name -> fn(GroupInput, params) -> Groups
 GROUP_SOURCES: Registry[Callable[[GroupInput, Mapping[str, Any]], Groups]] = Registry("group source")
 
+#: Auxiliary arrays a loader must provide with the dataset → the extractor that computes them per clip.
+AUX_EXTRACTORS = {"speaker_emb": "resemblyzer"}
+
+
+def needs(name: str) -> tuple[str, ...]:
+    """The auxiliary arrays (keys of :data:`AUX_EXTRACTORS`) group source ``name`` reads."""
+    return getattr(GROUP_SOURCES.get(name), "needs", ())
+
 
 def one_hot(ids: np.ndarray, n: int) -> np.ndarray:
     prob = np.zeros((len(ids), n), dtype=np.float32)
@@ -101,6 +109,9 @@ def kmeans(inp: GroupInput, params: Mapping[str, Any]) -> Groups:
                   {"min_cluster_train": float(sizes.min()), "max_cluster_train": float(sizes.max())})
 
 
+kmeans.needs = ("speaker_emb",)
+
+
 @GROUP_SOURCES.register("pseudo")
 def pseudo(inp: GroupInput, params: Mapping[str, Any]) -> Groups:
     """Pseudo-labels of the attribute: for each corpus, a logistic regression on speaker embeddings trained
@@ -136,3 +147,6 @@ def pseudo(inp: GroupInput, params: Mapping[str, Any]) -> Groups:
     known = inp.attr >= 0
     info["pseudo_acc"] = float((ids[known] == inp.attr[known]).mean())
     return Groups(ids, tuple(inp.attr_values), prob, info)
+
+
+pseudo.needs = ("speaker_emb",)

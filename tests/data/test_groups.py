@@ -86,3 +86,10 @@ def test_inferred_groups_on_the_builtin_data():
     with tempfile.TemporaryDirectory() as d:
         final = run_trial(raw, {}, data, LocalSession(d))
     assert "test/tpr_gap/gender" in final and final["groups/min_cluster_train"] > 0
+
+
+def test_group_sources_declare_the_arrays_they_read():
+    from fairray.data.groups import AUX_EXTRACTORS, needs
+
+    assert needs("attribute") == () and needs("kmeans") == needs("pseudo") == ("speaker_emb",)
+    assert set(needs("kmeans")) <= set(AUX_EXTRACTORS)

@@ -53,3 +53,30 @@ def test_sweep_on_a_native_corpus_uses_the_feature_cache(corpora, tmp_path):
     assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in trials)
     assert trials[0].data.params["dataset.name"] == "corpora"
     assert trials[0].data.metrics["test/n"] == 12  # one held-out speaker per gender x 3 emotions x 2 clips
+
+
+def test_inferred_groups_on_a_native_corpus_read_speaker_embeddings_from_the_cache(corpora, tmp_path):
+    """kmeans groups on a native corpus: the speaker embeddings the group source declares are extracted
+    (resemblyzer) through the feature cache next to the features, and rows stay aligned."""
+    from fairray.config import CorpusSource, DatasetConfig, NamedParams
+    from fairray.data import prepare
+
+    root = _emodb_subset(corpora, tmp_path / "emodb")
+    cfg = DatasetConfig(name="corpora", corpora=(CorpusSource("manifest", str(root)),),
+                        emotions=("anger", "neutral", "sadness"), languages=("de",), cache=str(tmp_path / "cache"),
+                        groups=NamedParams("kmeans", {"K": 2}))
+    data = prepare(cfg)
+    assert data.X.shape == (60, 88) and data.group.shape == (60,) and set(data.group) <= {0, 1}
+    assert {p.parent.name for p in (tmp_path / "cache").rglob("*.npz")} >= {"opensmile_egemaps", "resemblyzer"}
+    assert len(set(data.group[data.split == "train"])) == 2
+
+    # rows and embeddings stay aligned: the cache's embeddings equal the shipped ser3 ones of the same clips
+    import numpy as np
+
+    from fairray.data import DATASETS
+    from fairray.data._dataset import load_corpora
+
+    meta, _, _, aux = load_corpora(cfg)
+    shipped_meta, _, _, shipped_aux = DATASETS.get("ser3")()
+    rows = shipped_meta.reset_index().set_index("uid").loc[meta["uid"], "index"].to_numpy()
+    np.testing.assert_allclose(aux["speaker_emb"], shipped_aux["speaker_emb"][rows], atol=1e-4)

@@ -53,6 +53,17 @@ class CorpusAdapter(ABC):
 CORPORA: Registry[type[CorpusAdapter]] = Registry("corpus")
 
 
+def check_allowed(frame: pd.DataFrame, column: str, allowed, source: str | Path) -> None:
+    """DataError naming ``source``, the first offending row (1-based, as in a CSV with header), the column and
+    its value when ``frame[column]`` holds a value outside ``allowed``."""
+    allowed = list(allowed)
+    bad = ~frame[column].isin(allowed)
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise DataError(f"{source}: row {row + 2}, column {column!r} is {frame[column].iloc[row]!r}; "
+                        f"expected one of {allowed}")
+
+
 def validate_table(table: pd.DataFrame, source: str, *, root: str | Path | None = None,
                    check_files: bool = False) -> pd.DataFrame:
     """Shared checks; errors name the source, the row (1-based, as in a CSV with header) and the column."""
@@ -64,16 +75,8 @@ def validate_table(table: pd.DataFrame, source: str, *, root: str | Path | None 
         if empty.any():
             row = int(empty.to_numpy().nonzero()[0][0])
             raise DataError(f"{source}: row {row + 2}, column {column!r} is empty")
-    bad = ~table["gender"].isin(GENDERS)
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise DataError(f"{source}: row {row + 2}, column 'gender' is {table['gender'].iloc[row]!r}; "
-                        f"expected one of {GENDERS}")
-    bad = ~table["emotion"].isin(EMOTIONS)
-    if bad.any():
-        row = int(bad.to_numpy().nonzero()[0][0])
-        raise DataError(f"{source}: row {row + 2}, column 'emotion' is {table['emotion'].iloc[row]!r}; "
-                        f"expected one of {EMOTIONS}")
+    check_allowed(table, "gender", GENDERS, source)
+    check_allowed(table, "emotion", EMOTIONS, source)
     dup = table["uid"].duplicated()
     if dup.any():
         row = int(dup.to_numpy().nonzero()[0][0])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fairray.data.corpora._base import AUDIO_SUFFIXES, CORPORA, CorpusAdapter, validate_table
+from fairray.data.corpora._base import AUDIO_SUFFIXES, CORPORA, CorpusAdapter, check_allowed, validate_table
 from fairray.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -227,10 +227,7 @@ class CremaD(CorpusAdapter):
         missing = [c for c in ("ActorID", "Age", "Sex", "Race", "Ethnicity") if c not in demo.columns]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}")
-        bad = ~demo["Sex"].isin(list(SEX_CODES))
-        if bad.any():
-            raise DataError(f"{path}: row {int(np.flatnonzero(bad)[0]) + 2}, column 'Sex' is "
-                            f"{demo['Sex'][bad].iloc[0]!r}; expected one of {list(SEX_CODES)}")
+        check_allowed(demo, "Sex", SEX_CODES, path)
         age = pd.to_numeric(demo["Age"], errors="coerce")
         return pd.DataFrame({
             "gender": demo["Sex"].map(SEX_CODES).to_numpy(),
@@ -261,14 +258,8 @@ def load_emo_superb_fold(folder: str | Path, k: int, *, epsilon: float = ES_EPSI
     missing = [c for c in ES_COLUMNS if c not in raw.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; expected {list(ES_COLUMNS)}")
-    bad = ~raw["Split_Set"].isin(list(ES_SPLITS))
-    if bad.any():
-        raise DataError(f"{path}: row {int(np.flatnonzero(bad)[0]) + 2}, column 'Split_Set' is "
-                        f"{raw['Split_Set'][bad].iloc[0]!r}; expected one of {list(ES_SPLITS)}")
-    bad = ~raw["Gender"].isin(list(SEX_CODES))
-    if bad.any():
-        raise DataError(f"{path}: row {int(np.flatnonzero(bad)[0]) + 2}, column 'Gender' is "
-                        f"{raw['Gender'][bad].iloc[0]!r}; expected one of {list(SEX_CODES)}")
+    check_allowed(raw, "Split_Set", ES_SPLITS, path)
+    check_allowed(raw, "Gender", SEX_CODES, path)
     if raw["FileName"].duplicated().any():
         raise DataError(f"{path}: FileName {raw['FileName'][raw['FileName'].duplicated()].iloc[0]!r} repeats")
     clip = raw["FileName"].str.replace(r"\.(wav|flac)$", "", regex=True)

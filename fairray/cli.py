@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.no_mlflow:
         uri = tracking_uri(spec)
         tracking = TrialTracking(uri, ensure_experiment(uri, spec.experiment, storage_root(spec)), None,
-                                 f"train-{os.getpid()}-{int(__import__('time').time())}", spec.name)
+                                 f"train-{os.getpid()}-{int(time.time())}", spec.name)
     bar = tqdm(total=spec.train.epochs, desc=f"{spec.method.name}", unit="epoch", disable=args.quiet)
     keys = [o.metric for o in spec.search.objectives] or ["dev/weighted_f1"]
 

@@ -1,6 +1,6 @@
 """Typed, frozen sweep specs loaded from YAML and validated at load time."""
 
-from fairray.config._load import LoadedSpec, build_spec, load_spec, parse_override, resolve_trial, set_path
+from fairray.config._load import LoadedSpec, build_spec, load_spec, parse_override, parse_yaml, resolve_trial, set_path
 from fairray.config._spec import (
     BudgetConfig,
     CorpusSource,
@@ -36,6 +36,7 @@ __all__ = [
     "build_spec",
     "load_spec",
     "parse_override",
+    "parse_yaml",
     "resolve_trial",
     "set_path",
     "to_plain",

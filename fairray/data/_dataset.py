@@ -24,12 +24,13 @@ SPLITS = ("train", "dev", "test")
 
 #: name -> loader(cfg, cache_root) returning (meta DataFrame, float32 features [N, D], provenance dict,
 #: aux arrays aligned with the rows, e.g. {"speaker_emb": [N, 256]})
-DATASETS: Registry[Callable[..., tuple[pd.DataFrame, np.ndarray, dict]]] = Registry("dataset")
+DATASETS: Registry[Callable[..., tuple[pd.DataFrame, np.ndarray, dict, dict]]] = Registry("dataset")
 
 
 @DATASETS.register("ser3")
-def load_ser3(cfg: DatasetConfig | None = None, cache_root: str | None = None) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """The built-in dataset: eGeMAPSv02 functionals of RAVDESS (en), EmoDB (de), nEMO (pl)."""
+def load_ser3(cfg: DatasetConfig | None = None, cache_root: str | None = None
+              ) -> tuple[pd.DataFrame, np.ndarray, dict, dict]:
+    """The built-in dataset: eGeMAPSv02 functionals and speaker embeddings of RAVDESS, EmoDB and nEMO."""
     root = resources.files("fairray.data").joinpath("builtin")
     with root.joinpath("ser3.npz").open("rb") as fh:
         arrays = np.load(fh)
@@ -42,7 +43,7 @@ def load_ser3(cfg: DatasetConfig | None = None, cache_root: str | None = None) -
 
 
 @DATASETS.register("corpora")
-def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.DataFrame, np.ndarray, dict]:
+def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.DataFrame, np.ndarray, dict, dict]:
     """Native corpora → utterance table, features through the cache, then the protocol's split.
 
     Clips the audio scan skips (corrupt, empty, silent ...) are dropped and listed, never silently.

@@ -8,42 +8,40 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from fairray._atomic import atomic_write_text
-from fairray.config import build_spec
+from fairray.config import SweepSpec, build_spec, parse_yaml
 from fairray.errors import DataError
 from fairray.models import build_model
 from fairray.train.loop import CONFIG_FILE, META_FILE, MODEL_FILE
 
 
-def load_export(path: str | Path) -> tuple[torch.nn.Module, dict, dict]:
-    """(model in eval mode, fairray.json meta, resolved config) of an export or checkpoint folder."""
+def load_export(path: str | Path) -> tuple[torch.nn.Module, dict, SweepSpec]:
+    """(model in eval mode, fairray.json meta, resolved trial spec) of an export or checkpoint folder."""
     root = Path(path)
     missing = [f for f in (MODEL_FILE, META_FILE, CONFIG_FILE) if not (root / f).is_file()]
     if missing:
         raise DataError(f"{root}: not a fairray export (missing {', '.join(missing)}); "
                         "pass a folder written by `fairray export SWEEP --out DIR`")
     meta = json.loads((root / META_FILE).read_text())
-    raw = yaml.safe_load((root / CONFIG_FILE).read_text())
-    spec = build_spec(raw, str(root / CONFIG_FILE))
+    source = str(root / CONFIG_FILE)
+    spec = build_spec(parse_yaml((root / CONFIG_FILE).read_text(), source), source)
     model = build_model(spec.model.name, spec.model.params, meta["n_features"], len(meta["classes"]))
     model.load_state_dict(torch.load(root / MODEL_FILE, weights_only=True))
-    return model.eval(), meta, raw
+    return model.eval(), meta, spec
 
 
 def predict(path: str | Path, split: str = "test") -> pd.DataFrame:
     """Predictions of an export on ``split``: uid, speaker, groups, ``y_true``, ``y_pred``, ``p_<class>``."""
-    model, meta, raw = load_export(path)
     from fairray.sweep import prepare_data
 
-    spec = build_spec(raw, str(Path(path) / CONFIG_FILE))
+    if split not in ("train", "dev", "test"):
+        raise DataError(f"--split {split!r}: expected train, dev or test")
+    model, meta, spec = load_export(path)
     data = prepare_data(spec)
     if data.fingerprint != meta["data_fingerprint"]:
         raise DataError(f"{path}: the dataset differs from the one this model was trained on "
                         f"(fingerprint {data.fingerprint} != {meta['data_fingerprint']}); rebuild it as it was")
-    if split not in ("train", "dev", "test"):
-        raise DataError(f"--split {split!r}: expected train, dev or test")
     idx = data.indices(split)
     with torch.no_grad():
         proba = torch.softmax(model(torch.as_tensor(data.X[idx])), dim=1).numpy()

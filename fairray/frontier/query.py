@@ -63,14 +63,12 @@ def load_sweep(tracking_uri: str, experiment: str, run_id: str | None = None) ->
     """The latest sweep of ``experiment`` (or ``run_id``) with its FINISHED trials."""
     parent = find_sweep_run(tracking_uri, experiment, run_id)
     objectives = tuple((m, Direction.parse(d)) for m, d in json.loads(parent.data.tags[TAG_OBJECTIVES]))
-    searched_cache: dict[str, list[str]] = {}
     trials, failed = [], 0
     for run in trial_runs(tracking_uri, parent):
         if run.info.status != "FINISHED":
             failed += 1
             continue
-        searched = searched_cache.setdefault(run.data.tags.get("fairray.searched_params", "[]"),
-                                             json.loads(run.data.tags.get("fairray.searched_params", "[]")))
+        searched = json.loads(run.data.tags.get("fairray.searched_params", "[]"))
         params = {k: run.data.params[k] for k in searched if k in run.data.params}
         trials.append(TrialRecord(run.info.run_id, run.data.tags.get(TAG_TRIAL, run.info.run_name), params,
                                   dict(run.data.metrics)))

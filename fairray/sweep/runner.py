@@ -27,6 +27,7 @@ from fairray.tracking import (
     is_remote,
     local_path,
     start_sweep_run,
+    trial_runs,
 )
 from fairray.train import TrialTracking, TuneSession, run_trial, train_loop_per_worker
 
@@ -97,7 +98,7 @@ def _reporter(spec: SweepSpec):
     from ray import tune
 
     metric_columns = {o.metric: o.metric.split("/", 1)[1] for o in spec.search.objectives}
-    metric_columns.update({"training_iteration": "iter", "method/lambda": "lambda"})
+    metric_columns["training_iteration"] = "iter"
     return tune.CLIReporter(metric_columns=metric_columns, parameter_columns=list(spec.search.space),
                             max_report_frequency=15, sort_by_metric=False)
 
@@ -117,8 +118,6 @@ def _init_ray(address: str | None) -> bool:
 
 
 def _find_resumable(uri: str, experiment_id: str, sweep: str):
-    from fairray.tracking import client
-
     runs = client(uri).search_runs([experiment_id], filter_string=f"tags.`fairray.kind` = 'sweep' and "
                                    f"tags.`fairray.sweep` = '{sweep}'",
                                    order_by=["attributes.start_time DESC"], max_results=1)
@@ -126,8 +125,6 @@ def _find_resumable(uri: str, experiment_id: str, sweep: str):
 
 
 def _count_finished(uri: str, experiment_id: str, parent_run_id: str) -> int:
-    from fairray.tracking import trial_runs
-
     parent = client(uri).get_run(parent_run_id)
     return sum(r.info.status == "FINISHED" for r in trial_runs(uri, parent))
 

@@ -8,7 +8,6 @@ workers, and with a local SQLite store or a remote tracking server.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -86,14 +85,11 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
 
 
 def _metrics(values: Mapping[str, float], step: int):
+    """Every value is logged: NaN as NaN, ±inf as MLflow's ±1.8e308 (order kept) — never dropped."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and not _is_bad(v)]
-
-
-def _is_bad(v: Any) -> bool:
-    return isinstance(v, float) and math.isinf(v)
+    return [Metric(k, float(v), now, step) for k, v in values.items() if v is not None]
 
 
 def log_metrics(uri: str, run_id: str, values: Mapping[str, float], step: int = 0) -> None:

@@ -37,21 +37,20 @@ class Session(Protocol):
 
 
 class LocalSession:
-    """``fairray train``: no Ray; keeps the latest checkpoint in ``root`` and calls ``on_report``."""
+    """``fairray train`` and benchmarks: no Ray; keeps the latest checkpoint in ``root``."""
 
     world_rank = 0
     world_size = 1
 
-    def __init__(self, root: str | Path, on_report=None) -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.on_report = on_report
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         if checkpoint_dir is not None:
             from fairray._atomic import atomic_publish_dir
 
             target = self.root / "checkpoint"
-            staged = self.root / f".checkpoint.{metrics.get('training_step', 0)}"
+            staged = self.root / ".checkpoint.staged"
             shutil.rmtree(staged, ignore_errors=True)
             shutil.copytree(checkpoint_dir, staged)
             old = self.root / ".checkpoint.old"
@@ -60,8 +59,6 @@ class LocalSession:
                 target.rename(old)
             atomic_publish_dir(staged, target)
             shutil.rmtree(old, ignore_errors=True)
-        if self.on_report is not None:
-            self.on_report(metrics)
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:

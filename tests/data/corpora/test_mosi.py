@@ -98,6 +98,12 @@ def test_bad_contents(tmp_path):
     (tmp_path / "mosi_data.pkl").write_bytes(pickle.dumps(data))
     with pytest.raises(DataError, match=r"\['train'\]: 'audio' has 3 rows, 'labels' 5"):
         MosiAdapter().load(tmp_path)
+    data = _write(tmp_path)
+    del data["valid"]["vision"]
+    (tmp_path / "mosi_data.pkl").write_bytes(pickle.dumps(data))
+    with pytest.raises(DataError, match=r"\['valid'\]: no 'vision' array; leave it out of modalities"):
+        MosiAdapter().load(tmp_path)
+    assert len(MosiAdapter(modalities=("text", "audio")).load(tmp_path)) == 10
     (tmp_path / "mosi_data.pkl").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match=r"mosi_data.pkl: not a readable pickle"):
         MosiAdapter().load(tmp_path)

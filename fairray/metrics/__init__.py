@@ -1,7 +1,10 @@
 """Per-group evaluation (METHODS §2): utilities, supports and fairness gaps computed once.
 
 :class:`GroupReport` is the one object that training reports, MLflow logging, the frontier and
-export read; :class:`MetricKey` is the one naming scheme of its keys.
+export read; :class:`MetricKey` is the one naming scheme of its keys. Single-label reports come from
+:meth:`GroupReport.compute`, multi-label ones (ES/IDI multi-hot convention) from
+:meth:`GroupReport.compute_multilabel`, with targets from :func:`multi_hot` and decisions from
+:func:`decide`.
 """
 
 from fairray.metrics._keys import (
@@ -12,11 +15,13 @@ from fairray.metrics._keys import (
     SPLITS,
     STRATUM_AGGREGATES,
     STRATUM_COLUMNS,
+    TASKS,
     UTILITY_METRICS,
     MetricKey,
     MetricSpec,
     metric_direction,
     restrict,
+    task_metrics,
     validate_metric_name,
 )
 from fairray.metrics._report import (
@@ -24,8 +29,10 @@ from fairray.metrics._report import (
     GAP_OPS,
     MISSING_VALUES,
     GroupReport,
+    decide,
     evaluate_frame,
     format_report,
+    multi_hot,
 )
 
 __all__ = [
@@ -39,13 +46,17 @@ __all__ = [
     "SPLITS",
     "STRATUM_AGGREGATES",
     "STRATUM_COLUMNS",
+    "TASKS",
     "UTILITY_METRICS",
     "GroupReport",
     "MetricKey",
     "MetricSpec",
+    "decide",
     "evaluate_frame",
     "format_report",
     "metric_direction",
+    "multi_hot",
     "restrict",
+    "task_metrics",
     "validate_metric_name",
 ]

@@ -29,9 +29,12 @@ STRATUM_AGGREGATES = ("worst", "mean")
 STRATUM_COLUMNS = ("language", "modality_cfg", "corpus", "ood")
 """Column names :meth:`MetricKey.parse` reads as a stratum when a utility key has one ``name:value`` segment."""
 KEY_FORMAT = "{split}/{metric}[/{attr}][/{stratum}:{value}]"
+TASKS = ("single", "multi")
+"""Label tasks a report can be of: single-label (one class per sample) or multi-label (multi-hot, §2.1–2.2)."""
 
 Kind = Literal["utility", "gap", "count"]
 Layout = Literal["partition", "attribute"]
+Task = Literal["single", "multi"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class MetricSpec:
     ``layout`` fixes the key structure: ``partition`` metrics are values on a subset
     (overall, group, stratum, cell); ``attribute`` metrics are between the groups of one
     attribute (pooled, per stratum and, when ``aggregates``, worst/mean over strata).
+    ``tasks`` names the report tasks (:data:`TASKS`) that carry the metric: a single-label report
+    has no ``hamming_acc``, a multi-label report no ``acc``, ``acc_gap`` or ``avg_gap``.
     """
 
     name: str
@@ -49,10 +54,12 @@ class MetricSpec:
     direction: Literal["max", "min"] | None
     aggregates: bool
     doc: str
+    tasks: tuple[Task, ...] = TASKS
 
 
 _SPECS = (
-    MetricSpec("acc", "utility", "partition", "max", False, "accuracy (§2.2)"),
+    MetricSpec("acc", "utility", "partition", "max", False, "accuracy, exact match (§2.2); single-label only",
+               ("single",)),
     MetricSpec("weighted_f1", "utility", "partition", "max", False, "support-weighted F1 (MMG W-F1)"),
     MetricSpec("macro_f1", "utility", "partition", "max", False, "mean F1 over all classes, 0 when undefined (IDI F1)"),
     MetricSpec("uar", "utility", "partition", "max", False, "mean recall over classes with positives"),
@@ -63,17 +70,39 @@ _SPECS = (
     MetricSpec("uar_gap", "gap", "attribute", "min", True, "range of per-group uar (MMG ΔTPR, §2.5)"),
     MetricSpec("mfpr_gap", "gap", "attribute", "min", True, "range of per-group mean FPR (MMG ΔFPR)"),
     MetricSpec("weighted_f1_gap", "gap", "attribute", "min", True, "range of per-group weighted F1 (MMG ΔW-F1)"),
-    MetricSpec("acc_gap", "gap", "attribute", "min", True, "range of per-group accuracy (MMG ΔACC)"),
-    MetricSpec("avg_gap", "gap", "attribute", "min", True, "mean of the four MMG gaps (MMG AVG)"),
+    MetricSpec("acc_gap", "gap", "attribute", "min", True, "range of per-group accuracy (MMG ΔACC)", ("single",)),
+    MetricSpec("avg_gap", "gap", "attribute", "min", True, "mean of the four MMG gaps (MMG AVG)", ("single",)),
     MetricSpec("n", "count", "partition", None, False, "number of samples (support)"),
     MetricSpec("n_undefined_f1", "count", "partition", None, False, "classes whose F1 denominator is 0"),
     MetricSpec("n_excluded", "count", "attribute", None, False, "samples with a missing attribute value"),
     MetricSpec("n_groups_eff", "count", "attribute", None, False, "groups with at least s_min samples"),
-)
+    # Multi-label only; appended so that the single-label order above (and the listings built on it) stays.
+    MetricSpec("hamming_acc", "utility", "partition", "max", False,
+               "mean per-class agreement 1[ŷ_c = y_c] over samples and classes (§2.2, IDI ACC)", ("multi",)),
+)  # fmt: skip
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}
-UTILITY_METRICS = tuple(s.name for s in _SPECS if s.kind == "utility")
-GAP_METRICS = tuple(s.name for s in _SPECS if s.kind == "gap")
-COUNT_METRICS = tuple(s.name for s in _SPECS if s.kind == "count")
+
+
+def task_metrics(task: str, kind: Kind | None = None) -> tuple[str, ...]:
+    """Names of the metrics a ``task`` report carries (of one ``kind`` if given), in table order.
+
+    >>> task_metrics("multi", "utility")
+    ('hamming_acc', 'weighted_f1', 'macro_f1', 'uar', 'fpr')
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    names = [s.name for s in _SPECS if task in s.tasks and (kind is None or s.kind == kind)]
+    if "hamming_acc" in names:  # the multi-label headline utility leads, where acc leads single-label tables
+        names.insert(0, names.pop(names.index("hamming_acc")))
+    return tuple(names)
+
+
+UTILITY_METRICS = task_metrics("single", "utility")
+"""Utilities of a single-label report; ``task_metrics('multi', 'utility')`` for a multi-label one."""
+GAP_METRICS = task_metrics("single", "gap")
+"""Gaps of a single-label report (every gap); ``task_metrics('multi', 'gap')`` for a multi-label one."""
+COUNT_METRICS = task_metrics("single", "count")
+"""Counts (the same for both tasks)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\- ]+$")
 
@@ -121,11 +150,13 @@ class MetricKey:
 
     @property
     def is_utility(self) -> bool:
-        return self.metric in UTILITY_METRICS
+        spec = METRICS.get(self.metric)
+        return spec is not None and spec.kind == "utility"
 
     @property
     def is_gap(self) -> bool:
-        return self.metric in GAP_METRICS
+        spec = METRICS.get(self.metric)
+        return spec is not None and spec.kind == "gap"
 
     @property
     def is_aggregate(self) -> bool:

@@ -1,9 +1,25 @@
-"""Per-group evaluation computed once (METHODS §2.2–2.6).
+"""Per-group evaluation computed once (METHODS §2.1–2.6).
 
-:meth:`GroupReport.compute` counts one confusion matrix per (group, stratum) cell with a single
-``np.bincount`` and derives every utility, support and gap from those counts into one long
-table. ``flat``, ``get``, ``table``, ``to_json`` and :func:`format_report` only read that table.
+:meth:`GroupReport.compute` (single-label) counts one confusion matrix per (group, stratum) cell
+with a single ``np.bincount``; :meth:`GroupReport.compute_multilabel` (multi-hot targets and
+decisions, the ES/IDI convention) counts one binary confusion matrix per (cell, class). Both are
+turned into the same per-class one-vs-rest TP/FP/FN/TN counts (for single-label they are exactly
+the one-vs-rest counts of the C×C matrix), from which one code path derives every utility, support
+and gap into one long table. ``flat``, ``get``, ``table``, ``to_json`` and :func:`format_report`
+only read that table.
 
+Which metrics a report carries depends on its ``task`` (``MetricSpec.tasks``):
+
+- single-label: ``acc`` (exact match) and every gap, including the MinMaxGAP ones (§2.5);
+- multi-label: ``hamming_acc`` instead of ``acc``, and no ``acc_gap`` / ``avg_gap``. Exact-match
+  (subset) accuracy is not an ES/IDI metric, is not determined by the per-class counts a report
+  keeps (so ``from_counts`` could not rebuild it), and under the same key would read as the
+  single-label accuracy; ``avg_gap`` needs ``acc_gap`` and with another component would be a
+  different number under the same name. ``uar_gap``, ``mfpr_gap`` and ``weighted_f1_gap`` are the
+  ranges over groups of the per-group ``uar``, mean FPR and ``weighted_f1`` — per-class quantities,
+  the same formulas on binary class columns — and are reported for both tasks.
+
+Absent metrics are absent keys (``get`` raises ``KeyError`` naming the task), never NaN stand-ins.
 All values are fractions in [0, 1] (MMG tables print them in %). Undefined values are NaN, never 0.
 """
 
@@ -21,13 +37,13 @@ import pandas as pd
 from fairray.errors import ConfigError, DataError
 from fairray.metrics._keys import (
     COUNT_METRICS,
-    GAP_METRICS,
     METRICS,
     SPLITS,
     STRATUM_AGGREGATES,
-    UTILITY_METRICS,
+    TASKS,
     MetricKey,
     is_safe_name,
+    task_metrics,
 )
 
 MISSING_VALUES = frozenset({"", "U", "Unspecified", "unspecified", "Unknown", "unknown"})
@@ -37,8 +53,8 @@ CLASS_AGGS = ("rms", "mean", "max")
 TABLE_COLUMNS = (
     "scope", "metric", "attr", "group", "stratum", "stratum_value", "value", "support", "n_classes", "n_strata",
 )  # fmt: skip
-_PARTITION_METRICS = (*UTILITY_METRICS, "n", "n_undefined_f1")
-_CLASSWISE = ("tpr_gap", "fpr_gap", "dp_gap")
+_PARTITION_METRICS = {task: (*task_metrics(task, "utility"), "n", "n_undefined_f1") for task in TASKS}
+_GAPS = {task: task_metrics(task, "gap") for task in TASKS}
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,9 +66,13 @@ class GroupReport:
     classes, attribute, stratum : the class names, the protected attribute column and the
         stratum column (``None``: no strata).
     groups, strata : the attribute / stratum values found (sorted); missing values are excluded.
-    counts : int array ``[G+1, S+1, C, C]`` of (true, predicted) counts per cell; index ``G`` holds
-        samples with a missing attribute and ``S`` those with a missing (or no) stratum.
+    counts : per cell, index ``G`` holding samples with a missing attribute and ``S`` those with a
+        missing (or no) stratum. Single-label: int array ``[G+1, S+1, C, C]`` of (true, predicted)
+        counts. Multi-label: ``[G+1, S+1, C, 2, 2]``, per class the binary (true, predicted) counts,
+        i.e. ``[..., c, 0, 0]`` = TN, ``[0, 1]`` = FP, ``[1, 0]`` = FN, ``[1, 1]`` = TP.
     frame : the long table (see :meth:`table`), one row per metric key.
+    task : ``"single"`` (:meth:`compute`) or ``"multi"`` (:meth:`compute_multilabel`); fixes the
+        layout of ``counts`` and which metrics the table holds (see the module docstring).
 
     Examples
     --------
@@ -72,6 +92,7 @@ class GroupReport:
     class_agg: str
     counts: np.ndarray = field(repr=False)
     frame: pd.DataFrame = field(repr=False)
+    task: str = "single"
 
     @classmethod
     def compute(
@@ -102,18 +123,57 @@ class GroupReport:
         y_pred = _labels(y_pred, "y_pred", n_classes)
         if len(y_true) != len(y_pred) or len(groups) != len(y_true):
             raise DataError(f"length mismatch: y_true {len(y_true)}, y_pred {len(y_pred)}, groups {len(groups)} rows")
-        g_idx, group_values = _encode(groups, attribute, "attribute")
-        if stratum is None:
-            s_idx, stratum_values = np.zeros(len(y_true), dtype=np.int64), ()
-        else:
-            s_idx, stratum_values = _encode(groups, stratum, "stratum")
+        g_idx, group_values, s_idx, stratum_values = _encode_cells(groups, attribute, stratum)
         n_g, n_s = len(group_values), len(stratum_values)
         flat_idx = ((g_idx * (n_s + 1) + s_idx) * n_classes + y_true) * n_classes + y_pred
         counts = np.bincount(flat_idx, minlength=(n_g + 1) * (n_s + 1) * n_classes * n_classes)
         counts = counts.reshape(n_g + 1, n_s + 1, n_classes, n_classes)
         return cls.from_counts(
             counts, classes, attribute, stratum, group_values, stratum_values,
-            s_min=s_min, gap_op=gap_op, class_agg=class_agg,
+            s_min=s_min, gap_op=gap_op, class_agg=class_agg, task="single",
+        )  # fmt: skip
+
+    @classmethod
+    def compute_multilabel(
+        cls,
+        y_true: Sequence[Sequence[int]] | np.ndarray,
+        y_pred: Sequence[Sequence[int]] | np.ndarray,
+        classes: Sequence[str],
+        groups: pd.DataFrame,
+        attribute: str = "gender",
+        stratum: str | None = "language",
+        *,
+        s_min: int = 1,
+        gap_op: str = "sum_abs_dev",
+        class_agg: str = "rms",
+    ) -> GroupReport:
+        """Evaluate multi-hot decisions ``y_pred [N, C]`` against multi-hot targets ``y_true [N, C]`` (0/1).
+
+        The multi-label counterpart of :meth:`compute` (METHODS §2.1–2.4, the ES/IDI convention):
+        column ``c`` is the binary label of class ``classes[c]``; see :func:`multi_hot` and
+        :func:`decide` for deriving both from soft labels and probabilities. The report has
+        ``task="multi"``: ``hamming_acc`` instead of ``acc``, F1/uar/fpr over the class columns,
+        the class-wise gaps (``tpr_gap``, ``fpr_gap``, ``dp_gap``) for any number of groups, and
+        no ``acc_gap`` / ``avg_gap``. ``groups``, missing values and strata as in :meth:`compute`.
+        """
+        _check_options(s_min, gap_op, class_agg)
+        classes = tuple(str(c) for c in classes)
+        n_classes = len(classes)
+        if n_classes < 2:
+            raise DataError(f"need at least two classes; got {list(classes)}")
+        y_true = _binary_labels(y_true, "y_true", n_classes)
+        y_pred = _binary_labels(y_pred, "y_pred", n_classes)
+        if len(y_true) != len(y_pred) or len(groups) != len(y_true):
+            raise DataError(f"length mismatch: y_true {len(y_true)}, y_pred {len(y_pred)}, groups {len(groups)} rows")
+        g_idx, group_values, s_idx, stratum_values = _encode_cells(groups, attribute, stratum)
+        n_g, n_s = len(group_values), len(stratum_values)
+        cell = (g_idx * (n_s + 1) + s_idx)[:, None] * n_classes + np.arange(n_classes)
+        flat_idx = (cell * 2 + y_true) * 2 + y_pred
+        counts = np.bincount(flat_idx.reshape(-1), minlength=(n_g + 1) * (n_s + 1) * n_classes * 4)
+        counts = counts.reshape(n_g + 1, n_s + 1, n_classes, 2, 2)
+        return cls.from_counts(
+            counts, classes, attribute, stratum, group_values, stratum_values,
+            s_min=s_min, gap_op=gap_op, class_agg=class_agg, task="multi",
         )  # fmt: skip
 
     @classmethod
@@ -129,17 +189,37 @@ class GroupReport:
         s_min: int = 1,
         gap_op: str = "sum_abs_dev",
         class_agg: str = "rms",
+        task: str | None = None,
     ) -> GroupReport:
-        """Build the report from cell confusion counts ``[G+1, S+1, C, C]`` (see ``counts``)."""
+        """Build the report from cell counts (see ``counts``).
+
+        ``task`` is ``"single"`` for confusion counts ``[G+1, S+1, C, C]`` and ``"multi"`` for
+        per-class binary counts ``[G+1, S+1, C, 2, 2]``; ``None`` reads it from the number of
+        dimensions (4 or 5).
+        """
         _check_options(s_min, gap_op, class_agg)
         counts = np.asarray(counts, dtype=np.int64)
-        expected = (len(groups) + 1, len(strata) + 1, len(classes), len(classes))
+        if task is None:
+            task = "multi" if counts.ndim == 5 else "single"
+        if task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        n_classes = len(classes)
+        tail, names = ((n_classes, n_classes), "C, C") if task == "single" else ((n_classes, 2, 2), "C, 2, 2")
+        expected = (len(groups) + 1, len(strata) + 1, *tail)
         if counts.shape != expected:
-            raise DataError(f"counts must have shape {expected} (groups+1, strata+1, C, C); got {counts.shape}")
-        frame = _build_frame(counts, attribute, stratum, tuple(groups), tuple(strata), s_min, gap_op, class_agg)
+            raise DataError(
+                f"{task}-label counts must have shape {expected} (groups+1, strata+1, {names}); got {counts.shape}"
+            )
+        if task == "multi" and n_classes:
+            per_class = counts.sum((-2, -1))
+            if not (per_class == per_class[..., :1]).all():
+                raise DataError("multi-label counts: every class's 2x2 table of a cell must sum to the cell's samples")
+        frame = _build_frame(
+            counts, attribute, stratum, tuple(groups), tuple(strata), s_min, gap_op, class_agg, task
+        )  # fmt: skip
         return cls(
             tuple(classes), attribute, stratum, tuple(groups), tuple(strata),
-            s_min, gap_op, class_agg, counts, frame,
+            s_min, gap_op, class_agg, counts, frame, task,
         )  # fmt: skip
 
     @cached_property
@@ -153,7 +233,7 @@ class GroupReport:
     @property
     def n_excluded(self) -> int:
         """Samples with a missing attribute value."""
-        return int(self.counts[-1].sum())
+        return int(_sample_counts(self.counts[-1], self.task).sum())
 
     def flat(self, split: str) -> dict[str, float]:
         """Every metric as ``{'{split}/{metric}...': value}`` (supports as float, NaN kept)."""
@@ -169,11 +249,23 @@ class GroupReport:
         try:
             return self._index[suffix]
         except KeyError:
+            if key.metric in METRICS and key.metric not in self.metrics:
+                other = {"acc": "hamming_acc", "hamming_acc": "acc"}.get(key.metric)
+                hint = f" (it has {other!r})" if other in self.metrics else ""
+                raise KeyError(
+                    f"{key.format()!r}: a {self.task}-label report has no {key.metric!r}{hint}; "
+                    f"its metrics are {', '.join(self.metrics)}"
+                ) from None
             raise KeyError(
-                f"{key.format()!r} is not in this report: metrics {', '.join(METRICS)}; attribute "
+                f"{key.format()!r} is not in this report: metrics {', '.join(self.metrics)}; attribute "
                 f"{self.attribute!r} with groups {list(self.groups)}; stratum {self.stratum!r} with values "
                 f"{list(self.strata)}"
             ) from None
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Names of the metrics this report holds (they depend on ``task``)."""
+        return task_metrics(self.task)
 
     def table(self) -> pd.DataFrame:
         """The long per-group table, one row per key (a copy).
@@ -186,9 +278,10 @@ class GroupReport:
         return self.frame.copy()
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-safe dict (NaN as None) holding the options, the counts and the table."""
+        """A JSON-safe dict (NaN as None) holding the task, the options, the counts and the table."""
         rows = self.frame.astype(object).where(self.frame.notna(), None).to_dict(orient="records")
         return {
+            "task": self.task,
             "classes": list(self.classes),
             "attribute": self.attribute,
             "stratum": self.stratum,
@@ -203,18 +296,90 @@ class GroupReport:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GroupReport:
-        """Inverse of :meth:`to_json`; the table is read back, not recomputed."""
+        """Inverse of :meth:`to_json`; the table is read back, not recomputed.
+
+        JSON written before multi-label reports existed has no ``task`` and reads as single-label.
+        """
+        task = data.get("task", "single")
+        if task not in TASKS:
+            raise DataError(f"GroupReport JSON has task {task!r}; expected one of {', '.join(TASKS)}")
         try:
             frame = pd.DataFrame(data["rows"], columns=list(TABLE_COLUMNS))
             numeric = ["value", "support", "n_classes", "n_strata"]
             frame[numeric] = frame[numeric].astype(float)
+            counts = np.asarray(data["counts"], dtype=np.int64)
             return cls(
                 tuple(data["classes"]), data["attribute"], data["stratum"], tuple(data["groups"]),
                 tuple(data["strata"]), int(data["s_min"]), data["gap_op"], data["class_agg"],
-                np.asarray(data["counts"], dtype=np.int64), frame,
+                counts, frame, task,
             )  # fmt: skip
         except KeyError as err:
             raise DataError(f"GroupReport JSON lacks the field {err}") from None
+
+
+# --- decisions and targets (§1.2, §2.1) ------------------------------------------------------------
+
+
+def decide(prob: Any, task: str, *, fallback_argmax: bool = False) -> np.ndarray:
+    """§2.1 decisions from class probabilities ``prob [..., C]`` (class axis last).
+
+    - ``task="single"``: ``argmax_c p_c`` (first class on ties), int64 ``[...]``.
+    - ``task="multi"``: ``1[p_c > 1/|C|]``, strict, on the given (softmax) probabilities — the
+      threshold of the targets (:func:`multi_hot`); int64 0/1 ``[..., C]``. The threshold is taken
+      in the input's float type, so a uniform float32 softmax row (``p_c`` = float32 ``1/6``) is all
+      negative, as it is in float64. ``fallback_argmax`` (config ``pred_fallback_argmax``, default
+      off) makes the argmax class positive in rows with no positive, so every sample predicts at
+      least one class; it changes nothing for single-label decisions.
+
+    >>> decide([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2]], "single").tolist()
+    [0, 0]
+    >>> decide([[0.5, 0.3, 0.2], [1 / 3, 1 / 3, 1 / 3]], "multi").tolist()
+    [[1, 0, 0], [0, 0, 0]]
+    >>> decide([[1 / 3, 1 / 3, 1 / 3]], "multi", fallback_argmax=True).tolist()
+    [[1, 0, 0]]
+    """
+    if task not in TASKS:
+        raise ConfigError(f"decide: task must be one of {', '.join(TASKS)}; got {task!r}")
+    p = _class_scores(prob, "prob")
+    if task == "single":
+        return p.argmax(-1).astype(np.int64)
+    positive = _above_uniform(p)
+    if fallback_argmax:
+        none = ~positive.any(-1, keepdims=True)
+        positive |= none & (np.arange(p.shape[-1]) == p.argmax(-1)[..., None])
+    return positive.astype(np.int64)
+
+
+def multi_hot(soft: Any) -> np.ndarray:
+    """§1.2 multi-hot targets ``y_c = 1[t_c > 1/|C|]`` (strict) of soft labels ``soft [..., C]``; int64 0/1.
+
+    The ES/IDI convention: with |C| = 6 two votes out of ten make a class positive, and a share of
+    exactly ``1/|C|`` does not (compared in the input's float type, as :func:`decide`).
+
+    >>> multi_hot([[0.6, 0.2, 0.2], [0.5, 0.5, 0.0]]).tolist()
+    [[1, 0, 0], [1, 1, 0]]
+    """
+    return _above_uniform(_class_scores(soft, "soft")).astype(np.int64)
+
+
+def _class_scores(values: Any, name: str) -> np.ndarray:
+    """``values`` as a float array with at least two classes on its last axis, all finite."""
+    arr = np.asarray(values)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise DataError(f"{name} must be numeric class scores; got dtype {arr.dtype}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    if arr.ndim < 1 or arr.shape[-1] < 2:
+        raise DataError(f"{name} must have at least two classes on its last axis; got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise DataError(f"{name} holds non-finite values (NaN or inf)")
+    return arr
+
+
+def _above_uniform(p: np.ndarray) -> np.ndarray:
+    """``p > 1/|C|`` with the threshold computed in ``p``'s float type."""
+    one = p.dtype.type(1)
+    return p > one / p.dtype.type(p.shape[-1])
 
 
 def evaluate_frame(
@@ -261,8 +426,9 @@ def format_report(report: GroupReport, split: str = "test", fmt: str = "table") 
     if fmt != "table":
         raise ConfigError(f"format_report: fmt must be 'table' or 'json'; got {fmt!r}")
     frame = report.frame
+    task = "" if report.task == "single" else f" ({report.task}-label)"
     head = (
-        f"{split}: {len(report.classes)} classes, attribute {report.attribute!r} "
+        f"{split}: {len(report.classes)} classes{task}, attribute {report.attribute!r} "
         f"(groups {', '.join(report.groups) or '-'}; {report.n_excluded} excluded), stratum {report.stratum!r}, "
         f"s_min={report.s_min}, gap_op={report.gap_op}, class_agg={report.class_agg}"
     )
@@ -272,11 +438,14 @@ def format_report(report: GroupReport, split: str = "test", fmt: str = "table") 
         for k, scope in zip(report._index, frame["scope"], strict=True)
         if scope != "gap"
     ]
-    utility = _render(part.assign(row=labels), "row", "metric", ["n", *UTILITY_METRICS, "n_undefined_f1"])
+    utility = _render(
+        part.assign(row=labels), "row", "metric", ["n", *task_metrics(report.task, "utility"), "n_undefined_f1"]
+    )
     gaps = frame[frame["scope"] == "gap"]
     columns = gaps["stratum_value"].fillna("pooled")
     order = ["pooled", *report.strata, *STRATUM_AGGREGATES]
-    gap_text = _render(gaps.assign(column=columns), "metric", "column", order, row_order=[*GAP_METRICS, *COUNT_METRICS])
+    row_order = [*task_metrics(report.task, "gap"), *COUNT_METRICS]
+    gap_text = _render(gaps.assign(column=columns), "metric", "column", order, row_order=row_order)
     return f"{head}\n\nutility and support\n{utility}\n\ngaps between {report.attribute} groups\n{gap_text}\n"
 
 
@@ -302,6 +471,30 @@ def _labels(values: Any, name: str, n_classes: int) -> np.ndarray:
         bad = sorted(set(arr[(arr < 0) | (arr >= n_classes)].tolist()))
         raise DataError(f"{name} holds class indices outside 0..{n_classes - 1}: {bad}")
     return arr.astype(np.int64)
+
+
+def _binary_labels(values: Any, name: str, n_classes: int) -> np.ndarray:
+    """A ``[N, C]`` multi-hot array as int64; bool, integer or float input holding only 0 and 1."""
+    arr = np.asarray(values)
+    if arr.ndim != 2 or arr.shape[1] != n_classes:
+        raise DataError(f"{name} must be a multi-hot array of shape [N, {n_classes}]; got shape {arr.shape}")
+    if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
+        raise DataError(f"{name} must hold 0/1 values; got dtype {arr.dtype}")
+    if arr.size and not np.isin(arr, (0, 1)).all():
+        bad = sorted(set(arr[~np.isin(arr, (0, 1))].tolist()))[:5]
+        raise DataError(f"{name} must hold only 0 and 1 (multi-hot); found {bad}")
+    return arr.astype(np.int64)
+
+
+def _encode_cells(
+    groups: pd.DataFrame, attribute: str, stratum: str | None
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray, tuple[str, ...]]:
+    """Attribute codes and values, then stratum codes and values (all code 0 and no value without strata)."""
+    g_idx, group_values = _encode(groups, attribute, "attribute")
+    if stratum is None:
+        return g_idx, group_values, np.zeros(len(groups), dtype=np.int64), ()
+    s_idx, stratum_values = _encode(groups, stratum, "stratum")
+    return g_idx, group_values, s_idx, stratum_values
 
 
 def _encode(frame: pd.DataFrame, column: str, what: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -338,30 +531,60 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray, axis: int = -1) -> np.nda
     return _div(np.where(mask, values, 0.0).sum(axis), mask.sum(axis))
 
 
-def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-class counts of a stack of confusion matrices ``[..., C, C]`` (rows true, columns predicted)."""
+def _one_vs_rest(cm: np.ndarray) -> np.ndarray:
+    """Per-class binary counts ``[..., C, 2, 2]`` (true, predicted) of confusion matrices ``[..., C, C]``.
+
+    Class ``c`` against the rest: TP = ``cm[c, c]``, FN = the rest of row ``c``, FP = the rest of
+    column ``c``, TN = everything else. These are exactly the counts a multi-label report keeps,
+    so both tasks share :func:`_rates`, :func:`_utilities` and :func:`_gaps`.
+    """
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
     pos, pred = cm.sum(-1), cm.sum(-2)
-    n = pos.sum(-1)
-    return {"tp": tp, "pos": pos, "pred": pred, "neg": n[..., None] - pos, "fp": pred - tp, "n": n}
+    n = pos.sum(-1, keepdims=True)
+    fn, fp = pos - tp, pred - tp
+    tn = n - pos - fp
+    return np.stack([np.stack([tn, fp], -1), np.stack([fn, tp], -1)], -2)
 
 
-def _utilities(cm: np.ndarray, s_min: int) -> dict[str, np.ndarray]:
-    """§2.2 utilities of each confusion matrix in a stack ``[..., C, C]`` (NaN on empty subsets)."""
-    r = _rates(cm)
+def _sample_counts(counts: np.ndarray, task: str) -> np.ndarray:
+    """Samples per entry of ``counts`` without its class axes (one class's 2x2 table sums to them)."""
+    if task == "single":
+        return counts.sum((-2, -1))
+    return counts[..., :1, :, :].sum((-3, -2, -1))
+
+
+def _rates(binary: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class counts of a stack of per-class binary tables ``[..., C, 2, 2]`` (true, predicted)."""
+    tn, fp, fn, tp = binary[..., 0, 0], binary[..., 0, 1], binary[..., 1, 0], binary[..., 1, 1]
+    n = _sample_counts(binary, "multi")
+    return {"tp": tp, "tn": tn, "fp": fp, "fn": fn, "pos": tp + fn, "neg": fp + tn, "pred": tp + fp, "n": n}
+
+
+def _utilities(binary: np.ndarray, s_min: int, task: str = "single") -> dict[str, np.ndarray]:
+    """§2.2 utilities of each stack entry of per-class binary tables ``[..., C, 2, 2]`` (NaN on empty subsets).
+
+    ``acc`` (single-label; the one-vs-rest TPs of a sample set sum to its correct samples) or
+    ``hamming_acc`` (multi-label) by ``task``; the others are the same formulas for both.
+    ``weighted_f1`` weighs by positives (their sum is ``n`` for single-label) and is NaN without any.
+    """
+    r = _rates(binary)
     tp, pos, n = r["tp"], r["pos"], r["n"]
-    f1_den = r["pred"] + pos  # 2TP + FP + FN
+    f1_den = 2 * tp + r["fp"] + r["fn"]
     f1 = np.nan_to_num(_div(2 * tp, f1_den))  # zero_division=0
     empty = n == 0
-    return {
-        "acc": _div(tp.sum(-1), n),
-        "weighted_f1": _div((pos * f1).sum(-1), n),
+    out = {
+        "weighted_f1": _div((pos * f1).sum(-1), pos.sum(-1)),
         "macro_f1": np.where(empty, np.nan, f1.mean(-1)),
         "uar": _masked_mean(_div(tp, pos), pos > 0),
         "fpr": _masked_mean(_div(r["fp"], r["neg"]), r["neg"] >= s_min),
         "n": n.astype(float),
         "n_undefined_f1": (f1_den == 0).sum(-1).astype(float),
     }
+    if task == "single":
+        out["acc"] = _div(tp.sum(-1), n)
+    else:
+        out["hamming_acc"] = _div((tp + r["tn"]).sum(-1), n * tp.shape[-1])
+    return out
 
 
 def _classwise_gap(
@@ -403,12 +626,13 @@ def _range(values: np.ndarray, defined: np.ndarray) -> np.ndarray:
 
 
 def _gaps(
-    gcm: np.ndarray, s_min: int, gap_op: str, class_agg: str
+    gcm: np.ndarray, s_min: int, gap_op: str, class_agg: str, task: str = "single"
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-    """All gaps for a stack of per-group confusion matrices ``[B, G, C, C]``.
+    """All gaps of ``task`` for a stack of per-group per-class binary tables ``[B, G, C, 2, 2]``.
 
     Returns ``{gap: [B]}``, ``{gap: classes kept [B]}`` (NaN for the scalar gaps) and the number
     of groups with at least ``s_min`` samples ``[B]``; a smaller group takes part in no gap.
+    ``acc_gap`` and ``avg_gap`` are single-label only.
     """
     r = _rates(gcm)
     n_g = np.broadcast_to(r["n"][..., None], r["tp"].shape)
@@ -419,18 +643,19 @@ def _gaps(
         "dp_gap": (r["pred"], n_g, n_g >= s_min),
     }
     gaps = {}
-    n_classes = {name: np.full(len(gcm), np.nan) for name in GAP_METRICS}
+    n_classes = {name: np.full(len(gcm), np.nan) for name in _GAPS[task]}
     for name, (num, den, defined) in rates.items():
         gaps[name], n_classes[name] = _classwise_gap(num, den, defined, gap_op, class_agg)
-    util = _utilities(gcm, s_min)
+    util = _utilities(gcm, s_min, task)
     fpr_defined = r["neg"] >= s_min
     common = np.all(fpr_defined | ~present[..., None], axis=1, keepdims=True)  # classes defined for all groups
     mean_fpr = _masked_mean(_div(r["fp"], r["neg"]), common & fpr_defined)
     gaps["uar_gap"] = _range(util["uar"], present)
     gaps["mfpr_gap"] = _range(mean_fpr, present)
     gaps["weighted_f1_gap"] = _range(util["weighted_f1"], present)
-    gaps["acc_gap"] = _range(util["acc"], present)
-    gaps["avg_gap"] = (gaps["uar_gap"] + gaps["mfpr_gap"] + gaps["weighted_f1_gap"] + gaps["acc_gap"]) / 4
+    if task == "single":
+        gaps["acc_gap"] = _range(util["acc"], present)
+        gaps["avg_gap"] = (gaps["uar_gap"] + gaps["mfpr_gap"] + gaps["weighted_f1_gap"] + gaps["acc_gap"]) / 4
     return gaps, n_classes, present.sum(-1)
 
 
@@ -443,9 +668,12 @@ def _build_frame(
     s_min: int,
     gap_op: str,
     class_agg: str,
+    task: str = "single",
 ) -> pd.DataFrame:
-    """The long table of every metric, from the cell counts."""
+    """The long table of every metric of ``task``, from the cell counts (see ``GroupReport.counts``)."""
     n_g, n_s = len(groups), len(strata)
+    samples = _sample_counts(counts, task)  # [G+1, S+1]
+    counts = _one_vs_rest(counts) if task == "single" else counts  # [G+1, S+1, C, 2, 2] from here on
     rows: dict[str, list] = {c: [] for c in TABLE_COLUMNS}
 
     def add(scope, metric, a, g, s, sv, value, support, n_cls=np.nan, n_str=np.nan):
@@ -457,26 +685,26 @@ def _build_frame(
     cells += [("group", g, None, counts[i].sum(0)) for i, g in enumerate(groups)]
     cells += [("stratum", None, s, counts[:, j].sum(0)) for j, s in enumerate(strata)]
     cells += [("cell", g, s, counts[i, j]) for i, g in enumerate(groups) for j, s in enumerate(strata)]
-    util = _utilities(np.stack([c[3] for c in cells]), s_min)
+    util = _utilities(np.stack([c[3] for c in cells]), s_min, task)
     for k, (scope, g, s, _) in enumerate(cells):
-        for metric in _PARTITION_METRICS:
+        for metric in _PARTITION_METRICS[task]:
             add(scope, metric, None if g is None else attr, g, None if s is None else stratum, s,
                 util[metric][k], util["n"][k])  # fmt: skip
 
     # Gap scopes: pooled over the known groups, then inside each stratum.
     known = counts[:n_g]
-    gcm = np.concatenate([known.sum(1)[None], known[:, :n_s].transpose(1, 0, 2, 3)])
-    gaps, n_classes, n_groups = _gaps(gcm, s_min, gap_op, class_agg)
-    support = gcm.sum((1, 2, 3)).astype(float)
-    excluded = np.concatenate([[counts[n_g].sum()], counts[n_g, :n_s].sum((1, 2))]).astype(float)
+    gcm = np.concatenate([known.sum(1)[None], known[:, :n_s].transpose(1, 0, 2, 3, 4)])
+    gaps, n_classes, n_groups = _gaps(gcm, s_min, gap_op, class_agg, task)
+    support = np.concatenate([[samples[:n_g].sum()], samples[:n_g, :n_s].sum(0)]).astype(float)
+    excluded = np.concatenate([[samples[n_g].sum()], samples[n_g, :n_s]]).astype(float)
     scopes = [(None, None)] + [(stratum, s) for s in strata]
     for b, (s, sv) in enumerate(scopes):
-        for metric in GAP_METRICS:
+        for metric in _GAPS[task]:
             add("gap", metric, attr, None, s, sv, gaps[metric][b], support[b], n_classes[metric][b])
         add("gap", "n_excluded", attr, None, s, sv, excluded[b], support[b] + excluded[b])
         add("gap", "n_groups_eff", attr, None, s, sv, float(n_groups[b]), support[b])
     if n_s:
-        for metric in GAP_METRICS:
+        for metric in _GAPS[task]:
             per_stratum = gaps[metric][1:]
             ok = np.isfinite(per_stratum)
             worst = per_stratum[ok].max() if ok.any() else np.nan

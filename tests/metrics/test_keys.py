@@ -221,3 +221,58 @@ def test_restrict(key: str, kwargs: dict, expected: str) -> None:
 def test_restrict_refuses_conflicts(key: str, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=re.escape(match)):
         restrict(key, **kwargs)
+
+
+# --- multi-label metrics (task-dependent tables) -------------------------------------------------
+
+
+def test_hamming_acc_spec_and_task_tables() -> None:
+    from fairray.metrics import METRICS, TASKS, task_metrics
+
+    spec = METRICS["hamming_acc"]
+    assert (spec.kind, spec.layout, spec.direction, spec.aggregates, spec.tasks) == (
+        "utility", "partition", "max", False, ("multi",),
+    )  # fmt: skip
+    assert TASKS == ("single", "multi")
+    assert task_metrics("single", "utility") == UTILITY_METRICS
+    assert task_metrics("multi", "utility") == ("hamming_acc", "weighted_f1", "macro_f1", "uar", "fpr")
+    assert task_metrics("single", "gap") == GAP_METRICS
+    assert task_metrics("multi", "gap") == ("tpr_gap", "fpr_gap", "dp_gap", "uar_gap", "mfpr_gap", "weighted_f1_gap")
+    assert task_metrics("multi", "count") == task_metrics("single", "count") == COUNT_METRICS
+    assert set(task_metrics("single")) | set(task_metrics("multi")) == set(METRICS)
+    with pytest.raises(ValueError, match="task must be one of single, multi"):
+        task_metrics("multilabel")
+
+
+@pytest.mark.parametrize(
+    "text", ["dev/hamming_acc", "test/hamming_acc/gender:F/language:en", "train/hamming_acc/race:Asian"]
+)
+def test_hamming_acc_keys_validate(text: str) -> None:
+    key = validate_metric_name(text)
+    assert key.is_utility and not key.is_gap and key.format() == text
+    assert metric_direction(text) == "max"
+    assert restrict("dev/hamming_acc", group="F", attr="gender").format() == "dev/hamming_acc/gender:F"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("dev/hamming_acc/gender", "name a group"),
+        ("dev/hamming_acc/worst:language", "worst/mean over strata exist only"),
+    ],
+)
+def test_hamming_acc_keys_rejected(text: str, match: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(match)):
+        validate_metric_name(text)
+
+
+def test_every_multilabel_report_key_validates() -> None:
+    rng = np.random.default_rng(1)
+    groups = pd.DataFrame({"gender": rng.choice(["F", "M", "U"], 60), "language": rng.choice(["en", "de"], 60)})
+    report = GroupReport.compute_multilabel(
+        rng.integers(0, 2, (60, 3)), rng.integers(0, 2, (60, 3)), ["a", "b", "c"], groups
+    )
+    keys = list(report.flat("dev"))
+    assert len(keys) == 7 * (1 + 2 + 2 + 4) + 2 * 3 + 6 * (3 + 2)
+    for key in keys:
+        assert validate_metric_name(key).format() == key

@@ -12,12 +12,36 @@ import torch
 from fairray._atomic import atomic_write_text
 from fairray.config import SweepSpec, build_spec, parse_yaml
 from fairray.errors import DataError
-from fairray.models import build_model
-from fairray.train.loop import CONFIG_FILE, META_FILE, MODEL_FILE
+from fairray.methods import METHODS, Method, TrainContext
+from fairray.train.loop import CONFIG_FILE, META_FILE, MODEL_FILE, model_builder
+
+
+def _rebuild(root: Path, meta: dict, spec: SweepSpec) -> torch.nn.Module:
+    """The training module as the trial's method built it, with the saved weights; its inference net."""
+    name = spec.method.name
+    if meta.get("method", name) != name:
+        raise DataError(f"{root}: {META_FILE} says method {meta['method']!r}, {CONFIG_FILE} says {name!r}")
+    method_cls = METHODS.get(name)
+    build = model_builder(spec, meta["n_features"])
+    weights = torch.load(root / MODEL_FILE, weights_only=True)
+    if "train_context" in meta:
+        method = method_cls(spec.method.params, TrainContext.from_plain(meta["train_context"]))
+        module = method.build_model(build)
+        module.load_state_dict(weights)
+        return method.inference_model(module)
+    # written before methods built their own training modules: one classifier (the default hooks)
+    if method_cls.build_model is not Method.build_model or method_cls.inference_model is not Method.inference_model:
+        raise DataError(f"{root}: {META_FILE} has no train_context, which method {name!r} needs to rebuild its "
+                        "networks; the checkpoint predates it, train the model again")
+    model = build(len(meta["classes"]))
+    model.load_state_dict(weights)
+    return model
 
 
 def load_export(path: str | Path) -> tuple[torch.nn.Module, dict, SweepSpec]:
-    """(model in eval mode, fairray.json meta, resolved trial spec) of an export or checkpoint folder."""
+    """(inference model in eval mode, fairray.json meta, resolved trial spec) of an export or checkpoint
+    folder. ``model.pt`` holds the method's whole training module (e.g. both LfF nets); the returned
+    model is the part that maps features to class logits (``Method.inference_model``)."""
     root = Path(path)
     missing = [f for f in (MODEL_FILE, META_FILE, CONFIG_FILE) if not (root / f).is_file()]
     if missing:
@@ -25,10 +49,8 @@ def load_export(path: str | Path) -> tuple[torch.nn.Module, dict, SweepSpec]:
                         "pass a folder written by `fairray export SWEEP --out DIR`")
     meta = json.loads((root / META_FILE).read_text())
     source = str(root / CONFIG_FILE)
-    spec = build_spec(parse_yaml((root / CONFIG_FILE).read_text(), source), source)
-    model = build_model(spec.model.name, spec.model.params, meta["n_features"], len(meta["classes"]))
-    model.load_state_dict(torch.load(root / MODEL_FILE, weights_only=True))
-    return model.eval(), meta, spec
+    spec = build_spec(parse_yaml((root / CONFIG_FILE).read_text(), source), source, check_space=False)
+    return _rebuild(root, meta, spec).eval(), meta, spec
 
 
 def predict(path: str | Path, split: str = "test") -> pd.DataFrame:

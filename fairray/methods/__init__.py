@@ -2,13 +2,26 @@
 
 from fairray.methods._base import METHODS, Batch, DevEval, LossOutput, Method, SamplerInput, TrainContext
 from fairray.methods._groups import group_means, worst_stratum_gap
+from fairray.methods.disent import DisEnt, DisEntNets, DisEntOutput, DisEntParams
 from fairray.methods.dro import GroupAdjustedDRO, GroupDRO, ProbabilisticGroupDRO
 from fairray.methods.erm import ERM, BaseLoss, BaseLossParams, class_balanced_weights
+from fairray.methods.lff import DifficultyWeights, LfF, LfFLogits, LfFNets, LfFParams, SampleLossEMA, gce
 from fairray.methods.minmaxgap import MinMaxGap, MinMaxGapParams, dual_step
 from fairray.methods.reweight import Downsampling, Reweighting, downsample, reweighting_table
 
 __all__ = [
     "ERM",
+    "DifficultyWeights",
+    "DisEnt",
+    "DisEntNets",
+    "DisEntOutput",
+    "DisEntParams",
+    "LfF",
+    "LfFLogits",
+    "LfFNets",
+    "LfFParams",
+    "SampleLossEMA",
+    "gce",
     "Downsampling",
     "GroupAdjustedDRO",
     "GroupDRO",

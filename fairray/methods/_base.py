@@ -3,11 +3,13 @@
 Lifecycle of a :class:`Method` inside a trial::
 
     method = METHODS.get(name)(params, ctx)      # once, after the data is known
+    module = method.build_model(build)           # the training module (one net, or several)
     method.load_state_dict(state)                # when resuming from a checkpoint
     for epoch ...:
         for batch ...:
-            out = method.loss(logits, batch)     # -> LossOutput(loss, logs); the loop backprops
-        logs = method.on_epoch_end(dev)          # dev outputs of the current model, no gradients
+            out = method.loss(module(x), batch)  # -> LossOutput(loss, logs); the loop backprops
+        net = method.inference_model(module)     # x -> class logits: dev/test, selection, predict
+        logs = method.on_epoch_end(dev)          # dev logits of ``net``, no gradients
     method.state_dict()                          # saved with every checkpoint
 
 The loop never branches on the method; everything method-specific lives in these hooks.
@@ -16,12 +18,13 @@ The loop never branches on the method; everything method-specific lives in these
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from fairray._registry import Registry
 
@@ -44,12 +47,27 @@ class Batch:
         return int(self.y.shape[0])
 
 
+def _ints(v: Any) -> np.ndarray:
+    return np.asarray(v, dtype=np.int64)
+
+
+_FROM_PLAIN: dict[str, Callable[[Any], Any]] = {  # TrainContext field -> its type, from a JSON value
+    "classes": tuple, "class_counts": _ints, "attr_values": tuple, "strata_values": tuple, "n_train": int,
+    "group_values": tuple, "group_counts": _ints, "class_group_counts": _ints,
+    "group_soft_counts": lambda v: np.asarray(v, dtype=np.float64), "n_rows": int, "epochs": int,
+}
+
+
 @dataclass(frozen=True)
 class TrainContext:
     """What a method may know about the training split when it is built.
 
     ``group_counts``/``class_group_counts`` count the training groups (hard ids) per group and per
-    class x group; ``group_soft_counts`` sums the soft memberships (PGDRO's ``n_g``).
+    class x group; ``group_soft_counts`` sums the soft memberships (PGDRO's ``n_g``). ``n_rows`` is
+    the number of dataset rows (all splits): ``Batch.index`` lies in ``0..n_rows-1``, so per-sample
+    tables (LfF, DisEnt) have that size. ``epochs`` is the trial's length, for schedules.
+
+    Checkpoints keep it (``to_plain``) so ``fairray predict`` can rebuild the method that built the model.
     """
 
     classes: tuple[str, ...]
@@ -61,6 +79,8 @@ class TrainContext:
     group_counts: np.ndarray
     class_group_counts: np.ndarray
     group_soft_counts: np.ndarray
+    n_rows: int
+    epochs: int
 
     @property
     def n_classes(self) -> int:
@@ -69,6 +89,25 @@ class TrainContext:
     @property
     def n_groups(self) -> int:
         return len(self.group_values)
+
+    def to_plain(self) -> dict[str, Any]:
+        """JSON-ready copy (tuples and arrays as lists); :meth:`from_plain` restores the values."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_plain(cls, plain: Mapping[str, Any]) -> TrainContext:
+        missing = [f.name for f in fields(cls) if f.name not in plain]
+        if missing:
+            raise ValueError(f"a stored TrainContext lacks {missing}; got keys {sorted(plain)}")
+        return cls(**{f.name: _FROM_PLAIN[f.name](plain[f.name]) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -113,13 +152,33 @@ class Method(ABC):
         self.params = params
         self.ctx = ctx
 
-    @abstractmethod
-    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """The base loss ``l_i`` of every sample (METHODS 3.1); model selection uses its dev mean."""
+    def build_model(self, build: Callable[[int], nn.Module]) -> nn.Module:
+        """The training module: the loop optimises its parameters and passes its output to :meth:`loss`.
+
+        ``build(n_out)`` makes a fresh instance of the trial's model plugin with ``n_out`` outputs; call
+        it once per network (LfF: two classifiers; DisEnt: two encoders). Default: one classifier.
+        Only params and ``ctx.n_classes`` may shape the module — never training counts — so that
+        ``fairray predict`` rebuilds it from a checkpoint.
+        """
+        return build(self.ctx.n_classes)
+
+    def inference_model(self, train_module: nn.Module) -> nn.Module:
+        """The part of the training module that maps features to class logits (sharing its weights).
+
+        Used for dev/test evaluation, model selection, :meth:`per_sample_loss` on dev and
+        ``fairray predict``. Default: the training module itself.
+        """
+        return train_module
 
     @abstractmethod
-    def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:
-        """The training objective of one batch."""
+    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The base loss ``l_i`` of every sample (METHODS 3.1) from *inference* logits; model
+        selection uses its dev mean."""
+
+    @abstractmethod
+    def loss(self, outputs: Any, batch: Batch) -> LossOutput:
+        """The training objective of one batch; ``outputs`` = the training module's forward output
+        (class logits by default)."""
 
     def batches(self, inp: SamplerInput, batch_size: int, rng: np.random.Generator, epoch: int,
                 sampler: str) -> Iterator[np.ndarray]:

@@ -66,8 +66,9 @@ def _batch(data: SERData, idx: np.ndarray) -> Batch:
                  index=t(idx), group=t(data.group[idx]), group_prob=t(data.group_prob[idx]))
 
 
-def train_context(data: SERData) -> TrainContext:
-    """Training-split counts a method may use (classes, groups, class x group, soft group mass)."""
+def train_context(data: SERData, epochs: int) -> TrainContext:
+    """Training-split counts a method may use (classes, groups, class x group, soft group mass), the
+    number of dataset rows (``Batch.index`` range) and the trial's epochs."""
     idx = data.indices("train")
     y, g = data.y[idx], data.group[idx]
     n_c, n_g = len(data.classes), len(data.group_values)
@@ -77,15 +78,17 @@ def train_context(data: SERData) -> TrainContext:
     return TrainContext(classes=data.classes, class_counts=np.bincount(y, minlength=n_c),
                         attr_values=data.attr_values, strata_values=data.strata_values, n_train=len(idx),
                         group_values=data.group_values, group_counts=class_group.sum(axis=0),
-                        class_group_counts=class_group, group_soft_counts=data.group_prob[idx].sum(axis=0))
+                        class_group_counts=class_group, group_soft_counts=data.group_prob[idx].sum(axis=0),
+                        n_rows=len(data.y), epochs=epochs)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The training module inside a DDP wrapper (``session.prepare_model``)."""
     return model.module if hasattr(model, "module") else model
 
 
 class _Evaluator:
-    """Dev/test outputs of a model and their one GroupReport per split."""
+    """Dev/test outputs of the method's inference net and their one GroupReport per split."""
 
     def __init__(self, data: SERData, method: Method, s_min: int) -> None:
         self.data, self.method, self.s_min = data, method, s_min
@@ -93,7 +96,9 @@ class _Evaluator:
         self.frames = {s: data.groups_frame(s) for s in ("dev", "test")}
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module, split: str) -> tuple[torch.Tensor, float, GroupReport]:
+    def __call__(self, module: torch.nn.Module, split: str) -> tuple[torch.Tensor, float, GroupReport]:
+        """Evaluate the training ``module`` (DDP-wrapped or not) through ``method.inference_model``."""
+        model = self.method.inference_model(_unwrap(module))
         model.eval()
         batch = self.batches[split]
         logits = model(batch.x)
@@ -104,9 +109,14 @@ class _Evaluator:
         return logits, loss, report
 
 
-def model_meta(spec: SweepSpec, data: SERData) -> dict[str, Any]:
-    """What a checkpoint needs besides weights to be applied to new features (``fairray predict``)."""
+def model_meta(spec: SweepSpec, data: SERData, ctx: TrainContext) -> dict[str, Any]:
+    """What a checkpoint needs besides weights to be applied to new features (``fairray predict``).
+
+    ``train_context`` lets predict rebuild the method, whose ``build_model`` made the training module
+    saved in ``model.pt``, and take its ``inference_model``.
+    """
     return {
+        "method": spec.method.name, "train_context": ctx.to_plain(),
         "model": to_plain(spec.model),
         "classes": list(data.classes), "attribute": data.attribute, "attr_values": list(data.attr_values),
         "stratum": data.stratum_name, "strata_values": list(data.strata_values), "n_features": data.n_features,
@@ -114,8 +124,14 @@ def model_meta(spec: SweepSpec, data: SERData) -> dict[str, Any]:
     }
 
 
-def _write_checkpoint(d: Path, model, trainer_state: dict, meta: dict, raw: Mapping[str, Any]) -> None:
-    torch.save(_unwrap(model).state_dict(), d / MODEL_FILE)
+def model_builder(spec: SweepSpec, n_features: int) -> Callable[[int], torch.nn.Module]:
+    """``build(n_out)`` for :meth:`Method.build_model`: a fresh instance of the trial's model plugin."""
+    return lambda n_out: build_model(spec.model.name, spec.model.params, n_features, n_out)
+
+
+def _write_checkpoint(d: Path, module, trainer_state: dict, meta: dict, raw: Mapping[str, Any]) -> None:
+    """``model.pt`` holds the whole training module (resume needs every net), not just the inference net."""
+    torch.save(_unwrap(module).state_dict(), d / MODEL_FILE)
     torch.save(trainer_state, d / TRAINER_FILE)
     (d / META_FILE).write_text(json.dumps(meta, indent=1))
     (d / CONFIG_FILE).write_text(yaml.safe_dump(dict(raw), sort_keys=False))
@@ -129,26 +145,27 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
     spec, trial_raw = loaded.spec, loaded.raw
     tcfg = spec.train
     torch.manual_seed(tcfg.seed)
-    ctx = train_context(data)
+    ctx = train_context(data, tcfg.epochs)
     method_cls = METHODS.get(spec.method.name)
     method = method_cls(spec.method.params, ctx)
     sampler = method_cls.sampler if tcfg.sampler == "auto" else tcfg.sampler
     sampler_input = SamplerInput(data.indices("train"), data.y, data.attr, data.stratum, data.group)
-    model = build_model(spec.model.name, spec.model.params, data.n_features, len(data.classes))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    meta = model_meta(spec, data)
+    # the training module (several nets for some methods); evaluation goes through method.inference_model
+    module = method.build_model(model_builder(spec, data.n_features))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    meta = model_meta(spec, data, ctx)
     objectives = [o.metric for o in spec.search.objectives]  # in every report: Tune checks they are there
 
     state: dict[str, Any] = {"epoch": 0, "best": None, "failure": None}
     with session.latest_checkpoint() as ckpt:
         if ckpt is not None:
-            model.load_state_dict(torch.load(Path(ckpt) / MODEL_FILE, weights_only=True))
+            module.load_state_dict(torch.load(Path(ckpt) / MODEL_FILE, weights_only=True))
             state = torch.load(Path(ckpt) / TRAINER_FILE, weights_only=False)
             optimizer.load_state_dict(state["optimizer"])
             method.load_state_dict(state["method"])
     if state.get("failure"):
         raise TrialError(state["failure"])  # a deterministic failure: do not redo the work on retry
-    model = session.prepare_model(model)
+    module = session.prepare_model(module)
     evaluate = _Evaluator(data, method, tcfg.s_min)
 
     run = None
@@ -166,18 +183,18 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             session.report(metrics, None)
             return
         with tempfile.TemporaryDirectory(prefix="fairray-ckpt-") as d:
-            _write_checkpoint(Path(d), model, trainer_state, meta, trial_raw)
+            _write_checkpoint(Path(d), module, trainer_state, meta, trial_raw)
             session.report(metrics, d)
 
     try:
         for epoch in range(state["epoch"], tcfg.epochs):
             torch.manual_seed(tcfg.seed * 100_003 + epoch)
             rng = np.random.default_rng([tcfg.seed, epoch])
-            model.train()
+            module.train()
             losses = []
             for step, idx in enumerate(method.batches(sampler_input, tcfg.batch_size, rng, epoch, sampler)):
                 batch = _batch(data, idx[session.world_rank::session.world_size])
-                out = method.loss(model(batch.x), batch)
+                out = method.loss(module(batch.x), batch)
                 if not torch.isfinite(out.loss.detach()):
                     msg = (f"training loss is {out.loss.item()} at epoch {epoch}, step {step}; "
                            f"lower train.lr (now {tcfg.lr}) or the method's weights")
@@ -192,12 +209,12 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
                 optimizer.step()
                 losses.append(float(out.loss.detach()))
 
-            dev_logits, dev_loss, dev_report = evaluate(model, "dev")
+            dev_logits, dev_loss, dev_report = evaluate(module, "dev")
             method_logs = method.on_epoch_end(DevEval(dev_logits, evaluate.batches["dev"]))
             best = state["best"]
             if tcfg.selection == "last" or best is None or dev_loss < best["dev_loss"]:
                 best = {"epoch": epoch, "dev_loss": dev_loss,
-                        "model": copy.deepcopy(_unwrap(model).state_dict())}
+                        "model": copy.deepcopy(_unwrap(module).state_dict())}
             flat = dev_report.flat("dev")
             metrics = {"epoch": epoch, "train/loss": float(np.mean(losses)), "dev/loss": dev_loss, **headline(flat),
                        **{k: flat.get(k, math.nan) for k in objectives},
@@ -210,7 +227,7 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             checkpoint_and_report(metrics, {**state, "optimizer": optimizer.state_dict(),
                                             "method": method.state_dict()})
 
-        final = _final(spec, model, state, evaluate, run, method, meta, trial_raw)
+        final = _final(spec, module, state, evaluate, run, method, meta, trial_raw)
         checkpoint_and_report(final, {**state, "optimizer": optimizer.state_dict(), "method": method.state_dict()})
         if run is not None:
             run.finish()
@@ -228,13 +245,13 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
         raise
 
 
-def _final(spec: SweepSpec, model, state: dict[str, Any], evaluate: _Evaluator, run, method: Method,
+def _final(spec: SweepSpec, module, state: dict[str, Any], evaluate: _Evaluator, run, method: Method,
            meta: dict[str, Any], trial_raw: Mapping[str, Any]) -> dict[str, float]:
     """Evaluate the selected model on dev and test; check objectives; log everything to MLflow."""
     best = state["best"]
-    _unwrap(model).load_state_dict(best["model"])
-    _, dev_loss, dev_report = evaluate(model, "dev")
-    _, test_loss, test_report = evaluate(model, "test")
+    _unwrap(module).load_state_dict(best["model"])
+    _, dev_loss, dev_report = evaluate(module, "dev")
+    _, test_loss, test_report = evaluate(module, "test")
     final = {**dev_report.flat("dev"), **test_report.flat("test"), "dev/loss": dev_loss, "test/loss": test_loss,
              "selected_epoch": float(best["epoch"]), "final": 1.0,
              **{f"groups/{k}": v for k, v in evaluate.data.group_info.items()}}
@@ -249,7 +266,7 @@ def _final(spec: SweepSpec, model, state: dict[str, Any], evaluate: _Evaluator, 
         with tempfile.TemporaryDirectory(prefix="fairray-art-") as d:
             root = Path(d)
             (root / "checkpoint").mkdir()
-            _write_checkpoint(root / "checkpoint", model, {"selected_epoch": best["epoch"]}, meta, trial_raw)
+            _write_checkpoint(root / "checkpoint", module, {"selected_epoch": best["epoch"]}, meta, trial_raw)
             (root / "groups").mkdir()
             dev_report.table().to_csv(root / "groups" / "dev.csv", index=False)
             test_report.table().to_csv(root / "groups" / "test.csv", index=False)

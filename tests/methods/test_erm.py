@@ -14,7 +14,8 @@ def ctx(counts=(1, 3)):
     cg = np.array([[c, 0] for c in counts])
     return TrainContext(classes=tuple("ab"[: len(counts)]), class_counts=np.array(counts), attr_values=("F", "M"),
                         strata_values=("x",), n_train=int(sum(counts)), group_values=("F", "M"),
-                        group_counts=cg.sum(axis=0), class_group_counts=cg, group_soft_counts=cg.sum(axis=0) * 1.0)
+                        group_counts=cg.sum(axis=0), class_group_counts=cg, group_soft_counts=cg.sum(axis=0) * 1.0,
+                        n_rows=int(sum(counts)), epochs=1)
 
 
 def test_class_balanced_weights_hand_computed():

@@ -26,7 +26,8 @@ CG = np.array([[20, 10], [12, 8], [2, 8], [5, 0]])
 def ctx():
     return TrainContext(classes=("a", "b", "c", "d"), class_counts=CG.sum(axis=1), attr_values=("F", "M"),
                         strata_values=("x",), n_train=int(CG.sum()), group_values=("F", "M"),
-                        group_counts=CG.sum(axis=0), class_group_counts=CG, group_soft_counts=CG.sum(axis=0) * 1.0)
+                        group_counts=CG.sum(axis=0), class_group_counts=CG, group_soft_counts=CG.sum(axis=0) * 1.0,
+                        n_rows=int(CG.sum()), epochs=1)
 
 
 def test_rw_idi_weights_hand_computed():

@@ -17,7 +17,8 @@ def ctx(n_strata=2, classes=("a", "b", "c")):
     cg = np.array([[5, 5], [5, 5], [5, 5]])
     return TrainContext(classes=classes, class_counts=cg.sum(axis=1), attr_values=("F", "M"),
                         strata_values=tuple("xyz"[:n_strata]), n_train=30, group_values=("F", "M"),
-                        group_counts=cg.sum(axis=0), class_group_counts=cg, group_soft_counts=cg.sum(axis=0) * 1.0)
+                        group_counts=cg.sum(axis=0), class_group_counts=cg, group_soft_counts=cg.sum(axis=0) * 1.0,
+                        n_rows=30, epochs=1)
 
 
 def batch(y, attr, stratum):

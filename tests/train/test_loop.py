@@ -1,24 +1,31 @@
-"""The one training loop: determinism, resume from a checkpoint, divergence handling, MLflow status."""
+"""The one training loop: determinism, resume from a checkpoint, divergence handling, MLflow status, and
+checkpoints that ``fairray predict`` turns back into the evaluated model."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from fairray.config import build_spec
 from fairray.data import prepare
-from fairray.errors import TrialError
+from fairray.errors import DataError, TrialError
+from fairray.export._predict import load_export
+from fairray.methods import METHODS, TrainContext
+from fairray.metrics import GroupReport
 from fairray.tracking import ensure_experiment
 from fairray.train import LocalSession, TrialTracking, run_trial
+from fairray.train.loop import _batch
 
 OBJECTIVES = [{"metric": "dev/weighted_f1", "direction": "max"},
               {"metric": "dev/tpr_gap/gender/worst:language", "direction": "min"}]
 
 
-def raw(epochs=4, **train):
-    return {"name": "t", "method": {"name": "minmaxgap"}, "model": {"name": "mlp", "hidden": 16},
+def raw(epochs=4, method=None, **train):
+    return {"name": "t", "method": method or {"name": "minmaxgap"}, "model": {"name": "mlp", "hidden": 16},
             "train": {"epochs": epochs, **train}, "search": {"objectives": OBJECTIVES}}
 
 
@@ -73,3 +80,64 @@ def test_successful_trial_logs_everything_to_one_finished_run(data, tmp_path):
     assert [m.step for m in history] == [0, 1]
     names = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"checkpoint", "groups", "method_state.json"} <= names
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+@pytest.mark.parametrize("method", [{"name": "erm"}, {"name": "lff"}, {"name": "disent", "d": 8, "swap_start": 0.4}])
+def test_checkpoint_predictions_reproduce_the_logged_test_metrics(data, tmp_path, method):
+    """checkpoint → load_export → the inference net's test predictions give the logged numbers exactly."""
+    final = run_trial(raw(3, method), {}, data, LocalSession(tmp_path))
+    assert all(math.isfinite(final[o["metric"]]) for o in OBJECTIVES) and math.isfinite(final["test/loss"])
+    model, meta, spec = load_export(tmp_path / "checkpoint")
+    assert meta["method"] == method["name"] and spec.method.name == method["name"]
+    idx = data.indices("test")
+    with torch.no_grad():
+        logits = model(torch.as_tensor(data.X[idx]))
+    assert logits.shape == (len(idx), len(data.classes))
+    report = GroupReport.compute(data.y[idx], logits.argmax(1).numpy(), data.classes, data.groups_frame("test"),
+                                 attribute=data.attribute, stratum=data.stratum_name, s_min=spec.train.s_min)
+    logged = {k: v for k, v in final.items() if k.startswith("test/") and k != "test/loss"}
+    flat = report.flat("test")
+    assert len(logged) > 50 and set(flat) == set(logged)
+    assert all(_same(flat[k], logged[k]) for k in logged), [k for k in logged if not _same(flat[k], logged[k])]
+    # and the dev base loss used for model selection is the method's per-sample loss of those logits
+    m = METHODS.get(spec.method.name)(spec.method.params, TrainContext.from_plain(meta["train_context"]))
+    test_loss = float(m.per_sample_loss(logits, _batch(data, idx)).mean())
+    assert test_loss == final["test/loss"]
+
+
+def test_checkpoint_without_a_stored_context(data, tmp_path):
+    """Checkpoints written before the model hook: the default (one classifier) still loads; others refuse."""
+    run_trial(raw(1, {"name": "erm"}), {}, data, LocalSession(tmp_path / "erm"))
+    run_trial(raw(1, {"name": "lff"}), {}, data, LocalSession(tmp_path / "lff"))
+    for name in ("erm", "lff"):
+        path = tmp_path / name / "checkpoint" / "fairray.json"
+        meta = json.loads(path.read_text())
+        del meta["method"], meta["train_context"]
+        path.write_text(json.dumps(meta))
+    model, _, _ = load_export(tmp_path / "erm" / "checkpoint")
+    assert model(torch.as_tensor(data.X[:3])).shape == (3, len(data.classes))
+    with pytest.raises(DataError, match="train_context"):
+        load_export(tmp_path / "lff" / "checkpoint")
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", [{"name": "lff"}, {"name": "disent", "d": 8, "swap_start": 0.5}])
+def test_multi_net_methods_resume_identically(data, tmp_path, method):
+    """Interrupted after epoch 2 of 4 (the EMA tables, step counter and both nets come from the checkpoint)."""
+    full = run_trial(raw(4, method), {}, data, LocalSession(tmp_path / "a"))
+
+    def stop(metrics):
+        if metrics["epoch"] == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_trial(raw(4, method), {}, data, LocalSession(tmp_path / "b"), on_epoch=stop)
+    resumed = run_trial(raw(4, method), {}, data, LocalSession(tmp_path / "b"))
+    assert resumed == full

@@ -7,7 +7,7 @@ transformers, resemblyzer, SpeechBrain) before it is used.
 >>> feats = FeatureCache(cache_dir).get_or_compute(table, root, make_extractor("opensmile_egemaps"))  # doctest: +SKIP
 """
 
-from fairray.data.features import opensmile, speaker, ssl, text  # noqa: F401 (register)
+from fairray.data.features import gender, opensmile, speaker, ssl, text  # noqa: F401 (register)
 from fairray.data.features._base import EXTRACTORS, Extractor, make_extractor
 from fairray.data.features._cache import CachedFeatures, CacheStats, FeatureCache, table_fingerprint
 

@@ -32,6 +32,7 @@ SPECS = {
     "minilm": (lambda fx: {"device": "cpu"}, 384, 1e-5),
     "hf_text": (lambda fx: {"model_path": _minilm_dir(), "pooling": "mean", "device": "cpu"}, 384, 1e-4),
     "ecapa": "unavailable",
+    "hf_voice_gender": "unavailable",  # no gender model offline; tiny random ones in test_gender.py
 }
 
 

@@ -85,7 +85,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.num_samples is not None:
         overrides.append(f"budget.num_samples={args.num_samples}")
     loaded = load_spec(args.spec, overrides)
-    outcome = run_sweep(loaded, address=args.address, resume=args.resume, verbose=0 if args.quiet else 1)
+    if args.ablation is not None:
+        from fairray.config import ablation_points
+
+        ablation_points(loaded.spec, args.ablation)  # an unknown name fails before Ray starts
+    outcome = run_sweep(loaded, address=args.address, resume=args.resume, verbose=0 if args.quiet else 1,
+                        ablation=args.ablation)
     print(f"\nsweep {loaded.spec.name!r}: {outcome.n_finished} trials finished, {outcome.n_errored} errored, in "
           f"{outcome.wall_s:.0f} s; MLflow {outcome.tracking_uri} run {outcome.sweep_run_id}")
     from fairray.frontier.query import fronts, load_sweep
@@ -93,10 +98,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(outcome.tracking_uri, outcome.experiment, outcome.sweep_run_id)
     if sweep.trials:
         print(_format_fronts(sweep, fronts(sweep), "table", show_all=False))
+    more = f" --ablation {args.ablation}" if args.ablation else ""
     if outcome.interrupted:
-        print(f"interrupted: continue with `fairray sweep {args.spec} --resume`", file=sys.stderr)
+        print(f"interrupted: continue with `fairray sweep {args.spec}{more} --resume`", file=sys.stderr)
         return 130
-    print(f"next: fairray frontier {args.spec} --by language   |   fairray export {args.spec} --out pareto/")
+    print(f"next: fairray frontier {args.spec}{more} --by language   |   "
+          f"fairray export {args.spec}{more} --out pareto/")
     return 0 if outcome.n_finished else 1
 
 
@@ -197,6 +204,7 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool) -> str:
                    "non-dominated)")
         heads = [f"{k} ({d.value})" for k, d in zip(f.objectives, f.directions, strict=True)]
         out.append("  " + "  ".join(["pareto", f"{'trial':<16}", *heads, "params"]))
+        short = _short_names(sorted({k for t in sweep.trials for k in t.params}))
         order = sorted(range(len(f.trials)), key=lambda i: (not f.on_front[i], -f.values[i][0]
                        if f.directions[0].value == "max" else f.values[i][0]))
         for i in order:
@@ -204,7 +212,7 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool) -> str:
                 continue
             t = f.trials[i]
             vals = [f"{v:>{len(h)}.4f}" for v, h in zip(f.values[i], heads, strict=True)]
-            params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(t.params.items()))
+            params = " ".join(f"{short[k]}={_short(v)}" for k, v in sorted(t.params.items()))
             out.append("  " + "  ".join([f"{'*' if f.on_front[i] else ' ':^6}", f"{t.trial_id:<16}", *vals, params]))
     return "\n".join(out)
 
@@ -216,11 +224,25 @@ def _short(v: str) -> str:
         return v
 
 
+def _short_names(paths: list[str]) -> dict[str, str]:
+    """The shortest dotted suffix of each path that no other path shares (``method.name`` and
+    ``dataset.groups.name`` both end in ``name``)."""
+    out = {}
+    for path in paths:
+        parts = path.split(".")
+        for n in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-n:])
+            if sum(p == suffix or p.endswith("." + suffix) for p in paths) == 1:
+                break
+        out[path] = suffix
+    return out
+
+
 def cmd_frontier(args: argparse.Namespace) -> int:
     from fairray.frontier.query import fronts, load_sweep
 
     experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-    sweep = load_sweep(uri, experiment, args.run_id)
+    sweep = load_sweep(uri, experiment, args.run_id, args.ablation)
     by = [c.strip() for c in args.by.split(",")] if args.by else []
     reference = [float(x) for x in args.reference.split(",")] if args.reference else None
     result = fronts(sweep, by=by, split=args.split, objectives=_parse_objectives(args.objectives),
@@ -246,7 +268,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fairray.frontier.query import fronts, load_sweep
 
     experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-    sweep = load_sweep(uri, experiment, args.run_id)
+    sweep = load_sweep(uri, experiment, args.run_id, args.ablation)
     front = fronts(sweep)[0]
     done = export_front(sweep, front, args.out, register=args.register)
     for e in done:
@@ -367,6 +389,8 @@ def _add_sweep_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                                           f"sqlite:///$PWD/{DEFAULT_STORAGE}/mlflow.db)")
     p.add_argument("--run-id", help="a specific sweep (parent) run; default: the latest one")
+    p.add_argument("--ablation", metavar="NAME", help="the latest run of the spec's declared ablation NAME "
+                                                      "(`fairray sweep SPEC --ablation NAME`) instead of the search")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -391,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
           fairray sweep search_spaces/minmaxgap.yaml
           fairray sweep search_spaces/minmaxgap.yaml --num-samples 8 --set train.epochs=10
           fairray sweep search_spaces/minmaxgap.yaml --resume          # after Ctrl-C or a crash
+          fairray sweep search_spaces/idi.yaml --ablation table1       # the spec's declared grid
           fairray sweep search_spaces/minmaxgap.yaml --address ray://head:10001 \\
               --set tracking.uri=http://mlflow:5000 --set storage.path=s3://bucket/fairray
         """)
@@ -398,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="number of trials (overrides budget.num_samples)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto, ray://head:10001)")
     p.add_argument("--resume", action="store_true", help="continue the latest sweep of this spec")
+    p.add_argument("--ablation", metavar="NAME", help="run the grid declared under `ablations: NAME` in the spec "
+                                                      "instead of the search (its own MLflow parent run)")
     p.add_argument("--quiet", action="store_true", help="no live progress table")
 
     p = add("train", cmd_train, "train one configuration in-process (no Tune): debugging and baselines", """\

@@ -1,7 +1,18 @@
 """Typed, frozen sweep specs loaded from YAML and validated at load time."""
 
-from fairray.config._load import LoadedSpec, build_spec, load_spec, parse_override, parse_yaml, resolve_trial, set_path
+from fairray.config._load import (
+    LoadedSpec,
+    ablation_points,
+    build_spec,
+    conditions,
+    load_spec,
+    parse_override,
+    parse_yaml,
+    resolve_trial,
+    set_path,
+)
 from fairray.config._spec import (
+    AblationConfig,
     BudgetConfig,
     CorpusSource,
     DatasetConfig,
@@ -19,6 +30,7 @@ from fairray.config._spec import (
 from fairray.config._typed import to_plain
 
 __all__ = [
+    "AblationConfig",
     "BudgetConfig",
     "CorpusSource",
     "DatasetConfig",
@@ -33,7 +45,9 @@ __all__ = [
     "SweepSpec",
     "TrackingConfig",
     "TrainConfig",
+    "ablation_points",
     "build_spec",
+    "conditions",
     "load_spec",
     "parse_override",
     "parse_yaml",

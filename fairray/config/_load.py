@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -93,8 +94,13 @@ def _build_plugin(section: str, data: Any, where: Where) -> PluginConfig:
     return PluginConfig(name=data["name"], params=params)
 
 
-def build_spec(raw: Mapping[str, Any], source: str) -> SweepSpec:
-    """Validate plain data into a :class:`SweepSpec` (errors name ``source`` and the key path)."""
+def build_spec(raw: Mapping[str, Any], source: str, *, check_space: bool = True) -> SweepSpec:
+    """Validate plain data into a :class:`SweepSpec` (errors name ``source`` and the key path).
+
+    ``check_space=False`` skips re-checking every search dimension and ablation point against ``raw``
+    (:func:`resolve_trial`: the spec was checked at load time, and a trial's sampled values would
+    otherwise be combined with choices they were never meant for).
+    """
     where = Where(source)
     if not isinstance(raw, Mapping):
         raise where.error(f"expected a YAML mapping at the top level, got {raw!r}")
@@ -110,7 +116,9 @@ def build_spec(raw: Mapping[str, Any], source: str) -> SweepSpec:
     data.update(plugins)
     spec = build(SweepSpec, data, where)
     _check_dataset(spec, source)
-    _check_space(spec, raw, source)
+    if check_space:
+        _check_space(spec, raw, source)
+        _check_ablations(spec, raw, source)
     _check_objectives(spec, source)
     return spec
 
@@ -134,18 +142,97 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str = "--set"
     node[keys[-1]] = value
 
 
+def conditions(dim: ParamSpec) -> dict[str, tuple[Any, ...]]:
+    """A dimension's ``when`` as ``{path: allowed values}`` (a single value becomes a one-element tuple)."""
+    if not dim.when:
+        return {}
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in dim.when.items()}
+
+
 def _check_space(spec: SweepSpec, raw: Mapping[str, Any], source: str) -> None:
-    """Each dimension must be well formed and its values must be valid at its config path."""
+    """Each dimension must be well formed and its values must be valid at its config path — in every
+    combination of the values its ``when`` conditions allow."""
+    seen: dict[str, ParamSpec] = {}
     for path, dim in spec.search.space.items():
         where = Where(source, f"search.space.{path}")
-        for value in _representatives(dim, where):
+        values = _representatives(dim, where)
+        if path.startswith("dataset.") and dim.type != "categorical":
+            raise where.child("type").error(f"dataset dimensions must be categorical (each value prepares its own "
+                                            f"dataset before the trials start), got {dim.type!r}")
+        cond = conditions(dim)
+        for key, allowed in cond.items():
+            parent = seen.get(key)
+            if parent is None or parent.type != "categorical":
+                raise where.child("when").child(key).error(
+                    f"a condition must name a categorical dimension listed before {path!r} in search.space; "
+                    f"earlier categorical dimensions: {[k for k, d in seen.items() if d.type == 'categorical']}")
+            bad = [v for v in allowed if v not in parent.choices]
+            if bad:
+                raise where.child("when").child(key).error(
+                    f"value(s) {bad} are not among the choices of {key} {list(parent.choices)}")
+        seen[path] = dim
+        for assignment in _product(cond):
+            for value in values:
+                trial_raw = copy.deepcopy(dict(raw))
+                trial_raw.pop("search", None)
+                trial_raw.pop("ablations", None)
+                try:
+                    for key, v in assignment.items():
+                        set_path(trial_raw, key, v)
+                    set_path(trial_raw, path, value)
+                    build_spec(trial_raw, source)
+                except ConfigError as exc:
+                    context = f" with {assignment}" if assignment else ""
+                    hint = ""
+                    if not cond and any(d.type == "categorical" for d in seen.values() if d is not dim):
+                        hint = "; if it applies to some choices only, add e.g. `when: {method.name: [...]}`"
+                    raise where.error(f"value {value!r}{context} is not valid there "
+                                      f"({_strip_source(exc, source)}){hint}") from None
+
+
+def _product(grid: Mapping[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def ablation_points(spec: SweepSpec, name: str) -> list[dict[str, Any]]:
+    """The trial parameters of ablation ``name``: every cell's grid expanded, deduplicated, times its seeds."""
+    if name not in spec.ablations:
+        raise ConfigError(f"--ablation {name!r}: no such ablation in the spec; declared: "
+                          f"{sorted(spec.ablations) or 'none (add an `ablations:` section)'}")
+    ablation = spec.ablations[name]
+    points: list[dict[str, Any]] = []
+    for cell in ablation.cells:
+        for point in _product({k: tuple(v) for k, v in cell.items()}):
+            if point not in points:
+                points.append(point)
+    return [{**point, "train.seed": seed} for seed in ablation.seeds for point in points]
+
+
+def _check_ablations(spec: SweepSpec, raw: Mapping[str, Any], source: str) -> None:
+    """Every point of every declared ablation must be a valid spec."""
+    for name, ablation in spec.ablations.items():
+        where = Where(source, f"ablations.{name}")
+        if not ablation.cells:
+            raise where.child("cells").error("an ablation needs at least one cell, e.g. [{method.name: [erm, rw]}]")
+        if not ablation.seeds:
+            raise where.child("seeds").error("an ablation needs at least one seed, e.g. [0]")
+        for i, cell in enumerate(ablation.cells):
+            for key, values in cell.items():
+                if not values:
+                    raise where.child("cells").child(i).child(key).error("needs a non-empty list of values")
+                if key == "train.seed":
+                    raise where.child("cells").child(i).child(key).error("seeds are set by `seeds:`, not in a cell")
+        for point in ablation_points(spec, name):
             trial_raw = copy.deepcopy(dict(raw))
             trial_raw.pop("search", None)
+            trial_raw.pop("ablations", None)
             try:
-                set_path(trial_raw, path, value)
+                for key, value in point.items():
+                    set_path(trial_raw, key, value)
                 build_spec(trial_raw, source)
             except ConfigError as exc:
-                raise where.error(f"value {value!r} is not valid there ({_strip_source(exc, source)})") from None
+                raise where.error(f"point {point} is not a valid spec ({_strip_source(exc, source)})") from None
 
 
 def _strip_source(exc: ConfigError, source: str) -> str:
@@ -197,22 +284,25 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
         DATASETS.get(ds.name)
     except FairrayError as exc:
         raise where.child("name").error(str(exc)) from None
+    from fairray.data.protocols import check_protocol_params
+
+    for key in ("protocol", "resample"):
+        named = getattr(ds, key)
+        if named is not None:
+            try:
+                check_protocol_params(named.name, dict(named.params))
+            except FairrayError as exc:
+                raise where.child(key).error(str(exc)) from None
     if ds.name != "corpora":
         return
     from fairray.data.corpora import CORPORA
     from fairray.data.features import EXTRACTORS
-    from fairray.data.protocols import check_protocol_params
 
     for i, corpus in enumerate(ds.corpora):
         try:
             CORPORA.get(corpus.adapter)
         except FairrayError as exc:
             raise where.child("corpora").child(i).child("adapter").error(str(exc)) from None
-    if ds.protocol is not None:
-        try:
-            check_protocol_params(ds.protocol.name, dict(ds.protocol.params))
-        except FairrayError as exc:
-            raise where.child("protocol").error(str(exc)) from None
     try:
         extractor = EXTRACTORS.get(ds.extractor.name)
     except FairrayError as exc:
@@ -289,4 +379,4 @@ def resolve_trial(raw: Mapping[str, Any], params: Mapping[str, Any], source: str
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{source}: {key}: sampled value {value!r} is not finite")
         set_path(trial_raw, key, value, source)
-    return LoadedSpec(spec=build_spec(trial_raw, source), raw=trial_raw, source=source)
+    return LoadedSpec(spec=build_spec(trial_raw, source, check_space=False), raw=trial_raw, source=source)

@@ -45,6 +45,9 @@ class DatasetConfig:
     name: str = "ser3"
     corpora: tuple[CorpusSource, ...] = ()
     protocol: NamedParams | None = None
+    #: A protocol applied after the split that changes the training/dev composition only, e.g.
+    #: ``{name: imbalance_1to20, params: {label: emotion}}`` (IDI's simulated 1:20 gender imbalance).
+    resample: NamedParams | None = None
     extractor: NamedParams = field(default_factory=lambda: NamedParams("opensmile_egemaps"))
     cache: str | None = None
     #: Parallel feature extraction on a cache miss: Ray tasks when Ray runs (a sweep), else processes.
@@ -113,6 +116,9 @@ class ParamSpec:
     step: float | None = None
     log: bool = False
     choices: tuple[Any, ...] | None = None
+    #: Sample this dimension only when earlier categorical dimensions took one of the listed values,
+    #: e.g. ``{method.name: [gdro, gadro]}``; otherwise the spec's own value applies (a conditional space).
+    when: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,19 @@ class SearchConfig:
     space: Mapping[str, ParamSpec] = field(default_factory=dict)
     objectives: tuple[Objective, ...] = ()
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """A declared grid, run with ``fairray sweep SPEC --ablation NAME`` (no sampler involved).
+
+    ``cells`` is a list of grids (dotted path -> list of values); each grid expands to the product of its
+    lists and the ablation runs the union of all of them, each point once per seed in ``seeds``
+    (``train.seed``). Everything a cell does not set keeps the spec's value.
+    """
+
+    cells: tuple[Mapping[str, tuple[Any, ...]], ...]
+    seeds: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -183,6 +202,8 @@ class SweepSpec:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    #: Named grids over the same spec (e.g. true vs pseudo vs cluster groups), see :class:`AblationConfig`.
+    ablations: Mapping[str, AblationConfig] = field(default_factory=dict)
 
     @property
     def experiment(self) -> str:

@@ -51,7 +51,7 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     from fairray.config._typed import Where, build
     from fairray.data.corpora import CORPORA
     from fairray.data.features import EXTRACTORS, FeatureCache, make_extractor
-    from fairray.data.groups import AUX_EXTRACTORS, needs
+    from fairray.data.groups import aux_extractors
     from fairray.data.protocols import apply_protocol
 
     if cfg.cache is None and cache_root is None:
@@ -60,9 +60,11 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     extractor = extractor_cls(build(extractor_cls.Params, dict(cfg.extractor.params),
                                     Where("spec", "dataset.extractor.params")))
     cache = FeatureCache(cfg.cache or cache_root)
-    # the group source's auxiliary arrays (e.g. speaker embeddings for kmeans/pseudo), through the same cache
-    aux_names = needs(cfg.groups.name)
-    extractors = [extractor, *(make_extractor(AUX_EXTRACTORS[name]) for name in aux_names)]
+    # the group source's auxiliary arrays (e.g. speaker embeddings for kmeans/pseudo, gender probabilities of a
+    # pretrained model for pseudo_hf), through the same cache, with the extractor parameters the source gives
+    aux_specs = aux_extractors(cfg.groups.name, dict(cfg.groups.params))
+    aux_names = tuple(aux_specs)
+    extractors = [extractor, *(make_extractor(name, **params) for name, params in aux_specs.values())]
     tables, blocks, keys = [], [], []
     for source in cfg.corpora:
         table = CORPORA.get(source.adapter)(**dict(source.options)).load(source.root)
@@ -154,6 +156,16 @@ def speaker_split(meta: pd.DataFrame, attribute: str, stratum: str, dev_fraction
     return meta["speaker"].astype(str).map(assignment).to_numpy(dtype=object)
 
 
+def _apply_protocol(name: str, params: dict, meta: pd.DataFrame, X: np.ndarray, aux: dict
+                    ) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """Run a protocol on the prepared table and keep features and aux arrays aligned with its rows."""
+    from fairray.data.protocols import apply_protocol
+
+    out = apply_protocol(name, meta, **params)
+    rows = out.index.to_numpy()
+    return out.reset_index(drop=True), X[rows], {k: v[rows] for k, v in aux.items()}
+
+
 def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     """Load, filter, split and standardise a registered dataset according to ``cfg``.
 
@@ -176,15 +188,17 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     meta = meta.loc[keep].reset_index(drop=True)
     X = X[keep.to_numpy()]
     aux = {k: v[keep.to_numpy()] for k, v in aux.items()}
-    if "split" in meta.columns and cfg.protocol is not None:  # the protocol decided the split
-        split = meta["split"].astype(str).to_numpy(dtype=object)
-        bad = sorted(set(split) - set(SPLITS))
-        if bad:
-            raise DataError(f"protocol {cfg.protocol.name!r} produced split value(s) {bad}; expected {SPLITS}")
-    else:
-        split = speaker_split(meta, cfg.attribute, cfg.stratum, cfg.dev_fraction, cfg.test_fraction,
-                              cfg.split_seed)
-    meta = meta.assign(split=split)
+    if "split" not in meta.columns or cfg.protocol is None:  # no protocol decided the split yet
+        meta = meta.assign(split=speaker_split(meta, cfg.attribute, cfg.stratum, cfg.dev_fraction,
+                                               cfg.test_fraction, cfg.split_seed))
+        if cfg.protocol is not None:  # a loader that leaves protocols to us (the built-in dataset)
+            meta, X, aux = _apply_protocol(cfg.protocol.name, dict(cfg.protocol.params), meta, X, aux)
+    if cfg.resample is not None:  # e.g. imbalance_1to20: changes train/dev composition, never test
+        meta, X, aux = _apply_protocol(cfg.resample.name, dict(cfg.resample.params), meta, X, aux)
+    split = meta["split"].astype(str).to_numpy(dtype=object)
+    bad = sorted(set(split) - set(SPLITS))
+    if bad:
+        raise DataError(f"dataset.protocol produced split value(s) {bad}; expected {SPLITS}")
 
     classes = tuple(cfg.emotions)
     y = meta["emotion"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
@@ -199,11 +213,12 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     std = np.where(std > 1e-8, std, 1.0)
     Xs = ((X - mean) / std).astype(np.float32)
 
-    from fairray.data.groups import GROUP_SOURCES, GroupInput
+    from fairray.data.groups import GroupInput, infer_groups
 
     attr_codes = attr.to_numpy(np.int64)
-    groups = GROUP_SOURCES.get(cfg.groups.name)(GroupInput(meta, attr_codes, attr_values, split, aux),
-                                                dict(cfg.groups.params))
+    # once per (data, parameters): stored under the feature cache root's groups/ when there is one
+    groups = infer_groups(cfg.groups.name, dict(cfg.groups.params),
+                          GroupInput(meta, attr_codes, attr_values, split, aux), cache_root=cfg.cache or cache_root)
     digest = hashlib.sha256(json.dumps({"cfg": repr(cfg), "input": provenance.get("input_fingerprint")}).encode())
     return SERData(
         X=Xs, y=y, attr=attr_codes, stratum=stratum.to_numpy(np.int64), split=split, meta=meta,

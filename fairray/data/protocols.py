@@ -113,13 +113,19 @@ def emo_superb(table: pd.DataFrame, *, folder: str | Path, fold: int, labels: st
 @PROTOCOLS.register("imbalance_1to20")
 def imbalance_1to20(table: pd.DataFrame, *, ratio: int = 20, seed: int = 0, attribute: str = "gender",
                     label: str = "majority", splits: tuple[str, ...] = ("train", "dev"),
-                    reference: str = "train") -> pd.DataFrame:
+                    reference: str = "train", majority: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Simulate IDI's 1:``ratio`` imbalance of ``attribute`` inside every class, on ``splits`` only.
 
     For each split in ``splits``: drop clips without a strict-majority class (``label`` missing); per
     class keep every clip of that class's majority group — the group with more class clips in the
-    original ``reference`` split — and a seeded random ``floor(n_major / ratio)`` of the other groups'
-    clips. Other splits (test) are returned untouched. The draw is independent of row order.
+    original ``reference`` split, or the one ``majority`` names for that class — and a seeded random
+    ``floor(n_major / ratio)`` of the other groups' clips. Other splits (test) are returned untouched.
+    The draw is independent of row order.
+
+    ``majority`` reproduces IDI's class-dependent direction on corpora balanced by design (RAVDESS,
+    EmoDB, nEMO have near-equal gender counts per class), e.g. CREMA-D fold 1's
+    ``{anger: M, neutral: M, fear: F, happiness: F, sadness: F}``: the imbalance then also correlates the
+    attribute with the class, as in the paper.
     """
     if not isinstance(ratio, int | np.integer) or ratio < 1:
         raise ConfigError(f"protocol 'imbalance_1to20': ratio must be an integer >= 1, got {ratio!r}")
@@ -134,8 +140,20 @@ def imbalance_1to20(table: pd.DataFrame, *, ratio: int = 20, seed: int = 0, attr
     if not ref.any():
         raise DataError(f"protocol 'imbalance_1to20': no {reference!r} clip with a {label!r} class")
     counts = pd.crosstab(cls_of[ref], group_of[ref])
-    majority: dict[str, str] = {}
+    given = {str(k): str(v) for k, v in (majority or {}).items()}
+    unknown = sorted(set(given) - set(counts.index.astype(str)))
+    if unknown:
+        raise ConfigError(f"protocol 'imbalance_1to20': majority names class(es) {unknown} that have no "
+                          f"{reference!r} clip; classes: {sorted(counts.index.astype(str))}")
+    bad = sorted(v for v in set(given.values()) if v not in set(counts.columns.astype(str)))
+    if bad:
+        raise ConfigError(f"protocol 'imbalance_1to20': majority value(s) {bad} are not {attribute} values "
+                          f"{sorted(counts.columns.astype(str))}")
+    majority = {}
     for cls, row in counts.iterrows():
+        if str(cls) in given:
+            majority[str(cls)] = given[str(cls)]
+            continue
         top = row[row == row.max()]
         if len(top) > 1:
             raise DataError(f"protocol 'imbalance_1to20': class {cls!r} has a tie between {list(top.index)} "

@@ -59,9 +59,10 @@ class Front:
     restriction: dict[str, str] = field(default_factory=dict)
 
 
-def load_sweep(tracking_uri: str, experiment: str, run_id: str | None = None) -> Sweep:
-    """The latest sweep of ``experiment`` (or ``run_id``) with its FINISHED trials."""
-    parent = find_sweep_run(tracking_uri, experiment, run_id)
+def load_sweep(tracking_uri: str, experiment: str, run_id: str | None = None, ablation: str | None = None) -> Sweep:
+    """The latest sweep of ``experiment`` — or of its ablation ``ablation`` — (or ``run_id``) with its
+    FINISHED trials."""
+    parent = find_sweep_run(tracking_uri, experiment, run_id, ablation)
     objectives = tuple((m, Direction.parse(d)) for m, d in json.loads(parent.data.tags[TAG_OBJECTIVES]))
     trials, failed = [], 0
     for run in trial_runs(tracking_uri, parent):

@@ -5,7 +5,8 @@ Anything that cannot be translated is refused with an error naming the dimension
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 
 import optuna
 from optuna.distributions import (
@@ -15,7 +16,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from fairray.config import ParamSpec
+from fairray.config import ParamSpec, conditions
 from fairray.errors import ConfigError
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -45,14 +46,74 @@ def to_distributions(space: Mapping[str, ParamSpec]) -> dict[str, BaseDistributi
     return out
 
 
-def make_sampler(name: str, seed: int, n_objectives: int) -> optuna.samplers.BaseSampler:
+def is_conditional(space: Mapping[str, ParamSpec]) -> bool:
+    return any(dim.when for dim in space.values())
+
+
+class ConditionalSpace:
+    """A define-by-run search space for Optuna: dimensions are suggested in YAML order, and a dimension
+    with ``when`` only if the earlier dimensions it names took one of the listed values.
+
+    An object rather than a closure so that Ray Tune can pickle the searcher (``--resume``).
+    """
+
+    def __init__(self, space: Mapping[str, ParamSpec]) -> None:
+        dists = to_distributions(space)
+        self.dims = [(name, dists[name], conditions(dim)) for name, dim in space.items()]
+
+    def active(self, chosen: Mapping[str, object], when: Mapping[str, tuple]) -> bool:
+        return all(key in chosen and chosen[key] in allowed for key, allowed in when.items())
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        chosen: dict[str, object] = {}
+        for name, dist, when in self.dims:
+            if not self.active(chosen, when):
+                continue
+            if isinstance(dist, CategoricalDistribution):
+                chosen[name] = trial.suggest_categorical(name, dist.choices)
+            elif isinstance(dist, IntDistribution):
+                chosen[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+            else:
+                chosen[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        return None
+
+    def assignments(self, keep: Callable[[str], bool]) -> list[dict[str, object]]:
+        """Every reachable assignment of the categorical dimensions, projected on the paths ``keep`` accepts
+        (deduplicated, in order) — e.g. the dataset variants a sweep must prepare before its trials."""
+        relevant = {k for _, _, when in self.dims for k in when}
+        out: list[dict[str, object]] = []
+
+        def walk(i: int, chosen: dict[str, object]) -> None:
+            if i == len(self.dims):
+                projected = {k: v for k, v in chosen.items() if keep(k)}
+                if projected not in out:
+                    out.append(projected)
+                return
+            name, dist, when = self.dims[i]
+            if not self.active(chosen, when) or not (keep(name) or name in relevant):
+                walk(i + 1, chosen)
+                return
+            if not isinstance(dist, CategoricalDistribution):
+                raise ConfigError(f"search.space.{name}: must be categorical (it decides the prepared data or "
+                                  "another dimension's condition)")
+            for choice in dist.choices:
+                walk(i + 1, {**chosen, name: choice})
+
+        walk(0, {})
+        return out
+
+
+def make_sampler(name: str, seed: int, n_objectives: int, conditional: bool = False) -> optuna.samplers.BaseSampler:
     """An Optuna sampler in true multi-objective mode (no weighted sum of objectives).
 
-    ``tpe`` (MOTPE when several objectives), ``nsga2`` (NSGA-II), ``gp`` (Gaussian process with
-    log-EHVI for several objectives), ``random``.
+    ``tpe`` (MOTPE when several objectives; with a conditional space it models each group of
+    co-occurring dimensions jointly), ``nsga2`` (NSGA-II), ``gp`` (Gaussian process with log-EHVI for
+    several objectives), ``random``.
     """
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=8)
+        with warnings.catch_warnings():  # `group` is flagged experimental; it is what TPE needs for conditions
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=conditional, n_startup_trials=8)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
     if name == "gp":
@@ -60,3 +121,37 @@ def make_sampler(name: str, seed: int, n_objectives: int) -> optuna.samplers.Bas
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"search.sampler: unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+
+
+def fixed_points_searcher(points: list[dict]):
+    """A Ray Tune searcher that hands out ``points`` (an ablation grid) once each, then reports FINISHED.
+    Its position is saved with the experiment, so ``--resume`` continues the list. (Defined inside a
+    function so that importing this module does not import Ray.)"""
+    import pickle
+
+    from ray.tune.search import Searcher
+
+    class _FixedPoints(Searcher):
+        def __init__(self, points: list[dict]) -> None:
+            super().__init__()
+            self.points, self.next = [dict(p) for p in points], 0
+
+        def suggest(self, trial_id: str):
+            if self.next >= len(self.points):
+                return Searcher.FINISHED
+            self.next += 1
+            return dict(self.points[self.next - 1])
+
+        def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+            pass
+
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "wb") as fh:
+                pickle.dump({"points": self.points, "next": self.next}, fh)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as fh:
+                state = pickle.load(fh)
+            self.points, self.next = state["points"], state["next"]
+
+    return _FixedPoints(points)

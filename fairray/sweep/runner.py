@@ -8,17 +8,20 @@ the parent run (and any child run a killed process left RUNNING) → print the d
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fairray.config import LoadedSpec, SweepSpec
+from fairray.config import LoadedSpec, SweepSpec, ablation_points, resolve_trial, to_plain
 from fairray.data import SERData, prepare
 from fairray.errors import ConfigError, FairrayError
-from fairray.search import make_sampler, to_distributions
+from fairray.search import ConditionalSpace, is_conditional, make_sampler, to_distributions
+from fairray.search.space import fixed_points_searcher
 from fairray.tracking import (
+    TAG_ABLATION,
     client,
     close_orphan_trials,
     default_tracking_uri,
@@ -57,6 +60,75 @@ def prepare_data(spec: SweepSpec) -> SERData:
     return prepare(spec.dataset, cache_root=f"{storage_root(spec).rstrip('/')}/features")
 
 
+def _is_dataset_path(path: str) -> bool:
+    return path.startswith("dataset.")
+
+
+class DataVariants:
+    """The prepared datasets of one sweep: one per distinct ``dataset`` section that its ``dataset.*``
+    parameters (a searched group source, K, fold ...) can produce, all prepared on the driver before the
+    first trial. Trials pick theirs by their parameters; several variants travel as separate objects in
+    Ray's object store.
+    """
+
+    def __init__(self, paths: tuple[str, ...], aliases: Mapping[str, str], items: Mapping[str, Any]) -> None:
+        self.paths, self.aliases, self.items = paths, dict(aliases), dict(items)
+
+    @staticmethod
+    def key(assignment: Mapping[str, Any]) -> str:
+        return json.dumps(sorted(assignment.items()), default=str)
+
+    def select(self, params: Mapping[str, Any]) -> SERData:
+        key = self.key({p: params[p] for p in self.paths if p in params})
+        if key not in self.aliases:
+            raise FairrayError(f"no prepared dataset for {key}; prepared: {list(self.aliases)}")
+        item = self.items[self.aliases[key]]
+        if isinstance(item, SERData):
+            return item
+        import ray
+
+        return ray.get(item)
+
+    @classmethod
+    def prepare(cls, loaded: LoadedSpec, assignments: list[dict[str, Any]], verbose: bool = True) -> DataVariants:
+        """Prepare each distinct resolved dataset section once (``{}`` and ``{groups.name: attribute}``
+        are the same data when the spec already says ``attribute``)."""
+        spec = loaded.spec
+        assignments = assignments or [{}]
+        paths = tuple(sorted({p for a in assignments for p in a}))
+        aliases, specs = {}, {}
+        for a in assignments:
+            variant = resolve_trial(loaded.raw, a, source=f"{loaded.source} (dataset {a})").spec if a else spec
+            canonical = json.dumps(to_plain(variant.dataset), sort_keys=True, default=str)
+            aliases[cls.key(a)] = canonical
+            specs.setdefault(canonical, variant)
+        if len(specs) == 1:
+            return cls(paths, aliases, {k: prepare_data(v) for k, v in specs.items()})
+        import ray
+        from tqdm import tqdm
+
+        items = {k: ray.put(prepare_data(v)) for k, v in
+                 tqdm(specs.items(), desc="preparing datasets", unit="variant", disable=not verbose)}
+        return cls(paths, aliases, items)
+
+
+def trial_points(loaded: LoadedSpec, ablation: str | None) -> list[dict[str, Any]] | None:
+    """The fixed trial parameters of an ablation, or None for a search."""
+    return ablation_points(loaded.spec, ablation) if ablation else None
+
+
+def dataset_assignments(spec: SweepSpec, points: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Distinct ``dataset.*`` assignments the trials of this run can ask for."""
+    if points is not None:
+        out: list[dict[str, Any]] = []
+        for point in points:
+            projected = {k: v for k, v in point.items() if _is_dataset_path(k)}
+            if projected not in out:
+                out.append(projected)
+        return out
+    return ConditionalSpace(spec.search.space).assignments(_is_dataset_path)
+
+
 def tracking_uri(spec: SweepSpec) -> str:
     return spec.tracking.uri or default_tracking_uri(storage_root(spec))
 
@@ -65,16 +137,17 @@ def _threads(spec: SweepSpec) -> int:
     return max(1, int(spec.resources.cpus_per_worker))
 
 
-def _function_trainable(config: dict, raw: Mapping[str, Any], data: SERData, tracking: dict, threads: int) -> None:
+def _function_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants, tracking: dict,
+                        threads: int) -> None:
     import torch
     from ray import tune
 
     torch.set_num_threads(threads)
     trial_id = tune.get_context().get_trial_id()
-    run_trial(raw, config, data, TuneSession(), TrialTracking(trial_id=trial_id, **tracking))
+    run_trial(raw, config, data.select(config), TuneSession(), TrialTracking(trial_id=trial_id, **tracking))
 
 
-def _train_trainable(config: dict, raw: Mapping[str, Any], data: SERData, tracking: dict, threads: int,
+def _train_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants, tracking: dict, threads: int,
                      scaling: dict, storage: str) -> None:
     """The Tune trial builds and fits a TorchTrainer; a fixed name per trial resumes its checkpoints."""
     import ray.train
@@ -85,7 +158,7 @@ def _train_trainable(config: dict, raw: Mapping[str, Any], data: SERData, tracki
     trial_id = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"raw": raw, "params": dict(config), "data": data, "threads": threads,
+        train_loop_config={"raw": raw, "params": dict(config), "data": data.select(config), "threads": threads,
                            "tracking": TrialTracking(trial_id=trial_id, **tracking)},
         scaling_config=ray.train.ScalingConfig(**scaling),
         run_config=ray.train.RunConfig(name=f"train-{trial_id}", storage_path=storage,
@@ -94,12 +167,12 @@ def _train_trainable(config: dict, raw: Mapping[str, Any], data: SERData, tracki
     trainer.fit()
 
 
-def _reporter(spec: SweepSpec):
+def _reporter(spec: SweepSpec, parameters: list[str]):
     from ray import tune
 
     metric_columns = {o.metric: o.metric.split("/", 1)[1] for o in spec.search.objectives}
     metric_columns["training_iteration"] = "iter"
-    return tune.CLIReporter(metric_columns=metric_columns, parameter_columns=list(spec.search.space),
+    return tune.CLIReporter(metric_columns=metric_columns, parameter_columns=parameters,
                             max_report_frequency=15, sort_by_metric=False)
 
 
@@ -117,10 +190,11 @@ def _init_ray(address: str | None) -> bool:
     return True
 
 
-def _find_resumable(uri: str, experiment_id: str, sweep: str):
+def _find_resumable(uri: str, experiment_id: str, sweep: str, ablation: str | None):
     runs = client(uri).search_runs([experiment_id], filter_string=f"tags.`fairray.kind` = 'sweep' and "
                                    f"tags.`fairray.sweep` = '{sweep}'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
+                                   order_by=["attributes.start_time DESC"], max_results=1000)
+    runs = [r for r in runs if r.data.tags.get(TAG_ABLATION) == ablation]
     return runs[0] if runs else None
 
 
@@ -129,15 +203,18 @@ def _count_finished(uri: str, experiment_id: str, parent_run_id: str) -> int:
     return sum(r.info.status == "FINISHED" for r in trial_runs(uri, parent))
 
 
-def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = False, verbose: int = 1
-              ) -> SweepOutcome:
-    """Run (or resume) the sweep of ``loaded``; every trial is one MLflow child run."""
+def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = False, verbose: int = 1,
+              ablation: str | None = None) -> SweepOutcome:
+    """Run (or resume) the sweep of ``loaded`` — or its declared ablation grid ``ablation`` — every
+    trial one MLflow child run."""
     spec, raw = loaded.spec, dict(loaded.raw)
     if not spec.search.objectives:
         raise ConfigError(f"{loaded.source}: search.objectives: a sweep needs at least one objective, e.g. "
                           "[{metric: dev/weighted_f1, direction: max}]")
-    if not spec.search.space:
+    if not spec.search.space and ablation is None:
         raise ConfigError(f"{loaded.source}: search.space: a sweep needs at least one dimension to search")
+    points = trial_points(loaded, ablation)
+    n_trials = len(points) if points is not None else spec.budget.num_samples
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table shows our objective columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # JSON + CSV below, no TensorBoard
@@ -151,16 +228,17 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     ray_root = f"{root.rstrip('/')}/ray"
     uri = tracking_uri(spec)
     experiment_id = ensure_experiment(uri, spec.experiment, root)
-    previous = _find_resumable(uri, experiment_id, spec.name) if resume else None
+    previous = _find_resumable(uri, experiment_id, spec.name, ablation) if resume else None
+    what = f"ablation {ablation!r} of sweep {spec.name!r}" if ablation else f"sweep {spec.name!r}"
     if resume and previous is None:
-        raise FairrayError(f"--resume: no earlier sweep {spec.name!r} in MLflow experiment {spec.experiment!r} "
+        raise FairrayError(f"--resume: no earlier {what} in MLflow experiment {spec.experiment!r} "
                            f"at {uri}; run without --resume to start one")
     run_name = previous.data.tags[TAG_RAY_PATH].rsplit("/", 1)[1] if previous else \
-        f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        f"{spec.name}{'-' + ablation if ablation else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
     ray_path = f"{ray_root}/{run_name}"
     objectives = [(o.metric, o.direction.value) for o in spec.search.objectives]
     sweep = start_sweep_run(uri, experiment_id, spec.name, root, raw, objectives,
-                            resume_run_id=previous.info.run_id if previous else None)
+                            resume_run_id=previous.info.run_id if previous else None, ablation=ablation)
     client(uri).set_tag(sweep.run_id, TAG_RAY_PATH, ray_path)
     tracking = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": sweep.run_id, "sweep": spec.name}
 
@@ -170,7 +248,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         connected = _init_ray(address)
         # once per sweep, before any trial: feature extraction (as Ray tasks with dataset.extract_workers > 1)
         # or the cache; trials get the result through the object store
-        data = prepare_data(spec)
+        data = DataVariants.prepare(loaded, dataset_assignments(spec, points), verbose=bool(verbose))
         backend = spec.resources.resolved_backend
         threads = _threads(spec)
         if backend == "function":
@@ -193,13 +271,21 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         else:
             if resume:
                 raise FairrayError(f"--resume: Ray results at {ray_path} cannot be restored; run without --resume")
-            searcher = OptunaSearch(space=to_distributions(spec.search.space),
-                                    metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
-                                    sampler=make_sampler(spec.search.sampler, spec.budget.seed, len(objectives)))
+            if points is not None:  # a declared grid: each point once, no sampler
+                searcher = ConcurrencyLimiter(fixed_points_searcher(points), spec.budget.max_concurrent)
+                parameters = sorted({k for p in points for k in p})
+            else:
+                conditional = is_conditional(spec.search.space)
+                space = ConditionalSpace(spec.search.space) if conditional else to_distributions(spec.search.space)
+                searcher = ConcurrencyLimiter(OptunaSearch(
+                    space=space, metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
+                    sampler=make_sampler(spec.search.sampler, spec.budget.seed, len(objectives), conditional)),
+                    spec.budget.max_concurrent)
+                parameters = list(spec.search.space)
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, spec.budget.max_concurrent),
-                                            num_samples=spec.budget.num_samples,
+                tune_config=tune.TuneConfig(search_alg=searcher,
+                                            num_samples=n_trials,
                                             trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",
                                             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
                                             # one process runs many trials (run_trial reseeds everything):
@@ -209,7 +295,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                     name=run_name, storage_path=ray_root, verbose=verbose,
                     failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    progress_reporter=_reporter(spec) if verbose else None,
+                    progress_reporter=_reporter(spec, parameters) if verbose else None,
                     callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
                 ),
             )
@@ -217,10 +303,10 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         # Tune stops gracefully on Ctrl-C and returns; MLflow tells what really finished.
         n_errored = len(results.errors)
         n_finished = _count_finished(uri, experiment_id, sweep.run_id)
-        interrupted = n_finished + n_errored < spec.budget.num_samples
+        interrupted = n_finished + n_errored < n_trials
         status = "KILLED" if interrupted else "FINISHED"
         if interrupted:
-            reason = (f"interrupted after {n_finished} of {spec.budget.num_samples} trials; "
+            reason = (f"interrupted after {n_finished} of {n_trials} trials; "
                       "continue with `fairray sweep SPEC --resume`")
         return SweepOutcome(spec.experiment, uri, sweep.run_id, ray_path, len(results), n_finished, n_errored,
                             time.time() - t0, interrupted)

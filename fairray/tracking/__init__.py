@@ -1,6 +1,7 @@
 """Tracking: MLflow parent/child runs for sweeps and trials."""
 
 from fairray.tracking._mlflow import (
+    TAG_ABLATION,
     TAG_OBJECTIVES,
     TAG_SWEEP,
     TAG_TRIAL,
@@ -21,6 +22,7 @@ from fairray.tracking._mlflow import (
 )
 
 __all__ = [
+    "TAG_ABLATION",
     "TAG_OBJECTIVES",
     "TAG_SWEEP",
     "TAG_TRIAL",

@@ -27,6 +27,7 @@ TAG_FAILURE = "fairray.failure_reason"
 TAG_OBJECTIVES = "fairray.objectives"
 TAG_STORAGE = "fairray.storage"
 TAG_SEARCHED = "fairray.searched_params"
+TAG_ABLATION = "fairray.ablation"  # set on the parent run of `fairray sweep SPEC --ablation NAME`
 PARENT_TAG = "mlflow.parentRunId"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
@@ -107,8 +108,9 @@ class SweepRun:
 
 
 def start_sweep_run(uri: str, experiment_id: str, sweep: str, storage: str, raw_spec: Mapping[str, Any],
-                    objectives: Iterable[tuple[str, str]], resume_run_id: str | None = None) -> SweepRun:
-    """The parent run of a sweep (resumed when ``resume_run_id`` is given)."""
+                    objectives: Iterable[tuple[str, str]], resume_run_id: str | None = None,
+                    ablation: str | None = None) -> SweepRun:
+    """The parent run of a sweep or of one of its declared ablations (resumed when ``resume_run_id`` is given)."""
     from mlflow.entities import Param
 
     c = client(uri)
@@ -118,9 +120,12 @@ def start_sweep_run(uri: str, experiment_id: str, sweep: str, storage: str, raw_
     tags = {TAG_KIND: "sweep", TAG_SWEEP: sweep, TAG_STORAGE: storage,
             TAG_OBJECTIVES: json.dumps([list(o) for o in objectives]),
             TAG_METHOD: str(raw_spec.get("method", {}).get("name", "")),
-            TAG_DATASET: str((raw_spec.get("dataset") or {}).get("name", "ser3"))}
-    run = c.create_run(experiment_id, tags=tags, run_name=f"sweep-{sweep}-{time.strftime('%Y%m%d-%H%M%S')}")
-    params = [Param(k, v) for k, v in flatten({k: v for k, v in raw_spec.items() if k != "search"}).items()]
+            TAG_DATASET: str((raw_spec.get("dataset") or {}).get("name", "ser3")),
+            **({TAG_ABLATION: ablation} if ablation else {})}
+    kind = f"ablation-{ablation}" if ablation else "sweep"
+    run = c.create_run(experiment_id, tags=tags, run_name=f"{kind}-{sweep}-{time.strftime('%Y%m%d-%H%M%S')}")
+    params = [Param(k, v) for k, v in flatten({k: v for k, v in raw_spec.items()
+                                               if k not in ("search", "ablations")}).items()]
     for i in range(0, len(params), 90):
         c.log_batch(run.info.run_id, params=params[i:i + 90])
     with tempfile.TemporaryDirectory() as d:
@@ -194,8 +199,9 @@ class TrialRun:
         end_run(self.uri, self.run_id, status, reason)
 
 
-def find_sweep_run(uri: str, experiment: str, run_id: str | None = None):
-    """The latest parent run of ``experiment`` (or the given one); TrackingError if none."""
+def find_sweep_run(uri: str, experiment: str, run_id: str | None = None, ablation: str | None = None):
+    """The latest parent run of ``experiment``'s search — or of its ablation ``ablation`` — (or the given
+    run); TrackingError if none."""
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
@@ -205,9 +211,12 @@ def find_sweep_run(uri: str, experiment: str, run_id: str | None = None):
     if run_id:
         return c.get_run(run_id)
     runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'sweep'",
-                         order_by=["attributes.start_time DESC"], max_results=1)
+                         order_by=["attributes.start_time DESC"], max_results=1000)
+    runs = [r for r in runs if r.data.tags.get(TAG_ABLATION) == ablation]
     if not runs:
-        raise TrackingError(f"experiment {experiment!r} at {uri} holds no fairray sweep run")
+        what = f"run of ablation {ablation!r}" if ablation else "sweep run (besides ablations)"
+        hint = f"fairray sweep SPEC --ablation {ablation}" if ablation else "fairray sweep SPEC"
+        raise TrackingError(f"experiment {experiment!r} at {uri} holds no fairray {what}; run `{hint}` first")
     return runs[0]
 
 

@@ -579,3 +579,107 @@ def test_resolve_trial_validates_the_result() -> None:
     with pytest.raises(ConfigError) as info:
         resolve_trial(raw, {"train.epochs": 2.5}, source="trial_3")
     assert_names(str(info.value), "trial_3", "train.epochs", "2.5")
+
+
+# ---------------------------------------------------------------- conditional spaces and ablations
+COND = """\
+name: cond
+method: {name: erm, loss: cb_ce}
+train: {epochs: 2}
+"""
+
+
+def _cond(tmp_path: Path, section: str) -> Path:
+    return write(tmp_path, COND + textwrap.dedent(section))
+
+
+@pytest.mark.parametrize(
+    ("space_yaml", "key", "message"),
+    [
+        # a condition on a dimension that is not listed earlier
+        ("method.eta_q: {type: loguniform, low: 0.001, high: 1, when: {method.name: gdro}}\n"
+         "method.name: {type: categorical, choices: [erm, gdro]}",
+         "search.space.method.eta_q.when.method.name", "listed before"),
+        # a condition value outside the parent's choices
+        ("method.name: {type: categorical, choices: [erm, gdro]}\n"
+         "method.eta_q: {type: loguniform, low: 0.001, high: 1, when: {method.name: [gdro, dro]}}",
+         "search.space.method.eta_q.when.method.name", "['dro'] are not among the choices"),
+        # a condition on a non-categorical dimension
+        ("train.lr: {type: loguniform, low: 0.0003, high: 0.003}\n"
+         "method.name: {type: categorical, choices: [erm, gdro], when: {train.lr: 0.001}}",
+         "search.space.method.name.when.train.lr", "categorical dimension"),
+        # a dataset dimension must be categorical (its values are prepared before the trials)
+        ("dataset.dev_fraction: {type: uniform, low: 0.1, high: 0.3}",
+         "search.space.dataset.dev_fraction.type", "must be categorical"),
+        # a method parameter sampled for a method that does not have it: the hint names `when`
+        ("method.name: {type: categorical, choices: [erm, gdro]}\n"
+         "method.eta_q: {type: loguniform, low: 0.001, high: 1}",
+         "search.space.method.eta_q", "add e.g. `when:"),
+    ],
+)
+def test_conditional_space_errors_name_the_key(tmp_path, space_yaml, key, message):
+    text = "search:\n  space:\n" + textwrap.indent(space_yaml, "    ") + "\n"
+    with pytest.raises(ConfigError) as err:
+        load_spec(_cond(tmp_path, text))
+    assert f": {key}:" in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_conditional_dimension_is_checked_under_its_conditions(tmp_path):
+    text = """\
+    search:
+      space:
+        method.name: {type: categorical, choices: [erm, gdro, gadro]}
+        method.C: {type: categorical, choices: [0, 4], when: {method.name: [gadro]}}
+    """
+    spec = load_spec(_cond(tmp_path, text)).spec
+    from fairray.config import conditions
+
+    assert conditions(spec.search.space["method.C"]) == {"method.name": ("gadro",)}
+    # the same dimension conditioned on a method without C is refused, naming the combination
+    bad = text.replace("[gadro]", "[gdro, gadro]")
+    with pytest.raises(ConfigError, match=r"value 0 with \{'method.name': 'gdro'\} is not valid"):
+        load_spec(_cond(tmp_path, bad))
+
+
+def test_ablation_points_expand_cells_dedupe_and_repeat_seeds(tmp_path):
+    from fairray.config import ablation_points
+
+    text = """\
+    ablations:
+      grid:
+        seeds: [0, 1]
+        cells:
+          - {method.name: [erm, gdro]}
+          - {method.name: [gdro, gadro], dataset.groups.name: [attribute, kmeans]}
+          - {method.name: [erm]}
+    """
+    spec = load_spec(_cond(tmp_path, text)).spec
+    points = ablation_points(spec, "grid")
+    cells = [{k: v for k, v in p.items() if k != "train.seed"} for p in points[:6]]
+    assert cells == [
+        {"method.name": "erm"}, {"method.name": "gdro"},
+        {"method.name": "gdro", "dataset.groups.name": "attribute"},
+        {"method.name": "gdro", "dataset.groups.name": "kmeans"},
+        {"method.name": "gadro", "dataset.groups.name": "attribute"},
+        {"method.name": "gadro", "dataset.groups.name": "kmeans"},
+    ]
+    assert len(points) == 12 and [p["train.seed"] for p in points] == [0] * 6 + [1] * 6
+    with pytest.raises(ConfigError, match="no such ablation .* declared: \\['grid'\\]"):
+        ablation_points(spec, "nope")
+
+
+@pytest.mark.parametrize(
+    ("ablation_yaml", "message"),
+    [
+        ("{cells: [{method.name: [erm, nope]}]}", "ablations.a: point {'method.name': 'nope', 'train.seed': 0}"),
+        ("{cells: [{method.name: []}]}", "ablations.a.cells[0].method.name: needs a non-empty list"),
+        ("{cells: []}", "ablations.a.cells: an ablation needs at least one cell"),
+        ("{cells: [{train.seed: [1]}]}", "seeds are set by `seeds:`"),
+        ("{cells: [{method.name: [erm]}], seeds: []}", "ablations.a.seeds: an ablation needs at least one seed"),
+    ],
+)
+def test_invalid_ablations_fail_at_load_time(tmp_path, ablation_yaml, message):
+    with pytest.raises(ConfigError) as err:
+        load_spec(_cond(tmp_path, f"ablations:\n  a: {ablation_yaml}\n"))
+    assert message in str(err.value), str(err.value)

@@ -34,8 +34,16 @@ from fairray.metrics._report import (
     format_report,
     multi_hot,
 )
+from fairray.metrics.bootstrap import Interval, paired_difference, speaker_bootstrap, speaker_replicates, within_noise
+from fairray.metrics.predictions import Predictions
 
 __all__ = [
+    "Interval",
+    "Predictions",
+    "paired_difference",
+    "speaker_bootstrap",
+    "speaker_replicates",
+    "within_noise",
     "CLASS_AGGS",
     "COUNT_METRICS",
     "GAP_METRICS",

@@ -34,12 +34,22 @@ from fairray.metrics._report import (
     format_report,
     multi_hot,
 )
-from fairray.metrics.bootstrap import Interval, paired_difference, speaker_bootstrap, speaker_replicates, within_noise
+from fairray.metrics.bootstrap import (
+    Interval,
+    interval,
+    paired_difference,
+    replicate_matrix,
+    speaker_bootstrap,
+    speaker_replicates,
+    within_noise,
+)
 from fairray.metrics.predictions import Predictions
 
 __all__ = [
     "Interval",
     "Predictions",
+    "interval",
+    "replicate_matrix",
     "paired_difference",
     "speaker_bootstrap",
     "speaker_replicates",

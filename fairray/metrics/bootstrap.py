@@ -128,6 +128,36 @@ def within_noise(interval: Interval) -> bool:
     return interval.contains(0.0)
 
 
+def replicate_matrix(
+    preds: Sequence[Predictions],
+    keys: Sequence[str | MetricKey],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Values of ``keys`` for several prediction sets on one split (same uids: seeds, methods ...) under
+    ONE shared speaker resample: full-sample values ``[P, K]`` and replicate values ``[P, n_boot, K]``.
+
+    Intervals of any function of them — a mean over seeds, a mean over methods, a difference between
+    two cells — come from applying the function per replicate and :func:`interval`.
+    """
+    _check_options(n_boot, 0.5)
+    readers = [_Reader(p.report(), keys) for p in preds]
+    full = np.stack([r.full for r in readers])
+    values = np.empty((len(preds), n_boot, len(keys)))
+    for b, rows in enumerate(speaker_replicates(*preds, n_boot=n_boot, seed=seed)):
+        for i, (p, reader) in enumerate(zip(preds, readers, strict=True)):
+            values[i, b] = reader.read(p.report(rows))
+    return full, values
+
+
+def interval(estimate: float, values: np.ndarray, level: float = 0.95) -> Interval:
+    """Percentile interval of replicate ``values`` around ``estimate``; NaN replicates are dropped and
+    counted, and more than half of them NaN gives ``(nan, nan)``."""
+    _check_options(1, level)
+    return _interval(estimate, np.asarray(values, dtype=float), level)
+
+
 def speaker_replicates(*preds: Predictions, n_boot: int = 1000, seed: int = 0) -> Iterator[np.ndarray]:
     """Row indices of ``n_boot`` speaker-bootstrap replicates (stratified by speaker profile).
 

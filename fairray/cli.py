@@ -171,7 +171,30 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format_fronts(sweep, fronts_, fmt: str, show_all: bool) -> str:
+def _noise_text(entry: dict | None, objectives) -> str:
+    """``vs <next>: Δ<gap> +0.012 [-0.020, 0.051] ~`` for the gap objectives (``~``: within noise)."""
+    if not entry:
+        return ""
+    from fairray.metrics import MetricKey, within_noise
+
+    parts = []
+    for key in objectives:
+        if MetricKey.parse(key).is_gap and key in entry:
+            iv = entry[key]
+            mark = " ~" if iv.defined and within_noise(iv) else ""
+            parts.append(f"Δ{MetricKey.parse(key).metric} {iv.estimate:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]{mark}")
+    return f"vs {entry['next']}: " + "; ".join(parts) if parts else ""
+
+
+def _noise_json(entry: dict | None) -> dict:
+    if not entry:
+        return {}
+    diffs = {k: {"difference": iv.estimate, "lo": iv.lo, "hi": iv.hi} for k, iv in entry.items() if k != "next"}
+    return {"vs_next": {"trial_id": entry["next"],
+                        **{k: {n: (None if v != v else v) for n, v in d.items()} for k, d in diffs.items()}}}
+
+
+def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None = None) -> str:
     import csv
     import io
 
@@ -181,7 +204,8 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool) -> str:
             "directions": [d.value for d in f.directions], "hypervolume": f.hypervolume,
             "reference": list(f.reference),
             "trials": [{"trial_id": t.trial_id, "run_id": t.run_id, "pareto": bool(on),
-                        "values": [None if v != v else v for v in vals], "params": t.params}
+                        "values": [None if v != v else v for v in vals], "params": t.params,
+                        **_noise_json((noise or {}).get(f.title, {}).get(t.trial_id))}
                        for t, on, vals in zip(f.trials, f.on_front, f.values.tolist(), strict=True)
                        if on or show_all]} for f in fronts_], indent=1)
     if fmt == "csv":
@@ -214,6 +238,12 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool) -> str:
             vals = [f"{v:>{len(h)}.4f}" for v, h in zip(f.values[i], heads, strict=True)]
             params = " ".join(f"{short[k]}={_short(v)}" for k, v in sorted(t.params.items()))
             out.append("  " + "  ".join([f"{'*' if f.on_front[i] else ' ':^6}", f"{t.trial_id:<16}", *vals, params]))
+            text = _noise_text((noise or {}).get(f.title, {}).get(t.trial_id), f.objectives)
+            if text:
+                out.append(" " * 26 + text)
+    if noise:
+        out.append("\n~ : the gap difference to the next Pareto-optimal trial is within noise (paired speaker "
+                   "bootstrap, 95%)")
     return "\n".join(out)
 
 
@@ -247,7 +277,12 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     reference = [float(x) for x in args.reference.split(",")] if args.reference else None
     result = fronts(sweep, by=by, split=args.split, objectives=_parse_objectives(args.objectives),
                     reference=reference)
-    print(_format_fronts(sweep, result, args.format, args.all))
+    noise = {}
+    if args.noise:
+        from fairray.frontier.query import neighbour_noise
+
+        noise = {f.title: neighbour_noise(sweep, f, n_boot=args.n_boot) for f in result}
+    print(_format_fronts(sweep, result, args.format, args.all, noise))
     if args.plot:
         from fairray.frontier.plot import FrontPanel, FrontPoint, write_frontier_html
 
@@ -486,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list dominated trials too")
     p.add_argument("--reference", help="hypervolume reference point, comma-separated, in objective order")
     p.add_argument("--plot", metavar="FILE.html", help="write a self-contained interactive page of the fronts")
+    p.add_argument("--noise", action="store_true",
+                   help="mark Pareto-optimal trials whose gap differs from the next one's only within noise "
+                        "(paired speaker bootstrap of their logged predictions)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for --noise (default 200)")
 
     p = add("report", cmd_report, "IDI Table 1-style report of an ablation: mean over seeds with CIs", """\
         Reads the ablation's trials and their logged test predictions from MLflow and prints, per

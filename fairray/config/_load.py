@@ -293,7 +293,18 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
                 check_protocol_params(named.name, dict(named.params))
             except FairrayError as exc:
                 raise where.child(key).error(str(exc)) from None
+    from fairray.data.groups import aux_extractors
+
+    try:
+        aux = aux_extractors(ds.groups.name, dict(ds.groups.params))
+    except FairrayError as exc:
+        raise where.child("groups").error(str(exc)) from None
     if ds.name != "corpora":
+        audio_only = sorted(a for a in aux if a != "speaker_emb")  # the built-in data ships speaker embeddings
+        if audio_only:
+            raise where.child("groups").child("name").error(
+                f"group source {ds.groups.name!r} reads {audio_only} computed from audio; dataset {ds.name!r} has no "
+                "audio — use `dataset.name: corpora` with the corpora's folders")
         return
     from fairray.data.corpora import CORPORA
     from fairray.data.features import EXTRACTORS
@@ -307,7 +318,17 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
         extractor = EXTRACTORS.get(ds.extractor.name)
     except FairrayError as exc:
         raise where.child("extractor").child("name").error(str(exc)) from None
-    build(extractor.Params, dict(ds.extractor.params), where.child("extractor").child("params"))
+    params = build(extractor.Params, dict(ds.extractor.params), where.child("extractor").child("params"))
+    if spec.model.name == "layer_weighted" and ds.extractor.name == "hf_ssl":
+        # the model reads X as [n, n_layers, D]: only the extractor's per-layer layout gives it that
+        if not params.weighted_sum:
+            raise where.child("extractor").child("params").child("weighted_sum").error(
+                "model layer_weighted needs the per-layer vectors side by side; set weighted_sum: true "
+                "(false stores the mean of the layers)")
+        if not isinstance(params.layers, str) and spec.model.params.n_layers != len(params.layers):
+            raise Where(source, "model.n_layers").error(
+                f"{spec.model.params.n_layers} does not match the {len(params.layers)} layers hf_ssl extracts "
+                f"({list(params.layers)})")
 
 
 def _check_objectives(spec: SweepSpec, source: str) -> None:

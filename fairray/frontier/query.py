@@ -13,6 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import product
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -127,4 +129,49 @@ def fronts(sweep: Sweep, *, by: Sequence[str] = (), split: str = "dev",
         hv = hypervolume(values, directions, ref)
         title = ", ".join(f"{c}={v}" for c, v in combo.items()) or "all"
         out.append(Front(title, tuple(keys), directions, sweep.trials, values, mask, hv, ref, combo))
+    return out
+
+
+def load_predictions(sweep: Sweep, trials: Sequence[TrialRecord], split: str) -> list:
+    """Each trial's logged ``predictions/{split}.npz`` artifact, as :class:`~fairray.metrics.Predictions`."""
+    import tempfile
+
+    import mlflow
+
+    from fairray.metrics import Predictions
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="fairray-preds-") as d:
+        for trial in trials:
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=trial.run_id, artifact_path=f"predictions/{split}.npz",
+                                                           dst_path=str(Path(d) / trial.run_id),
+                                                           tracking_uri=sweep.tracking_uri)
+            except Exception as exc:  # MLflow raises several types for a missing artifact
+                raise TrackingError(f"trial {trial.trial_id} (run {trial.run_id}) has no predictions/{split}.npz "
+                                    f"artifact ({type(exc).__name__}); it predates prediction logging — rerun "
+                                    "the sweep") from None
+            out.append(Predictions.load(path))
+    return out
+
+
+def neighbour_noise(sweep: Sweep, front: Front, *, n_boot: int = 200, level: float = 0.95, seed: int = 0
+                    ) -> dict[str, dict[str, Any]]:
+    """For each Pareto-optimal trial of ``front``, ordered along its first objective, the paired speaker-
+    bootstrap interval of every objective's difference to the next Pareto-optimal trial (same resample for
+    both; :func:`~fairray.metrics.paired_difference`). ``{trial_id: {"next": trial_id, objective: Interval}}``;
+    a difference whose interval contains 0 is within noise."""
+    from fairray.metrics import paired_difference
+
+    split = MetricKey.parse(front.objectives[0]).split
+    on = [i for i in range(len(front.trials)) if front.on_front[i]]
+    sign = -1.0 if front.directions[0] is Direction.MAX else 1.0
+    on.sort(key=lambda i: sign * front.values[i][0])
+    preds = dict(zip(on, load_predictions(sweep, [front.trials[i] for i in on], split), strict=True))
+    out: dict[str, dict[str, Any]] = {}
+    for a, b in zip(on, on[1:], strict=False):
+        entry: dict[str, Any] = {"next": front.trials[b].trial_id}
+        for key in front.objectives:
+            entry[key] = paired_difference(preds[a], preds[b], key, n_boot=n_boot, level=level, seed=seed)
+        out[front.trials[a].trial_id] = entry
     return out

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import html
 import math
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from fairray.errors import DataError, TrackingError
-from fairray.frontier.query import Sweep, TrialRecord
+from fairray.errors import DataError
+from fairray.frontier.query import Sweep, TrialRecord, load_predictions
 from fairray.metrics import Interval, Predictions, decide, interval, replicate_matrix
 
 #: Published IDI Table 1 (CREMA-D, 1:20 imbalance, 5 folds): (method, supervision) -> (F1, ACC, TPRgap, DPgap).
@@ -126,25 +124,6 @@ def group_cells(sweep: Sweep) -> list[Cell]:
         return m, c.method, s, c.source, c.extra
 
     return sorted(out, key=order)
-
-
-def load_predictions(sweep: Sweep, trials: Sequence[TrialRecord], split: str) -> list[Predictions]:
-    """Each trial's logged ``predictions/{split}.npz`` artifact."""
-    import mlflow
-
-    out = []
-    with tempfile.TemporaryDirectory(prefix="fairray-report-") as d:
-        for trial in trials:
-            try:
-                path = mlflow.artifacts.download_artifacts(run_id=trial.run_id, artifact_path=f"predictions/{split}.npz",
-                                                           dst_path=str(Path(d) / trial.run_id),
-                                                           tracking_uri=sweep.tracking_uri)
-            except Exception as exc:  # MLflow raises several types for a missing artifact
-                raise TrackingError(f"trial {trial.trial_id} (run {trial.run_id}) has no predictions/{split}.npz "
-                                    f"artifact ({type(exc).__name__}); it predates prediction logging — rerun "
-                                    "the ablation") from None
-            out.append(Predictions.load(path))
-    return out
 
 
 def random_predictions(template: Predictions, seed: int) -> Predictions:

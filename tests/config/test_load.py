@@ -683,3 +683,24 @@ def test_invalid_ablations_fail_at_load_time(tmp_path, ablation_yaml, message):
     with pytest.raises(ConfigError) as err:
         load_spec(_cond(tmp_path, f"ablations:\n  a: {ablation_yaml}\n"))
     assert message in str(err.value), str(err.value)
+
+
+def test_group_source_is_checked_at_load_time(tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset.groups: .*unknown group source 'kmean'"):
+        load_spec(_cond(tmp_path, "dataset: {groups: {name: kmean}}\n"))
+    # a source that needs audio cannot run on the built-in features
+    with pytest.raises(ConfigError, match=r"dataset.groups.name: group source 'pseudo_hf' reads \['gender_prob'\]"):
+        load_spec(_cond(tmp_path, "dataset: {groups: {name: pseudo_hf}}\n"))
+    assert load_spec(_cond(tmp_path, "dataset: {groups: {name: kmeans, params: {K: 4}}}\n")).spec
+
+
+def test_layer_weighted_model_must_match_the_ssl_layout(tmp_path):
+    corpora = ("dataset: {name: corpora, corpora: [{adapter: emodb, root: /nowhere}], "
+               "extractor: {name: hf_ssl, params: {model_path: /m, layers: [3, 6, 9], weighted_sum: %s}}}\n")
+    text = COND + "model: {name: layer_weighted, n_layers: %d}\n" + corpora
+    path = write(tmp_path, text % (3, "true"))
+    assert load_spec(path).spec.model.params.n_layers == 3
+    with pytest.raises(ConfigError, match=r"weighted_sum: model layer_weighted needs the per-layer vectors"):
+        load_spec(write(tmp_path, text % (3, "false")))
+    with pytest.raises(ConfigError, match=r"model.n_layers: 4 does not match the 3 layers hf_ssl extracts"):
+        load_spec(write(tmp_path, text % (4, "true")))

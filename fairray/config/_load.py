@@ -314,6 +314,8 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
             CORPORA.get(corpus.adapter)
         except FairrayError as exc:
             raise where.child("corpora").child(i).child("adapter").error(str(exc)) from None
+    if ds.extractor is None:  # the corpora's own features: checked when they are read
+        return
     try:
         extractor = EXTRACTORS.get(ds.extractor.name)
     except FairrayError as exc:

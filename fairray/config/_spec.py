@@ -32,6 +32,11 @@ class NamedParams:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
+#: Built-in corpus adapters whose tables have no rater votes, hence no ``soft_<class>`` columns
+#: (``targets: multi`` is refused at load time; other adapters are checked when the data is prepared).
+_ADAPTERS_WITHOUT_VOTES = frozenset({"ravdess", "emodb", "nemo", "iemocap", "meld", "meld_st", "mosi", "mosei"})
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     """Which data a trial trains and is scored on.
@@ -48,7 +53,8 @@ class DatasetConfig:
     #: A protocol applied after the split that changes the training/dev composition only, e.g.
     #: ``{name: imbalance_1to20, params: {label: emotion}}`` (IDI's simulated 1:20 gender imbalance).
     resample: NamedParams | None = None
-    extractor: NamedParams = field(default_factory=lambda: NamedParams("opensmile_egemaps"))
+    #: Feature extractor run on the audio; ``null`` uses the features the corpus ships (MOSI/MOSEI).
+    extractor: NamedParams | None = field(default_factory=lambda: NamedParams("opensmile_egemaps"))
     cache: str | None = None
     #: Parallel feature extraction on a cache miss: Ray tasks when Ray runs (a sweep), else processes.
     extract_workers: int = field(default=1, metadata={"ge": 1})
@@ -64,6 +70,15 @@ class DatasetConfig:
     dev_fraction: float = field(default=0.15, metadata={"gt": 0, "lt": 0.5})
     test_fraction: float = field(default=0.25, metadata={"gt": 0, "lt": 0.5})
     split_seed: int = 0
+    #: Training and evaluation targets. ``single``: one class per clip (the ``emotion`` column; clips of
+    #: other emotions are dropped). ``multi`` (the IDI / EMO-SUPERB setting, METHODS §1.2, §2.1): the
+    #: ``soft_<class>`` columns of every class in ``emotions`` (rater-vote shares, renormalised over those
+    #: classes when the corpus has more) are the training targets of a soft-target base loss, and every
+    #: evaluation uses multi-hot targets ``1[soft_c > 1/|C|]`` and decisions ``1[p_c > 1/|C|]``. Clips
+    #: need no majority class (test keeps every clip); a protocol such as ``imbalance_1to20`` may still
+    #: drop non-majority clips from train/dev. Only corpora with rater votes carry ``soft_<class>``
+    #: columns: ``cremad`` (or a manifest that has them).
+    targets: Literal["single", "multi"] = "single"
 
     def __post_init__(self) -> None:
         if len(set(self.emotions)) < 2 or len(set(self.emotions)) != len(self.emotions):
@@ -73,6 +88,16 @@ class DatasetConfig:
         if (self.name == "corpora") != bool(self.corpora):
             raise ValueError("`corpora` (a list of {adapter, root}) is required with name: corpora and only there, "
                              f"got name={self.name!r} with {len(self.corpora)} corpora")
+        if self.targets == "multi":
+            if self.name == "ser3":
+                raise ValueError("targets: multi needs per-clip soft labels from rater votes (soft_<class> columns), "
+                                 "which the built-in ser3 lacks; use name: corpora with a corpus that carries votes "
+                                 "(adapter: cremad)")
+            no_votes = sorted({c.adapter for c in self.corpora} & _ADAPTERS_WITHOUT_VOTES)
+            if no_votes:
+                raise ValueError(f"targets: multi needs per-clip soft labels from rater votes (soft_<class> columns); "
+                                 f"corpus adapter(s) {no_votes} carry none; corpora with votes: cremad (a manifest "
+                                 "may carry soft_<class> columns)")
 
 
 @dataclass(frozen=True)

@@ -306,3 +306,26 @@ def test_h5py_is_optional(tmp_path, corpus, monkeypatch):
     _one_line(excinfo)
     write_pickle(tmp_path / "mosi_data.pkl", corpus)
     assert len(MosiAdapter().load(tmp_path)) == 9  # the pickle path does not need it
+
+
+def test_a_dataset_without_extractor_reads_the_features_the_corpus_ships(tmp_path, corpus):
+    """`dataset.extractor: null` → load_corpora takes the adapter's own (time-averaged) features."""
+    from fairray.config import CorpusSource, DatasetConfig
+    from fairray.data._dataset import load_corpora
+    from fairray.data.corpora import CORPORA
+    from fairray.errors import DataError
+
+    root = tmp_path / "mosi"
+    root.mkdir()
+    write_csd_corpus(root, corpus)
+    cfg = DatasetConfig(name="corpora", corpora=(CorpusSource("mosi", str(root)),), extractor=None)
+    meta, X, provenance, aux = load_corpora(cfg, cache_root=str(tmp_path / "cache"))
+    adapter = CORPORA.get("mosi")()
+    table = adapter.load(root)
+    assert list(meta["uid"]) == list(table["uid"]) and aux == {}
+    np.testing.assert_array_equal(X, adapter.features(root, table))
+    assert provenance["extractor"] == "shipped" and len(provenance["input_fingerprint"]) == 64
+    # a corpus without shipped features needs an extractor
+    other = DatasetConfig(name="corpora", corpora=(CorpusSource("emodb", str(root)),), extractor=None)
+    with pytest.raises(DataError, match="ships no features; name an extractor"):
+        load_corpora(other, cache_root=str(tmp_path / "cache"))

@@ -177,21 +177,36 @@ def _noise_text(entry: dict | None, objectives) -> str:
         return ""
     from fairray.metrics import MetricKey, within_noise
 
+    ci = "; ".join(f"{MetricKey.parse(k).metric} [{iv.lo:.3f}, {iv.hi:.3f}]" for k, iv in entry["ci"].items())
+    if "next" not in entry:
+        return f"95% CI {ci}"
     parts = []
     for key in objectives:
         if MetricKey.parse(key).is_gap and key in entry:
             iv = entry[key]
             mark = " ~" if iv.defined and within_noise(iv) else ""
             parts.append(f"Δ{MetricKey.parse(key).metric} {iv.estimate:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]{mark}")
-    return f"vs {entry['next']}: " + "; ".join(parts) if parts else ""
+    return f"95% CI {ci}" + (f"   vs {entry['next']}: " + "; ".join(parts) if parts else "")
+
+
+def _noise_extra(noise: dict, front: str, trial_id: str) -> dict[str, str]:
+    """Hover text of a plotted point: its CIs and the within-noise comparison (``--noise``)."""
+    entry = noise.get(front, {}).get(trial_id)
+    return {"bootstrap": _noise_text(entry, list(entry["ci"]))} if entry else {}
 
 
 def _noise_json(entry: dict | None) -> dict:
     if not entry:
         return {}
-    diffs = {k: {"difference": iv.estimate, "lo": iv.lo, "hi": iv.hi} for k, iv in entry.items() if k != "next"}
-    return {"vs_next": {"trial_id": entry["next"],
-                        **{k: {n: (None if v != v else v) for n, v in d.items()} for k, d in diffs.items()}}}
+    def plain(iv, name):
+        return {name: None if iv.estimate != iv.estimate else iv.estimate, "lo": None if iv.lo != iv.lo else iv.lo,
+                "hi": None if iv.hi != iv.hi else iv.hi}
+
+    out = {"ci": {k: plain(iv, "value") for k, iv in entry["ci"].items()}}
+    if "next" in entry:
+        out["vs_next"] = {"trial_id": entry["next"], **{k: plain(iv, "difference") for k, iv in entry.items()
+                                                         if k not in ("next", "ci")}}
+    return out
 
 
 def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None = None) -> str:
@@ -242,8 +257,8 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None 
             if text:
                 out.append(" " * 26 + text)
     if noise:
-        out.append("\n~ : the gap difference to the next Pareto-optimal trial is within noise (paired speaker "
-                   "bootstrap, 95%)")
+        out.append("\n95% CI: speaker bootstrap of the trial's logged predictions; ~ : the gap difference to the "
+                   "next Pareto-optimal trial is within noise (paired speaker bootstrap, 95%)")
     return "\n".join(out)
 
 
@@ -289,7 +304,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         panels = [FrontPanel(
             title=f.title, objectives=f.objectives, directions=tuple(d.value for d in f.directions),
             points=tuple(FrontPoint(trial=t.trial_id, values=tuple(map(float, v)), on_front=bool(on),
-                                    params=t.params, extra={"run_id": t.run_id})
+                                    params=t.params, extra={"run_id": t.run_id, **_noise_extra(noise, f.title,
+                                                                                               t.trial_id)})
                          for t, on, v in zip(f.trials, f.on_front, f.values, strict=True)),
             hypervolume=f.hypervolume, reference=f.reference) for f in result]
         write_frontier_html(args.plot, panels, title=f"fairray — Pareto fronts of {experiment}",
@@ -522,8 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="hypervolume reference point, comma-separated, in objective order")
     p.add_argument("--plot", metavar="FILE.html", help="write a self-contained interactive page of the fronts")
     p.add_argument("--noise", action="store_true",
-                   help="mark Pareto-optimal trials whose gap differs from the next one's only within noise "
-                        "(paired speaker bootstrap of their logged predictions)")
+                   help="95%% speaker-bootstrap CIs of the Pareto-optimal trials' objectives, and ~ where a gap "
+                        "differs from the next Pareto-optimal trial's only within noise (paired bootstrap)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for --noise (default 200)")
 
     p = add("report", cmd_report, "IDI Table 1-style report of an ablation: mean over seeds with CIs", """\

@@ -157,11 +157,12 @@ def load_predictions(sweep: Sweep, trials: Sequence[TrialRecord], split: str) ->
 
 def neighbour_noise(sweep: Sweep, front: Front, *, n_boot: int = 200, level: float = 0.95, seed: int = 0
                     ) -> dict[str, dict[str, Any]]:
-    """For each Pareto-optimal trial of ``front``, ordered along its first objective, the paired speaker-
-    bootstrap interval of every objective's difference to the next Pareto-optimal trial (same resample for
-    both; :func:`~fairray.metrics.paired_difference`). ``{trial_id: {"next": trial_id, objective: Interval}}``;
-    a difference whose interval contains 0 is within noise."""
-    from fairray.metrics import paired_difference
+    """For each Pareto-optimal trial of ``front``, ordered along its first objective: the speaker-bootstrap
+    interval of each objective (``"ci"``) and the paired interval of every objective's difference to the next
+    Pareto-optimal trial (same resample for both; :func:`~fairray.metrics.paired_difference`).
+    ``{trial_id: {"ci": {objective: Interval}, "next": trial_id, objective: Interval}}``; a difference whose
+    interval contains 0 is within noise."""
+    from fairray.metrics import paired_difference, speaker_bootstrap
 
     split = MetricKey.parse(front.objectives[0]).split
     on = [i for i in range(len(front.trials)) if front.on_front[i]]
@@ -169,9 +170,12 @@ def neighbour_noise(sweep: Sweep, front: Front, *, n_boot: int = 200, level: flo
     on.sort(key=lambda i: sign * front.values[i][0])
     preds = dict(zip(on, load_predictions(sweep, [front.trials[i] for i in on], split), strict=True))
     out: dict[str, dict[str, Any]] = {}
-    for a, b in zip(on, on[1:], strict=False):
-        entry: dict[str, Any] = {"next": front.trials[b].trial_id}
-        for key in front.objectives:
-            entry[key] = paired_difference(preds[a], preds[b], key, n_boot=n_boot, level=level, seed=seed)
+    for a, b in zip(on, [*on[1:], None], strict=True):
+        entry: dict[str, Any] = {"ci": speaker_bootstrap(preds[a], list(front.objectives), n_boot=n_boot,
+                                                         level=level, seed=seed)}
+        if b is not None:
+            entry["next"] = front.trials[b].trial_id
+            for key in front.objectives:
+                entry[key] = paired_difference(preds[a], preds[b], key, n_boot=n_boot, level=level, seed=seed)
         out[front.trials[a].trial_id] = entry
     return out

@@ -17,7 +17,7 @@ from fairray.frontier.pareto import Direction
 from fairray.methods import MinMaxGapParams
 
 SPECS = Path(__file__).resolve().parents[2] / "search_spaces"
-SHIPPED = ("minmaxgap.yaml", "erm.yaml")
+SHIPPED = ("minmaxgap.yaml", "erm.yaml", "idi.yaml", "idi_cremad.yaml")
 
 # A small valid spec; each test appends or swaps one section to make it invalid.
 BASE = """\

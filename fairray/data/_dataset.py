@@ -56,26 +56,39 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
 
     if cfg.cache is None and cache_root is None:
         raise DataError("dataset.cache is not set and no storage path was given for the feature cache")
-    extractor_cls = EXTRACTORS.get(cfg.extractor.name)
-    extractor = extractor_cls(build(extractor_cls.Params, dict(cfg.extractor.params),
-                                    Where("spec", "dataset.extractor.params")))
+    extractor = None  # None: the features the corpus ships (MOSI/MOSEI), read by its adapter
+    if cfg.extractor is not None:
+        extractor_cls = EXTRACTORS.get(cfg.extractor.name)
+        extractor = extractor_cls(build(extractor_cls.Params, dict(cfg.extractor.params),
+                                        Where("spec", "dataset.extractor.params")))
     cache = FeatureCache(cfg.cache or cache_root)
     # the group source's auxiliary arrays (e.g. speaker embeddings for kmeans/pseudo, gender probabilities of a
     # pretrained model for pseudo_hf), through the same cache, with the extractor parameters the source gives
     aux_specs = aux_extractors(cfg.groups.name, dict(cfg.groups.params))
     aux_names = tuple(aux_specs)
-    extractors = [extractor, *(make_extractor(name, **params) for name, params in aux_specs.values())]
+    extractors = [*([extractor] if extractor else []),
+                  *(make_extractor(name, **params) for name, params in aux_specs.values())]
     tables, blocks, keys = [], [], []
     for source in cfg.corpora:
-        table = CORPORA.get(source.adapter)(**dict(source.options)).load(source.root)
+        adapter = CORPORA.get(source.adapter)(**dict(source.options))
+        if extractor is None and not hasattr(adapter, "features"):
+            raise DataError(f"dataset.extractor is null, but corpus adapter {source.adapter!r} ships no features; "
+                            "name an extractor (e.g. opensmile_egemaps)")
+        table = adapter.load(source.root)
+        own = None
+        if extractor is None:
+            own = np.asarray(adapter.features(source.root, table), dtype=np.float32)
+            keys.append(hashlib.sha256(own.tobytes() + table["uid"].str.cat().encode()).hexdigest())
         cached = [cache.get_or_compute(table, source.root, e, num_workers=cfg.extract_workers) for e in extractors]
         for c in cached:
             if c.report.skipped:  # never a silently shorter dataset: say which clips and why
                 logging.getLogger("fairray").warning("%s: %s", source.root, c.report.format())
-        kept = set.intersection(*(set(c.uids) for c in cached))
-        table = table.loc[table["uid"].isin(kept).to_numpy()].reset_index(drop=True)
+        kept = set.intersection(set(table["uid"]), *(set(c.uids) for c in cached))
+        keep_rows = table["uid"].isin(kept).to_numpy()
+        table = table.loc[keep_rows].reset_index(drop=True)
         tables.append(table)
-        blocks.append([np.asarray(c.X, dtype=np.float32)[pd.Index(c.uids).get_indexer(table["uid"])] for c in cached])
+        block = [np.asarray(c.X, dtype=np.float32)[pd.Index(c.uids).get_indexer(table["uid"])] for c in cached]
+        blocks.append([own[keep_rows], *block] if own is not None else block)
         keys += [c.key for c in cached]
     meta = pd.concat(tables, ignore_index=True)
     X = np.concatenate([b[0] for b in blocks])
@@ -86,7 +99,7 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
         X, aux = X[rows], {k: v[rows] for k, v in aux.items()}
         meta = meta.reset_index(drop=True)
     return meta, X, {"input_fingerprint": hashlib.sha256("".join(keys).encode()).hexdigest(),
-                     "extractor": cfg.extractor.name, "cache_keys": keys}, aux
+                     "extractor": cfg.extractor.name if cfg.extractor else "shipped", "cache_keys": keys}, aux
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,13 @@ class SERData:
     ``attr`` and ``stratum`` hold indices into ``attr_values`` / ``strata_values`` (-1 = unknown,
     excluded from fairness metrics). ``mean``/``std`` are the train-split statistics the features were
     standardised with; checkpoints keep them so a model can be applied to new features.
+
+    ``task`` is the dataset's ``targets`` (``"single"`` or ``"multi"``). ``soft`` float32 ``[N, C]`` is
+    the training target of every base loss: the one-hot of ``y`` for single-label data; for multi-label
+    data the rater-vote shares ``soft_<class>`` (renormalised over ``classes`` when the corpus has more
+    classes, unchanged otherwise), whose multi-hot ``1[soft_c > 1/|C|]`` is the evaluation target. ``y``
+    is then the argmax of ``soft`` (first class on ties): what samplers, class counts, class x group
+    cells (RW, DS) and LfF/DisEnt's class-wise normalisation use.
     """
 
     X: np.ndarray
@@ -117,6 +137,10 @@ class SERData:
     group_prob: np.ndarray
     #: diagnostics of the group source (e.g. pseudo-label accuracy per corpus), logged with every trial
     group_info: dict[str, float]
+    #: training targets [N, C] (see the class docstring)
+    soft: np.ndarray
+    #: "single" or "multi" (dataset.targets)
+    task: str = "single"
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -166,25 +190,75 @@ def _apply_protocol(name: str, params: dict, meta: pd.DataFrame, X: np.ndarray, 
     return out.reset_index(drop=True), X[rows], {k: v[rows] for k, v in aux.items()}
 
 
+#: Corpora whose tables carry ``soft_<class>`` columns (rater votes), named in errors.
+VOTE_CORPORA = ("cremad",)
+
+
+def _soft_columns(meta: pd.DataFrame) -> set[str]:
+    """The classes that have a ``soft_<class>`` column."""
+    return {str(c)[len("soft_"):] for c in meta.columns if str(c).startswith("soft_")}
+
+
+def _check_soft_columns(cfg: DatasetConfig, meta: pd.DataFrame) -> None:
+    missing = [f"soft_{c}" for c in cfg.emotions if f"soft_{c}" not in meta.columns]
+    if missing:
+        have = sorted(_soft_columns(meta))
+        raise DataError(
+            f"dataset {cfg.name!r}: targets: multi needs rater-vote soft labels, but column(s) {missing} are missing "
+            + (f"(soft labels exist for {have}); " if have else "(it has no rater votes); ")
+            + f"corpora with votes: {', '.join(VOTE_CORPORA)}"
+        )
+    soft = meta[[f"soft_{c}" for c in cfg.emotions]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(soft).all(axis=1) | (soft < 0).any(axis=1)
+    if bad.any():
+        first = meta["uid"].iloc[int(np.flatnonzero(bad)[0])] if "uid" in meta.columns else int(np.flatnonzero(bad)[0])
+        raise DataError(f"dataset {cfg.name!r}: targets: multi: {int(bad.sum())} clip(s) (first {first!r}) have empty or "
+                        f"negative soft_<class> values (a corpus without votes mixed in?); corpora with votes: "
+                        f"{', '.join(VOTE_CORPORA)}")
+
+
+def _soft_matrix(meta: pd.DataFrame, classes) -> np.ndarray:
+    return meta[[f"soft_{c}" for c in classes]].to_numpy(np.float64)
+
+
 def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     """Load, filter, split and standardise a registered dataset according to ``cfg``.
+
+    ``targets: single`` keeps the clips whose ``emotion`` is one of ``cfg.emotions``; ``targets: multi``
+    keeps every clip with rater votes for at least one of them (no majority class needed) and takes
+    its targets from the ``soft_<class>`` columns (see :class:`SERData`).
 
     Runs once per sweep on the driver (features are extracted or read from the cache here, before any
     trial starts); trials receive the result through Ray's object store.
     """
     meta, X, provenance, aux = DATASETS.get(cfg.name)(cfg, cache_root)
-    for column in (cfg.attribute, cfg.stratum, "emotion", "speaker"):
+    multi = cfg.targets == "multi"
+    for column in (cfg.attribute, cfg.stratum, "speaker") + (() if multi else ("emotion",)):
         if column not in meta.columns:
             raise DataError(f"dataset {cfg.name!r} has no column {column!r}; columns: {list(meta.columns)}")
-    unknown = sorted(set(cfg.emotions) - set(meta["emotion"]))
-    if unknown:
-        raise DataError(f"dataset {cfg.name!r}: emotion(s) {unknown} do not occur; available: "
-                        f"{sorted(meta['emotion'].unique())}")
+    if multi:
+        _check_soft_columns(cfg, meta)
+    else:
+        unknown = sorted(set(cfg.emotions) - set(meta["emotion"]))
+        if unknown:
+            raise DataError(f"dataset {cfg.name!r}: emotion(s) {unknown} do not occur; available: "
+                            f"{sorted(meta['emotion'].unique())}")
     unknown = sorted(set(cfg.languages) - set(meta[cfg.stratum].astype(str)))
     if unknown:
         raise DataError(f"dataset {cfg.name!r}: {cfg.stratum} value(s) {unknown} do not occur; available: "
                         f"{sorted(meta[cfg.stratum].astype(str).unique())}")
-    keep = meta["emotion"].isin(cfg.emotions) & meta[cfg.stratum].astype(str).isin(cfg.languages)
+    keep = meta[cfg.stratum].astype(str).isin(cfg.languages)
+    if multi:  # every clip with rater mass on the kept classes, majority class or not (METHODS §1.2, AIR)
+        no_mass = keep & ~(_soft_matrix(meta, cfg.emotions).sum(axis=1) > 0)
+        if no_mass.any():  # never a silently shorter dataset
+            first = int(np.flatnonzero(no_mass.to_numpy())[0])
+            logging.getLogger("fairray").warning(
+                "dataset %r: %d clip(s) (first %r) have no rater votes for any of %s and are left out",
+                cfg.name, int(no_mass.sum()), meta["uid"].iloc[first] if "uid" in meta.columns else first,
+                list(cfg.emotions))
+        keep &= ~no_mass
+    else:
+        keep &= meta["emotion"].isin(cfg.emotions)
     meta = meta.loc[keep].reset_index(drop=True)
     X = X[keep.to_numpy()]
     aux = {k: v[keep.to_numpy()] for k, v in aux.items()}
@@ -201,7 +275,15 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
         raise DataError(f"dataset.protocol produced split value(s) {bad}; expected {SPLITS}")
 
     classes = tuple(cfg.emotions)
-    y = meta["emotion"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    if multi:
+        soft = _soft_matrix(meta, classes)
+        if _soft_columns(meta) - set(classes):  # the corpus rates more classes: renormalise over the kept ones
+            soft = soft / soft.sum(axis=1, keepdims=True)
+        soft = soft.astype(np.float32)
+        y = soft.argmax(axis=1).astype(np.int64)
+    else:
+        y = meta["emotion"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+        soft = np.eye(len(classes), dtype=np.float32)[y]
     attr_values = tuple(sorted(v for v in meta[cfg.attribute].dropna().astype(str).unique() if v not in ("U", "")))
     attr = meta[cfg.attribute].astype(str).map({v: i for i, v in enumerate(attr_values)}).fillna(-1)
     strata_values = tuple(v for v in cfg.languages)
@@ -219,11 +301,13 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     # once per (data, parameters): stored under the feature cache root's groups/ when there is one
     groups = infer_groups(cfg.groups.name, dict(cfg.groups.params),
                           GroupInput(meta, attr_codes, attr_values, split, aux), cache_root=cfg.cache or cache_root)
-    digest = hashlib.sha256(json.dumps({"cfg": repr(cfg), "input": provenance.get("input_fingerprint")}).encode())
+    # single-label configs hash as they did before `targets` existed, so older exports keep their fingerprint
+    cfg_repr = repr(cfg) if multi else repr(cfg).replace(", targets='single')", ")")
+    digest = hashlib.sha256(json.dumps({"cfg": cfg_repr, "input": provenance.get("input_fingerprint")}).encode())
     return SERData(
         X=Xs, y=y, attr=attr_codes, stratum=stratum.to_numpy(np.int64), split=split, meta=meta,
         classes=classes, attribute=cfg.attribute, attr_values=attr_values, stratum_name=cfg.stratum,
         strata_values=strata_values, mean=mean.astype(np.float32), std=std.astype(np.float32),
         fingerprint=digest.hexdigest()[:16], group=groups.ids, group_values=groups.values, group_prob=groups.prob,
-        group_info=groups.info,
+        group_info=groups.info, soft=soft, task=cfg.targets,
     )

@@ -13,6 +13,7 @@ from fairray._atomic import atomic_write_text
 from fairray.config import SweepSpec, build_spec, parse_yaml
 from fairray.errors import DataError
 from fairray.methods import METHODS, Method, TrainContext
+from fairray.metrics import decide, multi_hot
 from fairray.train.loop import CONFIG_FILE, META_FILE, MODEL_FILE, model_builder
 
 
@@ -54,7 +55,14 @@ def load_export(path: str | Path) -> tuple[torch.nn.Module, dict, SweepSpec]:
 
 
 def predict(path: str | Path, split: str = "test") -> pd.DataFrame:
-    """Predictions of an export on ``split``: uid, speaker, groups, ``y_true``, ``y_pred``, ``p_<class>``."""
+    """Predictions of an export on ``split``.
+
+    Single-label models (``task`` in the checkpoint meta, default single): uid, speaker, the attribute
+    and stratum columns, ``y_true``, ``y_pred`` (class names; argmax) and ``p_<class>``.
+    Multi-label models: uid, speaker, the group columns, ``p_<class>`` (softmax) and per class the 0/1
+    columns ``true_<class>`` (``1[soft_c > 1/|C|]``) and ``pred_<class>`` (``1[p_c > 1/|C|]``)
+    (METHODS §1.2, §2.1); there is no single ``y_true``/``y_pred`` column.
+    """
     from fairray.sweep import prepare_data
 
     if split not in ("train", "dev", "test"):
@@ -69,6 +77,16 @@ def predict(path: str | Path, split: str = "test") -> pd.DataFrame:
         proba = torch.softmax(model(torch.as_tensor(data.X[idx])), dim=1).numpy()
     classes = np.array(meta["classes"])
     frame = data.meta.loc[idx, ["uid", "speaker", data.attribute, data.stratum_name]].reset_index(drop=True)
+    task = meta.get("task", "single")
+    if task != data.task:
+        raise DataError(f"{path}: the model is {task}-label but its dataset prepares {data.task}-label targets")
+    if task == "multi":
+        for k, c in enumerate(classes):
+            frame[f"p_{c}"] = proba[:, k]
+        for name, values in (("true", multi_hot(data.soft[idx])), ("pred", decide(proba, "multi"))):
+            for k, c in enumerate(classes):
+                frame[f"{name}_{c}"] = values[:, k]
+        return frame
     frame["y_true"] = classes[data.y[idx]]
     frame["y_pred"] = classes[proba.argmax(axis=1)]
     for k, c in enumerate(classes):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,7 +33,14 @@ from fairray._registry import Registry
 class Batch:
     """One batch: features, labels, true attribute and stratum codes (-1 = unknown), the *training*
     group of each sample (from the spec's group source: the true attribute, or inferred groups) with its
-    soft memberships, and dataset row indices (for per-sample state such as EMA tables)."""
+    soft memberships, dataset row indices (for per-sample state such as EMA tables) and the training
+    targets.
+
+    ``target`` float ``[B, C]`` is what base losses train on (``SERData.soft``): the one-hot of ``y`` for
+    single-label data, the rater-vote soft labels for multi-label data (``y`` is then their argmax, used
+    by samplers, class x group cells and class-wise normalisation only). None means the one-hot of ``y``;
+    :attr:`loss_target` gives the right one.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -42,9 +49,16 @@ class Batch:
     index: torch.Tensor
     group: torch.Tensor
     group_prob: torch.Tensor
+    target: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def loss_target(self) -> torch.Tensor:
+        """What losses take: the soft targets ``[B, C]`` (float), or the integer labels ``[B]`` when there are
+        none; :class:`~fairray.methods.BaseLoss`, ``gce`` and ``cross_entropy`` accept both."""
+        return self.y if self.target is None else self.target
 
 
 def _ints(v: Any) -> np.ndarray:
@@ -55,6 +69,7 @@ _FROM_PLAIN: dict[str, Callable[[Any], Any]] = {  # TrainContext field -> its ty
     "classes": tuple, "class_counts": _ints, "attr_values": tuple, "strata_values": tuple, "n_train": int,
     "group_values": tuple, "group_counts": _ints, "class_group_counts": _ints,
     "group_soft_counts": lambda v: np.asarray(v, dtype=np.float64), "n_rows": int, "epochs": int,
+    "class_target_counts": lambda v: None if v is None else np.asarray(v),
 }
 
 
@@ -66,6 +81,12 @@ class TrainContext:
     class x group; ``group_soft_counts`` sums the soft memberships (PGDRO's ``n_g``). ``n_rows`` is
     the number of dataset rows (all splits): ``Batch.index`` lies in ``0..n_rows-1``, so per-sample
     tables (LfF, DisEnt) have that size. ``epochs`` is the trial's length, for schedules.
+
+    ``class_counts`` counts the training labels ``y`` (the argmax of the soft label for multi-label
+    data). ``class_target_counts[k, c]`` counts the training samples of label ``k`` whose target is
+    positive for class ``c`` (soft label ``> 1/|C|`` for multi-label data; ``k == c`` for single-label
+    data, i.e. ``diag(class_counts)``, which None also means); its column sums :attr:`cb_counts` are the
+    class-balanced weights' ``n_c`` (METHODS §3.1).
 
     Checkpoints keep it (``to_plain``) so ``fairray predict`` can rebuild the method that built the model.
     """
@@ -81,10 +102,18 @@ class TrainContext:
     group_soft_counts: np.ndarray
     n_rows: int
     epochs: int
+    class_target_counts: np.ndarray | None = None
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def cb_counts(self) -> np.ndarray:
+        """``n_c`` of the class-balanced weights: training samples whose target is positive for class c."""
+        if self.class_target_counts is None:
+            return self.class_counts
+        return np.asarray(self.class_target_counts).sum(axis=0)
 
     @property
     def n_groups(self) -> int:
@@ -104,10 +133,12 @@ class TrainContext:
 
     @classmethod
     def from_plain(cls, plain: Mapping[str, Any]) -> TrainContext:
-        missing = [f.name for f in fields(cls) if f.name not in plain]
+        """Inverse of :meth:`to_plain`; fields added later with a default (``class_target_counts``) may be
+        absent (checkpoints written before them)."""
+        missing = [f.name for f in fields(cls) if f.name not in plain and f.default is MISSING]
         if missing:
             raise ValueError(f"a stored TrainContext lacks {missing}; got keys {sorted(plain)}")
-        return cls(**{f.name: _FROM_PLAIN[f.name](plain[f.name]) for f in fields(cls)})
+        return cls(**{f.name: _FROM_PLAIN[f.name](plain[f.name]) for f in fields(cls) if f.name in plain})
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ class DisEnt(Method):
         return IntrinsicClassifier(train_module.enc_i, train_module.enc_b, train_module.cls_i)
 
     def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.y)
+        return self.base(logits, batch.loss_target)
 
     @property
     def swapping(self) -> bool:
@@ -147,16 +147,16 @@ class DisEnt(Method):
         return torch.randperm(n, generator=torch.Generator().manual_seed(PERM_SEED + self.step))
 
     def loss(self, outputs: DisEntOutput, batch: Batch) -> LossOutput:
-        y, p = batch.y, self.params
+        t, p = batch.loss_target, self.params  # soft targets for multi-label data
         logits_i, logits_b = outputs.intrinsic(), outputs.bias()
-        w = self.weights(batch, cross_entropy(logits_b.detach(), y), cross_entropy(logits_i.detach(), y))
-        l_dis = (w * self.base(logits_i, y)).mean() + p.lambda_dis * gce(logits_b, y, p.q).mean()
+        w = self.weights(batch, cross_entropy(logits_b.detach(), t), cross_entropy(logits_i.detach(), t))
+        l_dis = (w * self.base(logits_i, t)).mean() + p.lambda_dis * gce(logits_b, t, p.q).mean()
         logs = {"l_dis": float(l_dis.detach())}
         loss = l_dis
         if self.swapping:
-            perm = self.permutation(len(batch)).to(y.device)
-            l_swap = ((w * self.base(outputs.intrinsic(perm), y)).mean()
-                      + self.lambda_swap_b * gce(outputs.bias(perm), y[perm], p.q).mean())
+            perm = self.permutation(len(batch)).to(t.device)
+            l_swap = ((w * self.base(outputs.intrinsic(perm), t)).mean()
+                      + self.lambda_swap_b * gce(outputs.bias(perm), t[perm], p.q).mean())
             loss = l_dis + p.lambda_swap * l_swap
             logs["l_swap"] = float(l_swap.detach())
         self.step += 1

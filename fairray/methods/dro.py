@@ -25,7 +25,7 @@ class _QMethod(Method):
         self.q = torch.full((ctx.n_groups,), 1.0 / ctx.n_groups)
 
     def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.y)
+        return self.base(logits, batch.loss_target)
 
     def _logs(self) -> dict[str, float]:
         return {f"q/{name}": float(v) for name, v in zip(self.ctx.group_values, self.q.tolist(), strict=True)}

@@ -31,21 +31,42 @@ def class_balanced_weights(class_counts: np.ndarray, beta: float) -> np.ndarray:
 
 
 class BaseLoss:
-    """Per-sample base loss ``l_i`` shared by every method that wraps one (METHODS 3.1)."""
+    """Per-sample base loss ``l_i`` shared by every method that wraps one (METHODS 3.1).
+
+    With soft targets ``t_i`` (rows of ``[B, C]``, e.g. rater-vote shares) and class weights ``α``
+    (class-balanced for ``cb_ce``/``focal``, all 1 for ``ce``), as implemented by EMO-SUPERB::
+
+        ce / cb_ce:  l_i = −ω_i Σ_c t_ic log p_ic,  ω_i = Σ_c α_c t_ic
+        focal:       l_i = −Σ_c α_c t_ic (1 − p_ic)^γ log p_ic
+
+    For a one-hot target (or integer labels ``[B]``) both reduce to ``−α_y (1 − p_y)^γ log p_y`` (γ = 0
+    except for focal). The class-balanced ``n_c`` are ``ctx.cb_counts``: per class, the training samples
+    whose target is positive for it (soft label ``> 1/|C|`` for multi-label data).
+    """
 
     def __init__(self, params: BaseLossParams, ctx: TrainContext) -> None:
         self.kind = params.loss
         self.gamma = params.gamma
         beta = params.beta if params.beta is not None else (ctx.n_train - 1) / ctx.n_train
-        alpha = class_balanced_weights(ctx.class_counts, beta) if self.kind != "ce" else np.ones(ctx.n_classes)
+        alpha = class_balanced_weights(ctx.cb_counts, beta) if self.kind != "ce" else np.ones(ctx.n_classes)
         self.alpha = torch.as_tensor(alpha, dtype=torch.float32)
 
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        log_p = F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
-        alpha = self.alpha.to(logits.device)[y]
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``l_i`` of every row: ``target`` holds integer labels ``[B]`` or soft targets ``[B, C]``."""
+        if target.dim() == 1:
+            log_p = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+            alpha = self.alpha.to(logits.device)[target]
+            if self.kind == "focal":
+                return -alpha * (1.0 - log_p.exp()).pow(self.gamma) * log_p
+            return -alpha * log_p
+        log_p = F.log_softmax(logits, dim=1)
+        weighted = self.alpha.to(logits.device) * target.to(log_p.dtype)  # α_c t_ic
         if self.kind == "focal":
-            return -alpha * (1.0 - log_p.exp()).pow(self.gamma) * log_p
-        return -alpha * log_p
+            # (1 − p)^γ only where t > 0: elsewhere the term is 0 anyway, and pow's gradient at 1 − p = 0
+            # (γ < 1) would turn that 0 into NaN
+            one_minus_p = torch.where(target > 0, 1.0 - log_p.exp(), torch.ones_like(log_p))
+            return (-weighted * one_minus_p.pow(self.gamma) * log_p).sum(dim=1)
+        return -weighted.sum(dim=1) * (target * log_p).sum(dim=1)
 
 
 @METHODS.register("erm")
@@ -62,7 +83,7 @@ class ERM(Method):
         self.base = BaseLoss(params, ctx)
 
     def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.y)
+        return self.base(logits, batch.loss_target)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:
         loss = self.per_sample_loss(logits, batch).mean()

@@ -137,7 +137,7 @@ class DifficultyWeights:
     def __call__(self, batch: Batch, loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
         """Update both tables with the (detached) losses of every worker's batch, then ``W`` of this batch."""
         device = loss_b.device
-        label = class_of(batch.y).to(device)
+        label = class_of(batch.y).to(device)  # y = the argmax of a soft target (METHODS §3.8)
         index, label_all, b, d = (t.cpu() for t in _gather_rows(batch.index.to(device), label,
                                                                  loss_b.detach(), loss_d.detach()))
         self.biased.update(index, b, label_all)
@@ -202,13 +202,13 @@ class LfF(Method):
         return train_module.debiased
 
     def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.y)
+        return self.base(logits, batch.loss_target)
 
     def loss(self, outputs: LfFLogits, batch: Batch) -> LossOutput:
-        (logits_b, logits_d), y = outputs, batch.y
-        w = self.weights(batch, cross_entropy(logits_b.detach(), y), cross_entropy(logits_d.detach(), y))
-        gce_b = gce(logits_b, y, self.params.q).mean()
-        weighted_d = (w * self.base(logits_d, y)).mean()
+        (logits_b, logits_d), t = outputs, batch.loss_target  # soft targets for multi-label data
+        w = self.weights(batch, cross_entropy(logits_b.detach(), t), cross_entropy(logits_d.detach(), t))
+        gce_b = gce(logits_b, t, self.params.q).mean()
+        weighted_d = (w * self.base(logits_d, t)).mean()
         return LossOutput(gce_b + weighted_d, {"gce_biased": float(gce_b.detach()), "weight_mean": float(w.mean())})
 
     def state_dict(self) -> dict[str, Any]:

@@ -68,7 +68,7 @@ class MinMaxGap(Method):
         self.history: list[dict[str, float]] = []
 
     def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.y)
+        return self.base(logits, batch.loss_target)
 
     def _worst_gap(self, losses: torch.Tensor, batch: Batch, m_min: int) -> tuple[torch.Tensor, torch.Tensor]:
         return worst_stratum_gap(losses, batch.attr, batch.stratum, len(self.ctx.attr_values),

@@ -55,7 +55,7 @@ class Reweighting(Method):
                                   dtype=torch.float32)
 
     def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.y)
+        return self.base(logits, batch.loss_target)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:
         known = batch.group >= 0
@@ -98,11 +98,17 @@ class Downsampling(Method):
         cg = ctx.class_group_counts
         # class counts of the balanced subset, for the class-balanced weights (recomputed after resampling)
         subset_counts = np.array([row[row > 0].min() * (row > 0).sum() if (row > 0).any() else 0 for row in cg])
-        self.base = BaseLoss(params, replace(ctx, class_counts=subset_counts, n_train=int(subset_counts.sum())))
+        subset = replace(ctx, class_counts=subset_counts, n_train=int(subset_counts.sum()))
+        if ctx.class_target_counts is not None:
+            # multi-label: the subset's expected positives per class; label k keeps subset_counts[k] of its
+            # class_counts[k] samples (for single-label data this is exactly diag(subset_counts))
+            scaled = np.asarray(ctx.class_target_counts, dtype=np.float64) * subset_counts[:, None]
+            subset = replace(subset, class_target_counts=scaled / np.maximum(ctx.class_counts, 1)[:, None])
+        self.base = BaseLoss(params, subset)
         self.retained = float(subset_counts.sum() / max(ctx.n_train, 1))
 
     def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.y)
+        return self.base(logits, batch.loss_target)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:
         return LossOutput(self.per_sample_loss(logits, batch).mean(), {"retained_fraction": self.retained})

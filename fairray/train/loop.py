@@ -27,7 +27,7 @@ from fairray.config import SweepSpec, resolve_trial, to_plain
 from fairray.data import SERData
 from fairray.errors import TrialError
 from fairray.methods import METHODS, Batch, DevEval, Method, SamplerInput, TrainContext
-from fairray.metrics import GroupReport, MetricKey
+from fairray.metrics import GroupReport, MetricKey, Predictions, decide, multi_hot
 from fairray.models import build_model
 from fairray.train._session import Session
 
@@ -63,23 +63,29 @@ def headline(flat: Mapping[str, float]) -> dict[str, float]:
 def _batch(data: SERData, idx: np.ndarray) -> Batch:
     t = torch.as_tensor
     return Batch(x=t(data.X[idx]), y=t(data.y[idx]), attr=t(data.attr[idx]), stratum=t(data.stratum[idx]),
-                 index=t(idx), group=t(data.group[idx]), group_prob=t(data.group_prob[idx]))
+                 index=t(idx), group=t(data.group[idx]), group_prob=t(data.group_prob[idx]), target=t(data.soft[idx]))
 
 
 def train_context(data: SERData, epochs: int) -> TrainContext:
     """Training-split counts a method may use (classes, groups, class x group, soft group mass), the
-    number of dataset rows (``Batch.index`` range) and the trial's epochs."""
+    number of dataset rows (``Batch.index`` range) and the trial's epochs. For multi-label data also
+    ``class_target_counts`` (label x positive class), whose column sums are the class-balanced ``n_c``:
+    training samples whose soft label exceeds ``1/|C|`` (METHODS §3.1)."""
     idx = data.indices("train")
     y, g = data.y[idx], data.group[idx]
     n_c, n_g = len(data.classes), len(data.group_values)
     known = g >= 0
     class_group = np.zeros((n_c, n_g), dtype=np.int64)
     np.add.at(class_group, (y[known], g[known]), 1)
+    class_target = None
+    if data.task == "multi":
+        class_target = np.zeros((n_c, n_c), dtype=np.int64)
+        np.add.at(class_target, y, multi_hot(data.soft[idx]))
     return TrainContext(classes=data.classes, class_counts=np.bincount(y, minlength=n_c),
                         attr_values=data.attr_values, strata_values=data.strata_values, n_train=len(idx),
                         group_values=data.group_values, group_counts=class_group.sum(axis=0),
                         class_group_counts=class_group, group_soft_counts=data.group_prob[idx].sum(axis=0),
-                        n_rows=len(data.y), epochs=epochs)
+                        n_rows=len(data.y), epochs=epochs, class_target_counts=class_target)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -88,12 +94,20 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class _Evaluator:
-    """Dev/test outputs of the method's inference net and their one GroupReport per split."""
+    """Dev/test outputs of the method's inference net and their one GroupReport per split.
+
+    Single-label data: ``y_true`` = the class, ``y_pred`` = the argmax of the logits. Multi-label data
+    (METHODS §1.2, §2.1): ``y_true = multi_hot(soft)`` and ``y_pred = decide(softmax(logits), "multi")``,
+    both ``1[· > 1/|C|]``, scored by :meth:`GroupReport.compute_multilabel`.
+    """
 
     def __init__(self, data: SERData, method: Method, s_min: int) -> None:
         self.data, self.method, self.s_min = data, method, s_min
         self.batches = {s: _batch(data, data.indices(s)) for s in ("dev", "test")}
         self.frames = {s: data.groups_frame(s) for s in ("dev", "test")}
+        self.multi = data.task == "multi"
+        self.y_true = {s: multi_hot(data.soft[data.indices(s)]) if self.multi else data.y[data.indices(s)]
+                       for s in ("dev", "test")}
 
     @torch.no_grad()
     def __call__(self, module: torch.nn.Module, split: str) -> tuple[torch.Tensor, float, GroupReport]:
@@ -103,14 +117,39 @@ class _Evaluator:
         batch = self.batches[split]
         logits = model(batch.x)
         loss = float(self.method.per_sample_loss(logits, batch).mean())
-        report = GroupReport.compute(batch.y.numpy(), logits.argmax(1).numpy(), self.data.classes,
-                                     self.frames[split], attribute=self.data.attribute,
-                                     stratum=self.data.stratum_name, s_min=self.s_min)
+        options = {"attribute": self.data.attribute, "stratum": self.data.stratum_name, "s_min": self.s_min}
+        y_pred = self.decisions(logits)
+        if self.multi:
+            report = GroupReport.compute_multilabel(self.y_true[split], y_pred, self.data.classes,
+                                                    self.frames[split], **options)
+        else:
+            report = GroupReport.compute(self.y_true[split], y_pred, self.data.classes, self.frames[split], **options)
         return logits, loss, report
+
+    def decisions(self, logits: torch.Tensor) -> np.ndarray:
+        """What the report scores: class indices ``[N]`` or multi-hot decisions ``[N, C]``."""
+        if self.multi:
+            return decide(torch.softmax(logits, dim=1).numpy(), "multi")
+        return logits.argmax(1).numpy()
+
+    def predictions(self, logits: torch.Tensor, split: str, report: GroupReport) -> Predictions:
+        """The evaluated predictions of ``split`` (``report`` is their report): what the bootstrap reads."""
+        data, idx = self.data, self.data.indices(split)
+        meta = data.meta.iloc[idx]
+        uid = meta["uid"].astype(str).to_numpy() if "uid" in meta.columns else idx.astype(str)
+        return Predictions(
+            uid=uid, speaker=meta["speaker"].astype(str).to_numpy(), groups=self.frames[split],
+            y_true=self.y_true[split], y_pred=self.decisions(logits), prob=torch.softmax(logits, dim=1).numpy(),
+            classes=data.classes, attribute=data.attribute, stratum=data.stratum_name, task=data.task,
+            s_min=report.s_min, gap_op=report.gap_op, class_agg=report.class_agg,
+        )
 
 
 def model_meta(spec: SweepSpec, data: SERData, ctx: TrainContext) -> dict[str, Any]:
     """What a checkpoint needs besides weights to be applied to new features (``fairray predict``).
+
+    ``task`` (``single``/``multi``) says how predict turns probabilities into decisions; checkpoints
+    written before it are single-label.
 
     ``train_context`` lets predict rebuild the method, whose ``build_model`` made the training module
     saved in ``model.pt``, and take its ``inference_model``.
@@ -118,7 +157,8 @@ def model_meta(spec: SweepSpec, data: SERData, ctx: TrainContext) -> dict[str, A
     return {
         "method": spec.method.name, "train_context": ctx.to_plain(),
         "model": to_plain(spec.model),
-        "classes": list(data.classes), "attribute": data.attribute, "attr_values": list(data.attr_values),
+        "classes": list(data.classes), "task": data.task, "attribute": data.attribute,
+        "attr_values": list(data.attr_values),
         "stratum": data.stratum_name, "strata_values": list(data.strata_values), "n_features": data.n_features,
         "feature_mean": data.mean.tolist(), "feature_std": data.std.tolist(), "data_fingerprint": data.fingerprint,
     }
@@ -247,11 +287,16 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
 
 def _final(spec: SweepSpec, module, state: dict[str, Any], evaluate: _Evaluator, run, method: Method,
            meta: dict[str, Any], trial_raw: Mapping[str, Any]) -> dict[str, float]:
-    """Evaluate the selected model on dev and test; check objectives; log everything to MLflow."""
+    """Evaluate the selected model on dev and test; check objectives; log everything to MLflow.
+
+    Artifacts: ``checkpoint/``, ``groups/{dev,test}.csv`` (the reports' tables),
+    ``predictions/{dev,test}.npz`` (:class:`~fairray.metrics.Predictions`, whose ``report()`` equals
+    the logged metrics) and ``method_state.json``.
+    """
     best = state["best"]
     _unwrap(module).load_state_dict(best["model"])
-    _, dev_loss, dev_report = evaluate(module, "dev")
-    _, test_loss, test_report = evaluate(module, "test")
+    dev_logits, dev_loss, dev_report = evaluate(module, "dev")
+    test_logits, test_loss, test_report = evaluate(module, "test")
     final = {**dev_report.flat("dev"), **test_report.flat("test"), "dev/loss": dev_loss, "test/loss": test_loss,
              "selected_epoch": float(best["epoch"]), "final": 1.0,
              **{f"groups/{k}": v for k, v in evaluate.data.group_info.items()}}
@@ -270,6 +315,10 @@ def _final(spec: SweepSpec, module, state: dict[str, Any], evaluate: _Evaluator,
             (root / "groups").mkdir()
             dev_report.table().to_csv(root / "groups" / "dev.csv", index=False)
             test_report.table().to_csv(root / "groups" / "test.csv", index=False)
+            # the evaluated predictions: their report() is exactly the logged dev/test metrics
+            (root / "predictions").mkdir()
+            evaluate.predictions(dev_logits, "dev", dev_report).save(root / "predictions" / "dev.npz")
+            evaluate.predictions(test_logits, "test", test_report).save(root / "predictions" / "test.npz")
             (root / "method_state.json").write_text(json.dumps(method.state_dict(), indent=1, default=str))
             run.log_artifacts(root)
     return final

@@ -68,3 +68,88 @@ def test_unknown_emotion_or_language_is_rejected():
         prepare(DatasetConfig(emotions=("anger", "joy")))
     with pytest.raises(DataError, match="'fr'"):
         prepare(DatasetConfig(languages=("en", "fr")))
+
+
+def test_single_label_targets_are_the_one_hot_labels():
+    data = prepare(DatasetConfig(emotions=("anger", "sadness"), languages=("de", "pl")))
+    assert data.task == "single" and data.soft.dtype == np.float32
+    np.testing.assert_array_equal(data.soft, np.eye(2, dtype=np.float32)[data.y])
+
+
+# --- targets: multi (soft labels from rater votes) --------------------------------------------------------
+
+
+def _votes_table(soft: dict[str, list[float]], **extra) -> pd.DataFrame:
+    """Six speakers (3 F, 3 M), one clip each per row block, with ``soft_<class>`` columns."""
+    n = len(next(iter(soft.values())))
+    speakers = [f"s{i % 6}" for i in range(n)]
+    meta = pd.DataFrame({"uid": [f"c{i}" for i in range(n)], "speaker": speakers,
+                         "gender": ["F" if int(s[1:]) < 3 else "M" for s in speakers], "language": "en",
+                         **{f"soft_{c}": v for c, v in soft.items()}, **extra})
+    return meta
+
+
+@pytest.fixture()
+def votes_dataset(monkeypatch):
+    """Register a dataset ``votes`` whose loader returns the table the test sets (features: row number)."""
+    holder: dict[str, pd.DataFrame] = {}
+
+    def load(cfg=None, cache_root=None):
+        meta = holder["meta"]
+        return meta, np.arange(len(meta), dtype=np.float32)[:, None] * [1.0, -1.0], {}, {}
+
+    monkeypatch.setitem(DATASETS._items, "votes", load)
+    return holder
+
+
+def _multi(**kw) -> DatasetConfig:
+    return DatasetConfig(name="votes", targets="multi", languages=("en",), **kw)
+
+
+def test_multi_keeps_clips_without_a_majority_and_takes_soft_targets(votes_dataset):
+    rng = np.random.default_rng(0)
+    soft = rng.dirichlet(np.ones(3), size=36)
+    soft[0] = [0.4, 0.4, 0.2]  # no majority class; a tie → y is the first class
+    votes_dataset["meta"] = _votes_table({c: soft[:, j].tolist() for j, c in enumerate("abc")})
+    data = prepare(_multi(emotions=("a", "b", "c")))
+    assert data.task == "multi" and len(data.y) == 36  # nothing dropped, no emotion column needed
+    np.testing.assert_array_equal(data.soft, soft.astype(np.float32))  # all the corpus' classes: unchanged
+    np.testing.assert_array_equal(data.y, soft.argmax(axis=1))
+    assert data.y[0] == 0
+
+
+def test_multi_renormalises_over_the_kept_classes_and_drops_clips_without_their_votes(votes_dataset, caplog):
+    soft = np.tile([[0.5, 0.25, 0.25], [0.0, 0.0, 1.0], [0.3, 0.3, 0.4], [0.2, 0.5, 0.3]], (9, 1))
+    votes_dataset["meta"] = _votes_table({c: soft[:, j].tolist() for j, c in enumerate("abc")})
+    with caplog.at_level("WARNING", logger="fairray"):
+        data = prepare(_multi(emotions=("a", "b")))
+    assert "9 clip(s) (first 'c1') have no rater votes" in caplog.text
+    assert len(data.y) == 27 and "c1" not in set(data.meta["uid"])
+    kept = soft[soft[:, :2].sum(axis=1) > 0, :2]
+    np.testing.assert_allclose(data.soft, kept / kept.sum(axis=1, keepdims=True), rtol=1e-7)
+    # renormalised shares exactly at 1/|C| are not positive (strict threshold); y takes the first on ties
+    from fairray.metrics import multi_hot
+
+    c2 = (data.meta["uid"] == "c2").to_numpy()
+    assert data.soft[c2].tolist() == [[0.5, 0.5]] and multi_hot(data.soft[c2]).tolist() == [[0, 0]]
+    assert data.y[c2].tolist() == [0]
+
+
+def test_multi_without_vote_columns_is_one_clear_error(votes_dataset):
+    votes_dataset["meta"] = _votes_table({"a": [1.0] * 12}, emotion="a")
+    with pytest.raises(DataError, match=r"targets: multi needs rater-vote soft labels, but column\(s\) "
+                                        r"\['soft_b'\] are missing \(soft labels exist for \['a'\]\); "
+                                        r"corpora with votes: cremad$"):
+        prepare(_multi(emotions=("a", "b")))
+    votes_dataset["meta"] = _votes_table({"a": [1.0] * 11 + [np.nan], "b": [0.0] * 12})
+    with pytest.raises(DataError, match=r"1 clip\(s\) \(first 'c11'\) have empty or negative soft_<class> values"):
+        prepare(_multi(emotions=("a", "b")))
+
+
+def test_multi_on_the_builtin_dataset_is_refused():
+    with pytest.raises(ValueError, match="ser3 lacks"):
+        DatasetConfig(targets="multi")
+    cfg = DatasetConfig()
+    object.__setattr__(cfg, "targets", "multi")  # past the load-time check: prepare says the same, in one line
+    with pytest.raises(DataError, match=r"column\(s\) \['soft_anger', .*\(it has no rater votes\); corpora with votes"):
+        prepare(cfg)

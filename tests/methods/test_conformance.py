@@ -2,10 +2,15 @@
 
 Models are built as the loop builds them: ``method.build_model(build)`` gives the training module whose
 output ``loss`` consumes; ``method.inference_model`` of it gives the class logits ``per_sample_loss``,
-``on_epoch_end`` and predict see."""
+``on_epoch_end`` and predict see.
+
+Batches come in three kinds (``TARGETS``): integer labels only (``target`` None), the one-hot targets the
+loop passes for single-label data, and the rater-vote soft targets of multi-label data (``y`` = argmax,
+with the multi-label training context)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -23,34 +28,49 @@ CTX = TrainContext(classes=("a", "b", "c", "d"), class_counts=CLASS_GROUP.sum(ax
                    group_counts=CLASS_GROUP.sum(axis=0), class_group_counts=CLASS_GROUP,
                    group_soft_counts=CLASS_GROUP.sum(axis=0).astype(float), n_rows=80, epochs=3)
 N_FEATURES = 6
+#: Multi-label training context: label (argmax) x positive class counts, several positives per sample.
+CTX_MULTI = dataclasses.replace(CTX, class_target_counts=np.array([[30, 12, 4, 2], [5, 20, 3, 1], [2, 1, 10, 3],
+                                                                     [0, 1, 2, 5]]))
+TARGETS = ("labels", "single", "multi")
 
 
-def make_batch(n=24, seed=0, attr=None):
+def make_batch(n=24, seed=0, attr=None, task="labels"):
     g = torch.Generator().manual_seed(seed)
     a = torch.randint(0, 2, (n,), generator=g) if attr is None else torch.full((n,), attr)
     prob = torch.nn.functional.one_hot(a, 2).float()
     # dataset rows: a shuffled subset of 0..n_rows-1, as a training split's indices are
     index = torch.randperm(CTX.n_rows, generator=g)[:n]
-    return Batch(x=torch.randn(n, N_FEATURES, generator=g), y=torch.randint(0, 4, (n,), generator=g), attr=a,
-                 stratum=torch.randint(0, 3, (n,), generator=g), index=index, group=a, group_prob=prob)
+    y = torch.randint(0, 4, (n,), generator=g)
+    target = None
+    if task == "single":
+        target = torch.nn.functional.one_hot(y, 4).float()
+    elif task == "multi":  # vote shares of 10 raters, some with zero votes for a class
+        votes = torch.distributions.Multinomial(10, torch.full((4,), 0.25)).sample((n,))
+        target = votes / votes.sum(dim=1, keepdim=True)
+        y = target.argmax(dim=1)
+    return Batch(x=torch.randn(n, N_FEATURES, generator=g), y=y, attr=a,
+                 stratum=torch.randint(0, 3, (n,), generator=g), index=index, group=a, group_prob=prob, target=target)
 
 
 def build(n_out):
     return build_model("mlp", MLP.Params(hidden=8, depth=1, dropout=0.0), N_FEATURES, n_out)
 
 
-def make(name, ctx=CTX):
+def make(name, ctx=CTX, task="labels"):
     """(method, training module), the module built through the method's hook."""
     cls = METHODS.get(name)
     torch.manual_seed(0)
-    method = cls(cls.Params(), ctx)
+    method = cls(cls.Params(), CTX_MULTI if task == "multi" and ctx is CTX else ctx)
     return method, method.build_model(build)
 
 
+@pytest.mark.parametrize("task", TARGETS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_finite_loss_and_gradients_flow(name):
-    method, model = make(name)
-    out = method.loss(model(make_batch().x), make_batch())
+def test_finite_loss_and_gradients_flow(name, task):
+    torch.manual_seed(1)
+    method, model = make(name, task=task)
+    b = make_batch(task=task)
+    out = method.loss(model(b.x), b)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     grads = [p.grad for p in model.parameters()]
@@ -59,37 +79,82 @@ def test_finite_loss_and_gradients_flow(name):
     assert all(math.isfinite(v) for v in out.logs.values())
 
 
+@pytest.mark.parametrize("task", TARGETS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_batch_missing_a_group(name):
-    method, model = make(name)
-    b = make_batch(attr=0)
+def test_batch_missing_a_group(name, task):
+    torch.manual_seed(1)
+    method, model = make(name, task=task)
+    b = make_batch(attr=0, task=task)
     out = method.loss(model(b.x), b)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("task", TARGETS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_state_round_trip_and_json(name):
-    method, model = make(name)
-    b = make_batch(seed=1)
+def test_state_round_trip_and_json(name, task):
+    torch.manual_seed(1)
+    method, model = make(name, task=task)
+    b = make_batch(seed=1, task=task)
     method.loss(model(b.x), b)  # a training step first, so per-sample state is not empty
     with torch.no_grad():
         method.on_epoch_end(DevEval(method.inference_model(model)(b.x), b))
     state = method.state_dict()
     json.dumps(state)  # logged as method_state.json
-    fresh, _ = make(name)
+    fresh, _ = make(name, task=task)
     fresh.load_state_dict(state)
     assert fresh.state_dict() == state
 
 
+@pytest.mark.parametrize("task", TARGETS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_per_sample_loss_shape(name):
-    method, model = make(name)
-    b = make_batch()
+def test_per_sample_loss_shape(name, task):
+    torch.manual_seed(1)
+    method, model = make(name, task=task)
+    b = make_batch(task=task)
     logits = method.inference_model(model)(b.x)
     assert logits.shape == (len(b), CTX.n_classes)
     assert method.per_sample_loss(logits, b).shape == (len(b),)
+
+
+def _steps(name, kind, loss="cb_ce", ctx=CTX, steps=3):
+    """Losses, gradients and per-sample losses of a few training steps on batches of ``kind``:
+    ``labels`` (target None), ``one_hot`` (of y), ``soft`` (vote shares, y their argmax) or ``argmax``
+    (the one-hot of those soft targets' argmax)."""
+    cls = METHODS.get(name)
+    extra = {"swap_start": 0.0} if name == "disent" else {}  # DisEnt's swap branch from the first step
+    torch.manual_seed(0)
+    method = cls(cls.Params(loss=loss, **extra), ctx)
+    module = method.build_model(build)
+    out = []
+    for step in range(steps):
+        b = make_batch(seed=10 + step, task="multi" if kind in ("soft", "argmax") else "labels")
+        if kind in ("one_hot", "argmax"):
+            b = dataclasses.replace(b, target=torch.nn.functional.one_hot(b.y, 4).float())
+        o = method.loss(module(b.x * 3), b)
+        grads = torch.autograd.grad(o.loss, list(module.parameters()))
+        per_sample = method.per_sample_loss(method.inference_model(module)(b.x), b).detach()
+        out.append((o.loss.detach(), grads, per_sample))
+    return out
+
+
+@pytest.mark.parametrize("loss", ["ce", "cb_ce", "focal"])
+@pytest.mark.parametrize("name", METHODS.names())
+def test_one_hot_targets_reproduce_integer_labels_exactly(name, loss):
+    """The single-label path is numerically unchanged: the loop's one-hot targets give the same losses,
+    gradients and per-sample losses, bit for bit, as the integer labels did."""
+    for (la, ga, pa), (lb, gb, pb) in zip(_steps(name, "labels", loss), _steps(name, "one_hot", loss), strict=True):
+        assert torch.equal(la, lb) and torch.equal(pa, pb)
+        assert all(torch.equal(x, y) for x, y in zip(ga, gb, strict=True))
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_soft_targets_enter_the_loss(name):
+    """Every method's loss and base loss see the soft target, not just its argmax."""
+    soft, hard = _steps(name, "soft", ctx=CTX_MULTI, steps=1), _steps(name, "argmax", ctx=CTX_MULTI, steps=1)
+    assert not torch.equal(soft[0][0], hard[0][0])
+    assert not torch.equal(soft[0][2], hard[0][2])
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -15,7 +17,7 @@ from fairray.data import prepare
 from fairray.errors import DataError, TrialError
 from fairray.export._predict import load_export
 from fairray.methods import METHODS, TrainContext
-from fairray.metrics import GroupReport
+from fairray.metrics import GroupReport, Predictions
 from fairray.tracking import ensure_experiment
 from fairray.train import LocalSession, TrialTracking, run_trial
 from fairray.train.loop import _batch
@@ -79,7 +81,33 @@ def test_successful_trial_logs_everything_to_one_finished_run(data, tmp_path):
     history = c.get_metric_history(run.info.run_id, "method/lambda")
     assert [m.step for m in history] == [0, 1]
     names = {a.path for a in c.list_artifacts(run.info.run_id)}
-    assert {"checkpoint", "groups", "method_state.json"} <= names
+    assert {"checkpoint", "groups", "predictions", "method_state.json"} <= names
+
+
+@pytest.mark.parametrize("method", [{"name": "erm"}, {"name": "lff"}])
+def test_logged_predictions_reproduce_every_logged_metric(data, tmp_path, method):
+    """predictions/{dev,test}.npz: what the bootstrap and the reproduction report read."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = ensure_experiment(uri, "t", str(tmp_path))
+    final = run_trial(raw(2, method), {}, data, LocalSession(tmp_path / "ck"), TrialTracking(uri, exp, None, "p", "t"))
+    c = MlflowClient(uri)
+    run = c.search_runs([exp])[0]
+    local = Path(c.download_artifacts(run.info.run_id, "predictions", str(tmp_path / "art")))
+    for split in ("dev", "test"):
+        pred = Predictions.load(local / f"{split}.npz")
+        idx = data.indices(split)
+        assert pred.task == "single" and pred.classes == data.classes and (pred.attribute, pred.stratum) == (
+            data.attribute, data.stratum_name)
+        assert pred.uid.tolist() == data.meta.loc[idx, "uid"].tolist()
+        assert pred.speaker.tolist() == data.meta.loc[idx, "speaker"].tolist()
+        assert pred.y_true.tolist() == data.y[idx].tolist()
+        assert (pred.y_pred == pred.prob.argmax(axis=1)).mean() > 0.99  # argmax of the logits, as evaluated
+        np.testing.assert_allclose(pred.prob.sum(axis=1), 1.0, rtol=1e-5)
+        flat = pred.report().flat(split)
+        logged = {k: v for k, v in run.data.metrics.items() if k.startswith(f"{split}/") and k != f"{split}/loss"}
+        assert len(logged) > 50 and set(flat) == set(logged)
+        assert all(_same(flat[k], logged[k]) for k in logged), [k for k in logged if not _same(flat[k], logged[k])]
+        assert all(_same(flat[k], final[k]) for k in flat)
 
 
 def _same(a: float, b: float) -> bool:

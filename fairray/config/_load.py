@@ -334,7 +334,7 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
 
 
 def _check_objectives(spec: SweepSpec, source: str) -> None:
-    from fairray.metrics import metric_direction, validate_metric_name
+    from fairray.metrics import metric_direction, task_metrics, validate_metric_name
 
     seen = set()
     for i, objective in enumerate(spec.search.objectives):
@@ -343,6 +343,10 @@ def _check_objectives(spec: SweepSpec, source: str) -> None:
             key = validate_metric_name(objective.metric)
         except ValueError as exc:
             raise where.error(str(exc)) from None
+        available = task_metrics(spec.dataset.targets)
+        if key.metric not in available:
+            raise where.error(f"{key.metric!r} is not computed for {spec.dataset.targets}-label targets "
+                              f"(dataset.targets); available: {', '.join(available)}")
         if key.split != "dev":
             raise where.error(f"objectives select trials and must use dev metrics, got {objective.metric!r} "
                               "(test metrics are logged for reporting only)")

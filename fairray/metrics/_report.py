@@ -392,11 +392,16 @@ def evaluate_frame(
     gap_op: str = "sum_abs_dev",
     class_agg: str = "rms",
 ) -> GroupReport:
-    """Evaluate a predictions table: ``y_true``, ``y_pred`` (class names) and the group/stratum columns.
+    """Evaluate a predictions table: ``y_true``, ``y_pred`` (class names) and the group/stratum columns —
+    or, multi-label (what ``fairray predict`` writes for ``targets: multi``), 0/1 columns ``true_<class>`` and
+    ``pred_<class>``.
 
     The class list is ``classes`` if given, else the ``p_<class>`` probability columns in column
-    order, else the sorted union of ``y_true`` and ``y_pred``.
+    order, else the sorted union of ``y_true`` and ``y_pred`` (multi-label: the ``true_<class>`` columns).
     """
+    if "y_true" not in df.columns and any(str(c).startswith("true_") for c in df.columns):
+        return _evaluate_multilabel(df, group=group, stratum=stratum, classes=classes, s_min=s_min, gap_op=gap_op,
+                                    class_agg=class_agg)
     needed = ["y_true", "y_pred", group] + ([] if stratum is None else [stratum])
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -416,6 +421,26 @@ def evaluate_frame(
         y_true.map(index).to_numpy(), y_pred.map(index).to_numpy(), classes, df, group, stratum,
         s_min=s_min, gap_op=gap_op, class_agg=class_agg,
     )  # fmt: skip
+
+
+def _evaluate_multilabel(df: pd.DataFrame, *, group: str, stratum: str | None, classes: Sequence[str] | None,
+                         s_min: int, gap_op: str, class_agg: str) -> GroupReport:
+    if classes is None:
+        classes = [str(c)[len("true_"):] for c in df.columns if str(c).startswith("true_")]
+    classes = [str(c) for c in classes]
+    needed = [f"{kind}_{c}" for kind in ("true", "pred") for c in classes] + [group]
+    needed += [] if stratum is None else [stratum]
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise DataError(f"multi-label predictions table lacks column(s) {missing}; found columns {list(df.columns)}")
+    arrays = {}
+    for kind in ("true", "pred"):
+        block = df[[f"{kind}_{c}" for c in classes]].apply(pd.to_numeric, errors="coerce")  # CSVs read as text
+        if block.isna().any().any() or not block.isin([0, 1]).all().all():
+            raise DataError(f"multi-label predictions table: {kind}_<class> columns must hold 0 or 1 in every row")
+        arrays[kind] = block.to_numpy(dtype=np.int64)
+    return GroupReport.compute_multilabel(arrays["true"], arrays["pred"], classes, df, group, stratum,
+                                          s_min=s_min, gap_op=gap_op, class_agg=class_agg)
 
 
 def format_report(report: GroupReport, split: str = "test", fmt: str = "table") -> str:

@@ -704,3 +704,10 @@ def test_layer_weighted_model_must_match_the_ssl_layout(tmp_path):
         load_spec(write(tmp_path, text % (3, "false")))
     with pytest.raises(ConfigError, match=r"model.n_layers: 4 does not match the 3 layers hf_ssl extracts"):
         load_spec(write(tmp_path, text % (4, "true")))
+
+
+def test_objectives_must_exist_for_the_target_type():
+    with pytest.raises(ConfigError, match=r"search.objectives\[0\].metric: 'acc' is not computed for multi-label"):
+        load_spec(SPECS / "idi_cremad.yaml", ["search.objectives=[{metric: dev/acc, direction: max}]"])
+    spec = load_spec(SPECS / "idi_cremad.yaml", ["search.objectives=[{metric: dev/hamming_acc, direction: max}]"])
+    assert spec.spec.search.objectives[0].metric == "dev/hamming_acc"

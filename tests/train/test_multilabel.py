@@ -8,6 +8,7 @@ obtainable here). Features: openSMILE eGeMAPS through a feature cache in tmp.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from fairray.cli import main
 from fairray.config import DatasetConfig, build_spec
 from fairray.data import prepare
 from fairray.data.corpora.cremad import CLASSES, EMOTION_CODES
@@ -179,7 +181,7 @@ def _same(a: float, b: float) -> bool:
 
 
 @pytest.mark.parametrize("method", [{"name": "erm", "loss": "cb_ce"}, {"name": "gdro"}])
-def test_trial_is_multi_label_end_to_end(cremad, cache, data, tmp_path, method):
+def test_trial_is_multi_label_end_to_end(cremad, cache, data, tmp_path, method, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp = ensure_experiment(uri, "ml", str(tmp_path))
     spec = raw(cremad, cache, method)
@@ -222,6 +224,14 @@ def test_trial_is_multi_label_end_to_end(cremad, cache, data, tmp_path, method):
     np.testing.assert_array_equal(frame[[f"true_{c}" for c in CLASSES]].to_numpy(), test.y_true)
     np.testing.assert_array_equal(frame[[f"pred_{c}" for c in CLASSES]].to_numpy(), test.y_pred)
     np.testing.assert_allclose(frame[[f"p_{c}" for c in CLASSES]].to_numpy(), test.prob)
+    # ... and `fairray evaluate` on that CSV reproduces every logged test metric
+    csv = tmp_path / "preds.csv"
+    frame.to_csv(csv, index=False)
+    assert main(["evaluate", str(csv), "--group", "gender", "--stratum", "language", "--format", "json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    logged = {k: v for k, v in run.data.metrics.items() if k.startswith("test/") and k != "test/loss"}
+    assert set(evaluated) == set(logged)
+    assert all(_same(float("nan") if evaluated[k] is None else evaluated[k], logged[k]) for k in logged)
     with torch.no_grad():
         assert model(torch.as_tensor(data.X[:2])).shape == (2, len(CLASSES))
 

@@ -139,8 +139,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar.close()
     from fairray.metrics import MetricKey
 
-    shown = {k: v for k, v in final.items()
-             if MetricKey.parse(k).scope == "overall" or k in keys or k.replace("dev/", "test/", 1) in keys}
+    def shown_key(k: str) -> bool:
+        try:
+            overall = MetricKey.parse(k).scope == "overall"
+        except ValueError:  # selected_epoch, final, groups/...: bookkeeping, not metrics
+            return k == "selected_epoch"
+        return overall or k in keys or k.replace("test/", "dev/", 1) in keys
+
+    shown = {k: v for k, v in final.items() if shown_key(k)}
     print(json.dumps({k: round(v, 4) for k, v in sorted(shown.items())}, indent=1))
     if tracking:
         print(f"MLflow: {tracking.uri} experiment {spec.experiment!r} run {tracking.trial_id}")

@@ -305,3 +305,16 @@ def test_frontier_unknown_experiment(capsys: pytest.CaptureFixture[str], tmp_pat
 def test_frontier_unknown_experiment_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     _, err = frontier_missing(capsys, tmp_path)
     one_error_line(err)
+
+
+@pytest.mark.parametrize("spec", ["minmaxgap.yaml", "idi.yaml"])
+def test_train_runs_one_trial_in_process_and_prints_its_metrics(capsys, tmp_path, spec):
+    """`fairray train` on a shipped spec: one trial, no Ray, no MLflow; the printed JSON holds the overall
+    test metrics and the selected epoch."""
+    path = Path(__file__).resolve().parents[1] / "search_spaces" / spec
+    code, out, err = run_cli(capsys, "train", str(path), "--no-mlflow", "--quiet", "--set", "train.epochs=2",
+                             "--set", f"storage.path={tmp_path}")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["selected_epoch"] in (0, 1)
+    assert 0 <= printed["test/macro_f1"] <= 1 and "test/acc" in printed

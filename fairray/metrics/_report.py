@@ -114,15 +114,8 @@ class GroupReport:
         None, the stratum column. Samples whose value is missing (NaN, ``U`` ...; see
         :data:`MISSING_VALUES`) count in the overall numbers but not in that column's groups.
         """
-        _check_options(s_min, gap_op, class_agg)
-        classes = tuple(str(c) for c in classes)
+        classes, y_true, y_pred = _check_inputs(classes, y_true, y_pred, groups, _labels, s_min, gap_op, class_agg)
         n_classes = len(classes)
-        if n_classes < 2:
-            raise DataError(f"need at least two classes; got {list(classes)}")
-        y_true = _labels(y_true, "y_true", n_classes)
-        y_pred = _labels(y_pred, "y_pred", n_classes)
-        if len(y_true) != len(y_pred) or len(groups) != len(y_true):
-            raise DataError(f"length mismatch: y_true {len(y_true)}, y_pred {len(y_pred)}, groups {len(groups)} rows")
         g_idx, group_values, s_idx, stratum_values = _encode_cells(groups, attribute, stratum)
         n_g, n_s = len(group_values), len(stratum_values)
         flat_idx = ((g_idx * (n_s + 1) + s_idx) * n_classes + y_true) * n_classes + y_pred
@@ -156,15 +149,8 @@ class GroupReport:
         the class-wise gaps (``tpr_gap``, ``fpr_gap``, ``dp_gap``) for any number of groups, and
         no ``acc_gap`` / ``avg_gap``. ``groups``, missing values and strata as in :meth:`compute`.
         """
-        _check_options(s_min, gap_op, class_agg)
-        classes = tuple(str(c) for c in classes)
+        classes, y_true, y_pred = _check_inputs(classes, y_true, y_pred, groups, _binary_labels, s_min, gap_op, class_agg)
         n_classes = len(classes)
-        if n_classes < 2:
-            raise DataError(f"need at least two classes; got {list(classes)}")
-        y_true = _binary_labels(y_true, "y_true", n_classes)
-        y_pred = _binary_labels(y_pred, "y_pred", n_classes)
-        if len(y_true) != len(y_pred) or len(groups) != len(y_true):
-            raise DataError(f"length mismatch: y_true {len(y_true)}, y_pred {len(y_pred)}, groups {len(groups)} rows")
         g_idx, group_values, s_idx, stratum_values = _encode_cells(groups, attribute, stratum)
         n_g, n_s = len(group_values), len(stratum_values)
         cell = (g_idx * (n_s + 1) + s_idx)[:, None] * n_classes + np.arange(n_classes)
@@ -441,6 +427,20 @@ def _evaluate_multilabel(df: pd.DataFrame, *, group: str, stratum: str | None, c
         arrays[kind] = block.to_numpy(dtype=np.int64)
     return GroupReport.compute_multilabel(arrays["true"], arrays["pred"], classes, df, group, stratum,
                                           s_min=s_min, gap_op=gap_op, class_agg=class_agg)
+
+
+def _check_inputs(classes, y_true, y_pred, groups: pd.DataFrame, labels, s_min: int, gap_op: str, class_agg: str
+                  ) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """Options, class list and label arrays of :meth:`GroupReport.compute` / ``compute_multilabel``."""
+    _check_options(s_min, gap_op, class_agg)
+    classes = tuple(str(c) for c in classes)
+    if len(classes) < 2:
+        raise DataError(f"need at least two classes; got {list(classes)}")
+    y_true = labels(y_true, "y_true", len(classes))
+    y_pred = labels(y_pred, "y_pred", len(classes))
+    if len(y_true) != len(y_pred) or len(groups) != len(y_true):
+        raise DataError(f"length mismatch: y_true {len(y_true)}, y_pred {len(y_pred)}, groups {len(groups)} rows")
+    return classes, y_true, y_pred
 
 
 def format_report(report: GroupReport, split: str = "test", fmt: str = "table") -> str:

@@ -300,11 +300,11 @@ def render_svg(rows: Sequence[Row], *, title: str, width: int = 760, height: int
                  if r.kind == "overall" else f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{color}"/>')
         out.append(shape)
         out.append(f'<text x="{cx + 6:.1f}" y="{cy - 5:.1f}" fill="{color}">{html.escape(_name(r))}</text>')
-    for i, (source, color) in enumerate(_COLORS.items()):
-        if any(r.source == source for r in pts):
-            y = m["t"] + 14 + 16 * i
-            out.append(f'<circle cx="{width - m["r"] + 16}" cy="{y - 4}" r="4" fill="{color}"/>')
-            out.append(f'<text x="{width - m["r"] + 26}" y="{y}">{html.escape(SUPERVISION.get(source, source))}</text>')
+    present = [(source, color) for source, color in _COLORS.items() if any(r.source == source for r in pts)]
+    for i, (source, color) in enumerate(present):
+        y = m["t"] + 14 + 16 * i
+        out.append(f'<circle cx="{width - m["r"] + 16}" cy="{y - 4}" r="4" fill="{color}"/>')
+        out.append(f'<text x="{width - m["r"] + 26}" y="{y}">{html.escape(SUPERVISION.get(source, source))}</text>')
     out.append(f'<text x="{width - m["r"] + 10}" y="{height - m["b"]}">■ Overall, ● cell; bars: 95% CI</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -82,3 +82,31 @@ def test_conditional_search_samples_parameters_only_where_they_apply(spec):
         assert ("method.lambda_dis" in searched) == (method == "disent")
         assert ("dataset.groups.params.K" in searched) == (p["dataset.groups.name"] == "kmeans"
                                                            and "dataset.groups.name" in searched)
+
+
+def test_report_and_noise_marks_read_the_logged_predictions(spec, capsys):
+    """`fairray report` / `frontier --noise` on the ablation: numbers recomputed from the trials' prediction
+    artifacts equal the metrics the trials logged."""
+    if not _has_run(spec, "small"):
+        assert main(["sweep", str(spec), "--ablation", "small", "--quiet"]) == 0
+    trials = _trials(spec, "small")
+    out = spec.parent / "report"
+    capsys.readouterr()
+    assert main(["report", str(spec), "--ablation", "small", "--n-boot", "20", "--out", str(out)]) == 0
+    md = (out / "idi-small.md").read_text()
+    assert md.strip() in capsys.readouterr().out  # the printed report is the file's
+    erm = [r for r in trials if r.data.params["method.name"] == "erm"]
+    row = next(line for line in md.splitlines() if line.startswith("| ERM |"))
+    f1 = float(row.split("|")[4].split()[0])
+    assert f1 == pytest.approx(sum(r.data.metrics["test/macro_f1"] for r in erm) / len(erm), abs=5e-4)
+    assert "| Random |" in md and (out / "idi-small.svg").read_text().startswith("<svg")
+    assert main(["frontier", str(spec), "--ablation", "small", "--noise", "--n-boot", "20"]) == 0
+    assert "95% CI" in capsys.readouterr().out
+
+
+def _has_run(spec: Path, ablation: str) -> bool:
+    try:
+        _trials(spec, ablation)
+    except (AssertionError, AttributeError):
+        return False
+    return True

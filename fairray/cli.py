@@ -469,6 +469,16 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
                    help="override a spec value by dotted key (repeatable), e.g. --set train.epochs=5")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def _add_sweep_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="MLflow experiment of the sweep (the spec's name) or the spec file itself")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
@@ -546,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", action="store_true",
                    help="95%% speaker-bootstrap CIs of the Pareto-optimal trials' objectives, and ~ where a gap "
                         "differs from the next Pareto-optimal trial's only within noise (paired bootstrap)")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates for --noise (default 200)")
+    p.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap replicates for --noise (default 200)")
 
     p = add("report", cmd_report, "IDI Table 1-style report of an ablation: mean over seeds with CIs", """\
         Reads the ablation's trials and their logged test predictions from MLflow and prints, per
@@ -560,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
         """)
     _add_sweep_target(p)
     p.add_argument("--split", choices=["dev", "test"], default="test")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (default 200)")
+    p.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap replicates (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the Random baseline")
     p.add_argument("--out", help="folder for the markdown table and the SVG plot")
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fairray._registry import Registry
-from fairray.config import DatasetConfig
+from fairray.config import DatasetConfig, to_plain
 from fairray.errors import DataError
 
 SPLITS = ("train", "dev", "test")
@@ -187,6 +187,9 @@ def _apply_protocol(name: str, params: dict, meta: pd.DataFrame, X: np.ndarray, 
 
     out = apply_protocol(name, meta, **params)
     rows = out.index.to_numpy()
+    if not out.index.is_unique or (len(rows) and (rows.min() < 0 or rows.max() >= len(meta))):
+        raise DataError(f"protocol {name!r} returned rows that are not a subset of its input's rows (it must keep "
+                        "the input's index), so features could not stay aligned with them")
     return out.reset_index(drop=True), X[rows], {k: v[rows] for k, v in aux.items()}
 
 
@@ -301,9 +304,10 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     # once per (data, parameters): stored under the feature cache root's groups/ when there is one
     groups = infer_groups(cfg.groups.name, dict(cfg.groups.params),
                           GroupInput(meta, attr_codes, attr_values, split, aux), cache_root=cfg.cache or cache_root)
-    # single-label configs hash as they did before `targets` existed, so older exports keep their fingerprint
-    cfg_repr = repr(cfg) if multi else repr(cfg).replace(", targets='single')", ")")
-    digest = hashlib.sha256(json.dumps({"cfg": cfg_repr, "input": provenance.get("input_fingerprint")}).encode())
+    # what the data is, not where it is cached or how many workers extracted it
+    plain = {k: v for k, v in to_plain(cfg).items() if k not in ("cache", "extract_workers")}
+    digest = hashlib.sha256(json.dumps({"cfg": plain, "input": provenance.get("input_fingerprint")},
+                                       sort_keys=True, default=str).encode())
     return SERData(
         X=Xs, y=y, attr=attr_codes, stratum=stratum.to_numpy(np.int64), split=split, meta=meta,
         classes=classes, attribute=cfg.attribute, attr_values=attr_values, stratum_name=cfg.stratum,

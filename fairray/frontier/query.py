@@ -44,6 +44,9 @@ class Sweep:
     n_failed: int
     tracking_uri: str
     attribute: str
+    #: The sweep's own spec as flat MLflow params (``method.name``, ``dataset.groups.name`` ...): the values
+    #: a trial did not sample.
+    base_params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ def load_sweep(tracking_uri: str, experiment: str, run_id: str | None = None, ab
                                   dict(run.data.metrics)))
     trials.sort(key=lambda t: t.trial_id)
     attribute = parent.data.params.get("dataset.attribute", DatasetConfig().attribute)
-    return Sweep(experiment, parent.info.run_id, objectives, tuple(trials), failed, tracking_uri, attribute)
+    return Sweep(experiment, parent.info.run_id, objectives, tuple(trials), failed, tracking_uri, attribute,
+                 dict(parent.data.params))
 
 
 def _values_of(sweep: Sweep, which: str) -> list[str]:
@@ -159,23 +163,28 @@ def neighbour_noise(sweep: Sweep, front: Front, *, n_boot: int = 200, level: flo
                     ) -> dict[str, dict[str, Any]]:
     """For each Pareto-optimal trial of ``front``, ordered along its first objective: the speaker-bootstrap
     interval of each objective (``"ci"``) and the paired interval of every objective's difference to the next
-    Pareto-optimal trial (same resample for both; :func:`~fairray.metrics.paired_difference`).
-    ``{trial_id: {"ci": {objective: Interval}, "next": trial_id, objective: Interval}}``; a difference whose
-    interval contains 0 is within noise."""
-    from fairray.metrics import paired_difference, speaker_bootstrap
+    Pareto-optimal trial. All come from ONE speaker resample shared by the front's trials
+    (:func:`~fairray.metrics.replicate_matrix`). ``{trial_id: {"ci": {objective: Interval}, "next": trial_id,
+    objective: Interval}}``; a difference whose interval contains 0 is within noise."""
+    from fairray.metrics import interval, replicate_matrix
 
     split = MetricKey.parse(front.objectives[0]).split
     on = [i for i in range(len(front.trials)) if front.on_front[i]]
     sign = -1.0 if front.directions[0] is Direction.MAX else 1.0
     on.sort(key=lambda i: sign * front.values[i][0])
-    preds = dict(zip(on, load_predictions(sweep, [front.trials[i] for i in on], split), strict=True))
+    preds = load_predictions(sweep, [front.trials[i] for i in on], split)
+    try:
+        full, reps = replicate_matrix(preds, list(front.objectives), n_boot=n_boot, seed=seed)
+    except KeyError as exc:
+        raise TrackingError(f"the logged predictions do not give {exc.args[0]}; choose objectives the trials "
+                            "report") from None
     out: dict[str, dict[str, Any]] = {}
-    for a, b in zip(on, [*on[1:], None], strict=True):
-        entry: dict[str, Any] = {"ci": speaker_bootstrap(preds[a], list(front.objectives), n_boot=n_boot,
-                                                         level=level, seed=seed)}
-        if b is not None:
-            entry["next"] = front.trials[b].trial_id
-            for key in front.objectives:
-                entry[key] = paired_difference(preds[a], preds[b], key, n_boot=n_boot, level=level, seed=seed)
-        out[front.trials[a].trial_id] = entry
+    for a in range(len(on)):
+        entry: dict[str, Any] = {"ci": {k: interval(full[a, j], reps[a, :, j], level)
+                                        for j, k in enumerate(front.objectives)}}
+        if a + 1 < len(on):
+            entry["next"] = front.trials[on[a + 1]].trial_id
+            for j, key in enumerate(front.objectives):
+                entry[key] = interval(full[a, j] - full[a + 1, j], reps[a, :, j] - reps[a + 1, :, j], level)
+        out[front.trials[on[a]].trial_id] = entry
     return out

@@ -110,10 +110,10 @@ def group_cells(sweep: Sweep) -> list[Cell]:
     out = []
     for point, trials in cells.items():
         params = dict(point)
-        method = params.pop("method.name", None) or trials[0].params.get("method.name")
+        method = params.pop("method.name", None) or sweep.base_params.get("method.name")
         if method is None:
             raise DataError("the ablation's trials do not record method.name; declare it in every cell")
-        source = params.pop("dataset.groups.name", "attribute")
+        source = params.pop("dataset.groups.name", None) or sweep.base_params.get("dataset.groups.name", "attribute")
         if METHODS.get(method).requires == "nothing":
             source = "-"
         out.append(Cell(method, source, tuple(sorted(params.items())), tuple(trials)))
@@ -147,37 +147,44 @@ def ablation_rows(sweep: Sweep, cells: Sequence[Cell], preds: Sequence[Sequence[
         raise DataError("the ablation has no finished trial to report")
     task = flat[0].task
     keys = metric_keys(split, sweep.attribute, task)
-    groups: list[tuple[str, str, str, str, list[int]]] = []  # kind, method, source, label, member indices
+    # kind, method, source, label, members: one list of trial indices per cell (a row averages its cells'
+    # seed means, so each method weighs the same in Overall whatever its number of finished seeds)
+    groups: list[tuple[str, str, str, str, list[list[int]]]] = []
     start = 0
     for cell, cell_preds in zip(cells, preds, strict=True):
-        groups.append(("cell", cell.method, cell.source, cell.label, list(range(start, start + len(cell_preds)))))
+        groups.append(("cell", cell.method, cell.source, cell.label, [list(range(start, start + len(cell_preds)))]))
         start += len(cell_preds)
     if idi:
         n_seeds = max(len(p) for p in preds)
         randoms = [random_predictions(flat[0], s) for s in range(n_seeds)]
         groups.insert(1 if groups and groups[0][1] == "erm" else 0,
-                      ("random", "random", "-", "", list(range(len(flat), len(flat) + len(randoms)))))
+                      ("random", "random", "-", "", [list(range(len(flat), len(flat) + len(randoms)))]))
         flat = [*flat, *randoms]
         for source in _SOURCE_ORDER[1:]:
-            members = [i for kind, m, s, _, idx in groups if kind == "cell" and m in OVERALL_METHODS and s == source
-                       for i in idx]
-            if {m for kind, m, s, _, _ in groups if kind == "cell" and s == source} >= set(OVERALL_METHODS):
-                groups.append(("overall", "overall", source, "", members))
+            members = {m: cells_[0] for kind, m, s, _, cells_ in groups if kind == "cell" and s == source}
+            counts = [sum(kind == "cell" and m == method and s == source for kind, m, s, _, _ in groups)
+                      for method in OVERALL_METHODS]
+            if counts == [1] * len(OVERALL_METHODS):  # exactly one cell per method, else Overall is ambiguous
+                groups.append(("overall", "overall", source, "", [members[m] for m in OVERALL_METHODS]))
     full, reps = replicate_matrix(flat, list(keys.values()), n_boot=n_boot, seed=seed)
-    erm = next((idx for kind, m, s, _, idx in groups if kind == "cell" and m == "erm" and s == "-"), None)
 
+    def mean(cells_: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        return (np.mean([full[c].mean(axis=0) for c in cells_], axis=0),
+                np.mean([reps[c].mean(axis=0) for c in cells_], axis=0))
+
+    erm = next((m for kind, method, s, _, m in groups if kind == "cell" and method == "erm" and s == "-"), None)
     rows = []
-    for kind, method, source, label, idx in groups:
-        mean_full, mean_reps = full[idx].mean(axis=0), reps[idx].mean(axis=0)
+    for kind, method, source, label, members in groups:
+        mean_full, mean_reps = mean(members)
         values = {c: interval(mean_full[j], mean_reps[:, j], level) for j, c in enumerate(COLUMNS)}
         vs_erm = {}
-        if erm is not None and idx != erm:
-            d_full = mean_full - full[erm].mean(axis=0)
-            d_reps = mean_reps - reps[erm].mean(axis=0)
-            vs_erm = {c: interval(d_full[j], d_reps[:, j], level) for j, c in enumerate(COLUMNS)}
-        rows.append(Row(kind, method, source, label, len(idx), values, vs_erm))
+        if erm is not None and members != erm:
+            erm_full, erm_reps = mean(erm)
+            vs_erm = {c: interval(mean_full[j] - erm_full[j], mean_reps[:, j] - erm_reps[:, j], level)
+                      for j, c in enumerate(COLUMNS)}
+        rows.append(Row(kind, method, source, label, sum(len(c) for c in members), values, vs_erm))
     if idi and erm is not None:
-        base = full[erm].mean(axis=0)
+        base = mean(erm)[0]
         for row in [r for r in rows if r.kind == "overall"]:
             gain = {}
             for j, c in enumerate(COLUMNS):

@@ -153,3 +153,13 @@ def test_multi_on_the_builtin_dataset_is_refused():
     object.__setattr__(cfg, "targets", "multi")  # past the load-time check: prepare says the same, in one line
     with pytest.raises(DataError, match=r"column\(s\) \['soft_anger', .*\(it has no rater votes\); corpora with votes"):
         prepare(cfg)
+
+
+def test_fingerprint_names_the_data_not_its_cache(tmp_path):
+    from fairray.config import DatasetConfig, NamedParams
+    from fairray.data import prepare
+
+    base = prepare(DatasetConfig())
+    assert prepare(DatasetConfig(cache=str(tmp_path), extract_workers=2)).fingerprint == base.fingerprint
+    resampled = prepare(DatasetConfig(resample=NamedParams("imbalance_1to20", {"label": "emotion"})))
+    assert resampled.fingerprint != base.fingerprint and len(resampled.y) < len(base.y)

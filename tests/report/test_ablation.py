@@ -103,3 +103,28 @@ def test_an_interval_is_nan_free_even_with_a_tiny_cell():
     cells = [_cell("erm", "-", 1)]
     rows = ablation_rows(SWEEP, cells, [[_preds(0.3, 0)]], n_boot=30, idi=False)
     assert len(rows) == 1 and all(math.isfinite(rows[0].values[c].lo) for c in COLUMNS)
+
+
+def test_overall_averages_method_means_whatever_their_seed_counts():
+    seeds = {"erm": 1, "ds": 3, "rw": 1, "gdro": 1, "gadro": 1}
+    bias = {"erm": 0.4, "ds": 0.0, "rw": 0.2, "gdro": 0.3, "gadro": 0.3}
+    cells = [_cell(m, "-" if m == "erm" else "attribute", n) for m, n in seeds.items()]
+    preds = [[_preds(bias[c.method], 10 * i + s) for s in range(len(c.trials))] for i, c in enumerate(cells)]
+    rows = ablation_rows(SWEEP, cells, preds, n_boot=20)
+    overall = next(r for r in rows if r.kind == "overall")
+    means = [np.mean([p.report().get("test/tpr_gap/gender") for p in ps]) for c, ps in zip(cells, preds) if
+             c.method != "erm"]
+    assert overall.values["TPR gap"].estimate == pytest.approx(np.mean(means))
+    assert overall.n_seeds == 6
+
+
+def test_cells_take_unsampled_values_from_the_sweep_spec():
+    from fairray.report.ablation import group_cells
+
+    trials = (TrialRecord("r1", "t1", {"method.name": "gdro", "train.seed": "0"}, {}),
+              TrialRecord("r2", "t2", {"method.name": "gdro", "train.seed": "1"}, {}),
+              TrialRecord("r3", "t3", {"method.name": "erm", "train.seed": "0"}, {}))
+    sweep = Sweep("idi", "parent", (), trials, 0, "sqlite:///unused.db", "gender",
+                  {"method.name": "erm", "dataset.groups.name": "kmeans"})
+    cells = group_cells(sweep)
+    assert [(c.method, c.source, len(c.trials)) for c in cells] == [("erm", "-", 1), ("gdro", "kmeans", 2)]

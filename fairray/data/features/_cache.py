@@ -50,6 +50,7 @@ import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -227,28 +228,39 @@ class FeatureCache:
         """
         self._check_table(table, extractor)
         key, identity = self._identity(table, root, extractor)
-        lock = self._path(extractor.name, f"{key}.lock")
+
+        def produce():
+            t0 = time.perf_counter()
+            X, entries = self._compute(table, root, extractor, progress, num_workers)
+            return self._publish(extractor.name, key, identity, table, X, entries, time.perf_counter() - t0)
+
+        stored, hit = self._once(extractor.name, key, lambda: self._read_entry(extractor.name, key), produce,
+                                 wait_timeout_s, "feature cache")
+        return self._aligned(stored, table, key, hit=hit)
+
+    def _once(self, name: str, key: str, read: Callable[[], tuple[str, Any]], produce: Callable[[], Any],
+              wait_timeout_s: float | None, what: str) -> tuple[Any, bool]:
+        """The stored value of ``key`` (``read() -> (state, value)``), or ``produce()`` it — compute and
+        publish — under the key's exclusive lock, exactly once across processes and hosts; others wait,
+        and a dead owner's lock is broken. Returns (value, hit)."""
+        lock = self._path(name, f"{key}.lock")
         started, delay, waited = time.monotonic(), 0.05, False
         while True:
-            state, payload = self._read_entry(extractor.name, key)
+            state, value = read()
             if state == "ok":
                 self.stats.hits += 1
-                return self._aligned(payload, table, key, hit=True)
+                return value, True
             token = self._try_lock(lock)
             if token is not None:
                 try:
-                    state, payload = self._read_entry(extractor.name, key)  # published while we raced?
+                    state, value = read()  # published while we raced?
                     if state == "ok":
                         self.stats.hits += 1
-                        return self._aligned(payload, table, key, hit=True)
+                        return value, True
                     self.stats.corrupt += state == "corrupt"
                     self.stats.misses += 1
                     with self._heartbeat(lock):
-                        t0 = time.perf_counter()
-                        X, entries = self._compute(table, root, extractor, progress, num_workers)
-                        seconds = time.perf_counter() - t0
-                    stored = self._publish(extractor.name, key, identity, table, X, entries, seconds)
-                    return self._aligned(stored, table, key, hit=False)
+                        return produce(), False
                 finally:
                     self._release(lock, token)
             raw, stale_reason = self._stale(lock)
@@ -260,7 +272,7 @@ class FeatureCache:
                 waited = True
             if wait_timeout_s is not None and time.monotonic() - started > wait_timeout_s:
                 owner = _parse(raw) or {}
-                raise DataError(f"feature cache: waited {wait_timeout_s:g} s for {self._display(lock)}, held by "
+                raise DataError(f"{what}: waited {wait_timeout_s:g} s for {self._display(lock)}, held by "
                                 f"{owner.get('host', '?')} pid {owner.get('pid', '?')}; a lock without heartbeat "
                                 f"for {LOCK_STALE_S:g} s is broken, or delete the file if that process is gone")
             time.sleep(delay)

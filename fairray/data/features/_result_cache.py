@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from fairray.data.features._cache import _HOST, FeatureCache, _parse
-from fairray.errors import DataError
 
 #: Version of this store's layout; part of every key.
 RESULT_FORMAT = 1
@@ -70,45 +69,17 @@ class ResultCache(FeatureCache):
         ``compute`` returns (arrays, record): named numeric arrays and a JSON-able dict.
         """
         key = identity_key(identity)
-        lock = self._path(name, f"{key}.lock")
-        started, delay, waited = time.monotonic(), 0.05, False
-        while True:
-            state, payload = self._read_result(name, key)
-            if state == "ok":
-                self.stats.hits += 1
-                return CachedResult(*payload, key=key, hit=True)
-            token = self._try_lock(lock)
-            if token is not None:
-                try:
-                    state, payload = self._read_result(name, key)  # published while we raced?
-                    if state == "ok":
-                        self.stats.hits += 1
-                        return CachedResult(*payload, key=key, hit=True)
-                    self.stats.corrupt += state == "corrupt"
-                    self.stats.misses += 1
-                    with self._heartbeat(lock):
-                        t0 = time.perf_counter()
-                        arrays, record = compute()
-                        seconds = time.perf_counter() - t0
-                    arrays, record = {k: np.asarray(v) for k, v in arrays.items()}, dict(record)
-                    self._publish_result(name, key, dict(identity), arrays, record, seconds)
-                    return CachedResult(arrays, record, key=key, hit=False)
-                finally:
-                    self._release(lock, token)
-            raw, stale_reason = self._stale(lock)
-            if stale_reason:
-                self._break(lock, raw)
-                continue
-            if wait_timeout_s is not None and time.monotonic() - started > wait_timeout_s:
-                owner = _parse(raw) or {}
-                raise DataError(f"result cache: waited {wait_timeout_s:g} s for {self._display(lock)}, held by "
-                                f"{owner.get('host', '?')} pid {owner.get('pid', '?')}; delete the file if that "
-                                "process is gone")
-            if not waited:
-                self.stats.waits += 1
-                waited = True
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+
+        def produce():
+            t0 = time.perf_counter()
+            arrays, record = compute()
+            arrays, record = {k: np.asarray(v) for k, v in arrays.items()}, dict(record)
+            self._publish_result(name, key, dict(identity), arrays, record, time.perf_counter() - t0)
+            return arrays, record
+
+        (arrays, record), hit = self._once(name, key, lambda: self._read_result(name, key), produce, wait_timeout_s,
+                                           "result cache")
+        return CachedResult(arrays, record, key=key, hit=hit)
 
     def _read_result(self, name: str, key: str) -> tuple[str, Any]:
         """("absent" | "corrupt" | "ok", payload); payload of "ok": (arrays, record)."""

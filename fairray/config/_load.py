@@ -284,7 +284,7 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
         DATASETS.get(ds.name)
     except FairrayError as exc:
         raise where.child("name").error(str(exc)) from None
-    from fairray.data.protocols import check_protocol_params
+    from fairray.data.protocols import PROTOCOLS, check_protocol_params
 
     for key in ("protocol", "resample"):
         named = getattr(ds, key)
@@ -293,6 +293,10 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
                 check_protocol_params(named.name, dict(named.params))
             except FairrayError as exc:
                 raise where.child(key).error(str(exc)) from None
+            if key == "protocol" and getattr(PROTOCOLS.get(named.name), "needs_split", False):
+                raise where.child(key).child("name").error(
+                    f"{named.name!r} resamples inside existing train/dev/test splits; put it under dataset.resample "
+                    "(dataset.protocol decides the split)")
     from fairray.data.groups import aux_extractors
 
     try:

@@ -52,7 +52,6 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     from fairray.data.corpora import CORPORA
     from fairray.data.features import EXTRACTORS, FeatureCache, make_extractor
     from fairray.data.groups import aux_extractors
-    from fairray.data.protocols import apply_protocol
 
     if cfg.cache is None and cache_root is None:
         raise DataError("dataset.cache is not set and no storage path was given for the feature cache")
@@ -93,11 +92,6 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     meta = pd.concat(tables, ignore_index=True)
     X = np.concatenate([b[0] for b in blocks])
     aux = {name: np.concatenate([b[i + 1] for b in blocks]) for i, name in enumerate(aux_names)}
-    if cfg.protocol is not None:
-        meta = apply_protocol(cfg.protocol.name, meta, **dict(cfg.protocol.params))
-        rows = meta.index.to_numpy()
-        X, aux = X[rows], {k: v[rows] for k, v in aux.items()}
-        meta = meta.reset_index(drop=True)
     return meta, X, {"input_fingerprint": hashlib.sha256("".join(keys).encode()).hexdigest(),
                      "extractor": cfg.extractor.name if cfg.extractor else "shipped", "cache_keys": keys}, aux
 
@@ -265,11 +259,15 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     meta = meta.loc[keep].reset_index(drop=True)
     X = X[keep.to_numpy()]
     aux = {k: v[keep.to_numpy()] for k, v in aux.items()}
-    if "split" not in meta.columns or cfg.protocol is None:  # no protocol decided the split yet
+    if cfg.protocol is None:  # the default: whole speakers per stratum x attribute cell
         meta = meta.assign(split=speaker_split(meta, cfg.attribute, cfg.stratum, cfg.dev_fraction,
                                                cfg.test_fraction, cfg.split_seed))
-        if cfg.protocol is not None:  # a loader that leaves protocols to us (the built-in dataset)
-            meta, X, aux = _apply_protocol(cfg.protocol.name, dict(cfg.protocol.params), meta, X, aux)
+    else:  # the protocol decides the split (emo_superb, speaker_kfold, speaker_split ...)
+        table = meta.drop(columns="split", errors="ignore")
+        meta, X, aux = _apply_protocol(cfg.protocol.name, dict(cfg.protocol.params), table, X, aux)
+        if "split" not in meta.columns:
+            raise DataError(f"dataset.protocol {cfg.protocol.name!r} assigns no split; a protocol that only "
+                            "changes the training data belongs under dataset.resample")
     if cfg.resample is not None:  # e.g. imbalance_1to20: changes train/dev composition, never test
         meta, X, aux = _apply_protocol(cfg.resample.name, dict(cfg.resample.params), meta, X, aux)
     split = meta["split"].astype(str).to_numpy(dtype=object)

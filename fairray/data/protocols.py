@@ -180,6 +180,9 @@ def imbalance_1to20(table: pd.DataFrame, *, ratio: int = 20, seed: int = 0, attr
     return table.iloc[np.flatnonzero(keep)].copy()
 
 
+imbalance_1to20.needs_split = True  # it resamples inside existing splits: dataset.resample, not dataset.protocol
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Speaker-independent split by language x gender
 

@@ -711,3 +711,8 @@ def test_objectives_must_exist_for_the_target_type():
         load_spec(SPECS / "idi_cremad.yaml", ["search.objectives=[{metric: dev/acc, direction: max}]"])
     spec = load_spec(SPECS / "idi_cremad.yaml", ["search.objectives=[{metric: dev/hamming_acc, direction: max}]"])
     assert spec.spec.search.objectives[0].metric == "dev/hamming_acc"
+
+
+def test_a_resampling_protocol_is_refused_as_the_split_protocol(tmp_path):
+    with pytest.raises(ConfigError, match=r"dataset.protocol.name: 'imbalance_1to20' resamples inside existing"):
+        load_spec(_cond(tmp_path, "dataset: {protocol: {name: imbalance_1to20, params: {label: emotion}}}\n"))

@@ -163,3 +163,25 @@ def test_fingerprint_names_the_data_not_its_cache(tmp_path):
     assert prepare(DatasetConfig(cache=str(tmp_path), extract_workers=2)).fingerprint == base.fingerprint
     resampled = prepare(DatasetConfig(resample=NamedParams("imbalance_1to20", {"label": "emotion"})))
     assert resampled.fingerprint != base.fingerprint and len(resampled.y) < len(base.y)
+
+
+def test_protocol_decides_the_split_and_resample_only_changes_training_data(split_free_protocol):
+    from fairray.config import DatasetConfig, NamedParams
+    from fairray.data import prepare
+    from fairray.errors import DataError
+
+    kfold = prepare(DatasetConfig(protocol=NamedParams("speaker_kfold", {"k": 3, "fold": 2})))
+    assert "fold" in kfold.meta.columns
+    assert set(kfold.meta.loc[kfold.split == "test", "fold"]) == {2}
+    assert set(kfold.meta.loc[kfold.split == "dev", "fold"]) == {3}
+    with pytest.raises(DataError, match="assigns no split; .* belongs under dataset.resample"):
+        prepare(DatasetConfig(protocol=NamedParams("speaker_split_free", {})))
+
+
+@pytest.fixture()
+def split_free_protocol():
+    from fairray.data.protocols import PROTOCOLS
+
+    PROTOCOLS.register("speaker_split_free")(lambda table: table.drop(columns="split", errors="ignore"))
+    yield
+    PROTOCOLS._items.pop("speaker_split_free")

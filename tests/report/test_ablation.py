@@ -112,7 +112,7 @@ def test_overall_averages_method_means_whatever_their_seed_counts():
     preds = [[_preds(bias[c.method], 10 * i + s) for s in range(len(c.trials))] for i, c in enumerate(cells)]
     rows = ablation_rows(SWEEP, cells, preds, n_boot=20)
     overall = next(r for r in rows if r.kind == "overall")
-    means = [np.mean([p.report().get("test/tpr_gap/gender") for p in ps]) for c, ps in zip(cells, preds) if
+    means = [np.mean([p.report().get("test/tpr_gap/gender") for p in ps]) for c, ps in zip(cells, preds, strict=True) if
              c.method != "erm"]
     assert overall.values["TPR gap"].estimate == pytest.approx(np.mean(means))
     assert overall.n_seeds == 6

@@ -310,14 +310,18 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
                 f"group source {ds.groups.name!r} reads {audio_only} computed from audio; dataset {ds.name!r} has no "
                 "audio — use `dataset.name: corpora` with the corpora's folders")
         return
-    from fairray.data.corpora import CORPORA
+    from fairray.data.corpora import CORPORA, vote_corpora
     from fairray.data.features import EXTRACTORS
 
     for i, corpus in enumerate(ds.corpora):
         try:
-            CORPORA.get(corpus.adapter)
+            adapter = CORPORA.get(corpus.adapter)
         except FairrayError as exc:
             raise where.child("corpora").child(i).child("adapter").error(str(exc)) from None
+        if ds.targets == "multi" and adapter.has_votes is False:
+            raise where.child("corpora").child(i).child("adapter").error(
+                f"targets: multi needs per-clip soft labels from rater votes (soft_<class> columns); {corpus.adapter!r} "
+                f"carries none; corpora with votes: {', '.join(vote_corpora())} (a manifest may carry soft_<class>)")
     if ds.extractor is None:  # the corpora's own features: checked when they are read
         return
     try:

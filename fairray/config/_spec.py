@@ -32,11 +32,6 @@ class NamedParams:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-#: Built-in corpus adapters whose tables have no rater votes, hence no ``soft_<class>`` columns
-#: (``targets: multi`` is refused at load time; other adapters are checked when the data is prepared).
-_ADAPTERS_WITHOUT_VOTES = frozenset({"ravdess", "emodb", "nemo", "iemocap", "meld", "meld_st", "mosi", "mosei"})
-
-
 @dataclass(frozen=True)
 class DatasetConfig:
     """Which data a trial trains and is scored on.
@@ -88,16 +83,10 @@ class DatasetConfig:
         if (self.name == "corpora") != bool(self.corpora):
             raise ValueError("`corpora` (a list of {adapter, root}) is required with name: corpora and only there, "
                              f"got name={self.name!r} with {len(self.corpora)} corpora")
-        if self.targets == "multi":
-            if self.name == "ser3":
-                raise ValueError("targets: multi needs per-clip soft labels from rater votes (soft_<class> columns), "
-                                 "which the built-in ser3 lacks; use name: corpora with a corpus that carries votes "
-                                 "(adapter: cremad)")
-            no_votes = sorted({c.adapter for c in self.corpora} & _ADAPTERS_WITHOUT_VOTES)
-            if no_votes:
-                raise ValueError(f"targets: multi needs per-clip soft labels from rater votes (soft_<class> columns); "
-                                 f"corpus adapter(s) {no_votes} carry none; corpora with votes: cremad (a manifest "
-                                 "may carry soft_<class> columns)")
+        if self.targets == "multi" and self.name == "ser3":
+            raise ValueError("targets: multi needs per-clip soft labels from rater votes (soft_<class> columns), "
+                             "which the built-in ser3 lacks; use name: corpora with a corpus that carries votes "
+                             "(adapter: cremad)")
 
 
 @dataclass(frozen=True)

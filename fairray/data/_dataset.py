@@ -187,23 +187,21 @@ def _apply_protocol(name: str, params: dict, meta: pd.DataFrame, X: np.ndarray, 
     return out.reset_index(drop=True), X[rows], {k: v[rows] for k, v in aux.items()}
 
 
-#: Corpora whose tables carry ``soft_<class>`` columns (rater votes), named in errors.
-VOTE_CORPORA = ("cremad",)
-
-
 def _soft_columns(meta: pd.DataFrame) -> set[str]:
     """The classes that have a ``soft_<class>`` column."""
     return {str(c)[len("soft_"):] for c in meta.columns if str(c).startswith("soft_")}
 
 
 def _check_soft_columns(cfg: DatasetConfig, meta: pd.DataFrame) -> None:
+    from fairray.data.corpora import vote_corpora
+
     missing = [f"soft_{c}" for c in cfg.emotions if f"soft_{c}" not in meta.columns]
     if missing:
         have = sorted(_soft_columns(meta))
         raise DataError(
             f"dataset {cfg.name!r}: targets: multi needs rater-vote soft labels, but column(s) {missing} are missing "
             + (f"(soft labels exist for {have}); " if have else "(it has no rater votes); ")
-            + f"corpora with votes: {', '.join(VOTE_CORPORA)}"
+            + f"corpora with votes: {', '.join(vote_corpora())}"
         )
     soft = meta[[f"soft_{c}" for c in cfg.emotions]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     bad = ~np.isfinite(soft).all(axis=1) | (soft < 0).any(axis=1)
@@ -211,7 +209,7 @@ def _check_soft_columns(cfg: DatasetConfig, meta: pd.DataFrame) -> None:
         first = meta["uid"].iloc[int(np.flatnonzero(bad)[0])] if "uid" in meta.columns else int(np.flatnonzero(bad)[0])
         raise DataError(f"dataset {cfg.name!r}: targets: multi: {int(bad.sum())} clip(s) (first {first!r}) have empty or "
                         f"negative soft_<class> values (a corpus without votes mixed in?); corpora with votes: "
-                        f"{', '.join(VOTE_CORPORA)}")
+                        f"{', '.join(vote_corpora())}")
 
 
 def _soft_matrix(meta: pd.DataFrame, classes) -> np.ndarray:

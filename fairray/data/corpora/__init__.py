@@ -7,5 +7,11 @@ from fairray.data.corpora import cremad, emodb, iemocap, manifest, meld, mosi, n
 from fairray.data.corpora._base import CORPORA, EMOTIONS, GENDERS, REQUIRED_COLUMNS, CorpusAdapter, validate_table
 from fairray.data.corpora.stats import corpus_stats, format_stats
 
+
+def vote_corpora() -> list[str]:
+    """Registered adapters whose tables carry rater-vote soft labels (``targets: multi``)."""
+    return [name for name in CORPORA if CORPORA.get(name).has_votes]
+
+
 __all__ = ["CORPORA", "EMOTIONS", "GENDERS", "REQUIRED_COLUMNS", "CorpusAdapter", "corpus_stats", "format_stats",
-           "validate_table"]
+           "validate_table", "vote_corpora"]

@@ -40,6 +40,9 @@ class CorpusAdapter(ABC):
     languages: ClassVar[tuple[str, ...]]
     #: Which shared-corpora folder (../shared/corpora/<name>) the adapter was verified on, if any.
     verified_on_real_data: ClassVar[bool] = False
+    #: Whether the table carries rater-vote soft labels (``soft_<class>`` columns, what ``targets: multi``
+    #: trains on): True, False, or None when it depends on the files (a manifest may carry them).
+    has_votes: ClassVar[bool | None] = False
 
     @abstractmethod
     def load(self, root: str | Path) -> pd.DataFrame:

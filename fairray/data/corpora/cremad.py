@@ -144,6 +144,7 @@ class CremaD(CorpusAdapter):
     know is an error. ``uid`` is ``cremad/<clip>``, stable across audio formats.
     """
 
+    has_votes = True
     name = "cremad"
     languages = ("en",)
     verified_on_real_data = True

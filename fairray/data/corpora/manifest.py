@@ -59,6 +59,7 @@ class ManifestAdapter(CorpusAdapter):
     ``uid`` defaults to corpus/path.
     """
 
+    has_votes = None
     name = "manifest"
     languages = ()
     verified_on_real_data = True

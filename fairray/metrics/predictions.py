@@ -31,11 +31,11 @@ import pandas as pd
 
 from fairray._atomic import atomic_write_bytes
 from fairray.errors import ConfigError, DataError
+from fairray.metrics._keys import TASKS
 from fairray.metrics._report import CLASS_AGGS, GAP_OPS, GroupReport
 
 FORMAT = "fairray.predictions"
 VERSION = 1
-TASKS = ("single", "multi")
 _META_FIELDS = ("classes", "attribute", "stratum", "task", "s_min", "gap_op", "class_agg", "group_columns", "has_prob")
 
 
@@ -145,12 +145,8 @@ class Predictions:
         options = {"s_min": self.s_min, "gap_op": self.gap_op, "class_agg": self.class_agg}
         if self.task == "single":
             return GroupReport.compute(y_true, y_pred, self.classes, groups, self.attribute, self.stratum, **options)
-        compute_multilabel = getattr(GroupReport, "compute_multilabel", None)
-        if compute_multilabel is None:
-            raise ConfigError(
-                "Predictions: task 'multi' needs GroupReport.compute_multilabel, which this fairray version lacks"
-            )
-        return compute_multilabel(y_true, y_pred, self.classes, groups, self.attribute, self.stratum, **options)
+        return GroupReport.compute_multilabel(y_true, y_pred, self.classes, groups, self.attribute, self.stratum,
+                                              **options)
 
     def _report_from_codes(self, rows: np.ndarray) -> GroupReport:
         """Single-label fast path: one ``bincount`` of precomputed cell codes, then ``from_counts``.

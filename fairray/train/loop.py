@@ -27,7 +27,7 @@ from fairray.config import SweepSpec, resolve_trial, to_plain
 from fairray.data import SERData
 from fairray.errors import TrialError
 from fairray.methods import METHODS, Batch, DevEval, Method, SamplerInput, TrainContext
-from fairray.metrics import GroupReport, MetricKey, Predictions, decide, multi_hot
+from fairray.metrics import MetricKey, Predictions, decide, multi_hot
 from fairray.models import build_model
 from fairray.train._session import Session
 
@@ -94,55 +94,41 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class _Evaluator:
-    """Dev/test outputs of the method's inference net and their one GroupReport per split.
+    """Dev/test predictions of the method's inference net, and their one GroupReport per split.
 
-    Single-label data: ``y_true`` = the class, ``y_pred`` = the argmax of the logits. Multi-label data
-    (METHODS §1.2, §2.1): ``y_true = multi_hot(soft)`` and ``y_pred = decide(softmax(logits), "multi")``,
-    both ``1[· > 1/|C|]``, scored by :meth:`GroupReport.compute_multilabel`.
+    The report is ``Predictions.report()`` of exactly what is logged as ``predictions/{split}.npz``, so the
+    logged metrics and the bootstrap read one computation. Single-label: ``y_true`` = the class, ``y_pred``
+    = the argmax of the logits. Multi-label (METHODS §1.2, §2.1): ``y_true = multi_hot(soft)`` and
+    ``y_pred = decide(softmax(logits), "multi")``, both ``1[· > 1/|C|]``.
     """
 
     def __init__(self, data: SERData, method: Method, s_min: int) -> None:
         self.data, self.method, self.s_min = data, method, s_min
         self.batches = {s: _batch(data, data.indices(s)) for s in ("dev", "test")}
         self.frames = {s: data.groups_frame(s) for s in ("dev", "test")}
-        self.multi = data.task == "multi"
-        self.y_true = {s: multi_hot(data.soft[data.indices(s)]) if self.multi else data.y[data.indices(s)]
-                       for s in ("dev", "test")}
+        self.rows = {}
+        for s in ("dev", "test"):
+            idx = data.indices(s)
+            meta = data.meta.iloc[idx]
+            uid = meta["uid"].astype(str).to_numpy() if "uid" in meta.columns else idx.astype(str)
+            y_true = multi_hot(data.soft[idx]) if data.task == "multi" else data.y[idx]
+            self.rows[s] = (uid, meta["speaker"].astype(str).to_numpy(), y_true)
 
     @torch.no_grad()
-    def __call__(self, module: torch.nn.Module, split: str) -> tuple[torch.Tensor, float, GroupReport]:
+    def __call__(self, module: torch.nn.Module, split: str) -> tuple[torch.Tensor, float, Predictions]:
         """Evaluate the training ``module`` (DDP-wrapped or not) through ``method.inference_model``."""
         model = self.method.inference_model(_unwrap(module))
         model.eval()
         batch = self.batches[split]
         logits = model(batch.x)
         loss = float(self.method.per_sample_loss(logits, batch).mean())
-        options = {"attribute": self.data.attribute, "stratum": self.data.stratum_name, "s_min": self.s_min}
-        y_pred = self.decisions(logits)
-        if self.multi:
-            report = GroupReport.compute_multilabel(self.y_true[split], y_pred, self.data.classes,
-                                                    self.frames[split], **options)
-        else:
-            report = GroupReport.compute(self.y_true[split], y_pred, self.data.classes, self.frames[split], **options)
-        return logits, loss, report
-
-    def decisions(self, logits: torch.Tensor) -> np.ndarray:
-        """What the report scores: class indices ``[N]`` or multi-hot decisions ``[N, C]``."""
-        if self.multi:
-            return decide(torch.softmax(logits, dim=1).numpy(), "multi")
-        return logits.argmax(1).numpy()
-
-    def predictions(self, logits: torch.Tensor, split: str, report: GroupReport) -> Predictions:
-        """The evaluated predictions of ``split`` (``report`` is their report): what the bootstrap reads."""
-        data, idx = self.data, self.data.indices(split)
-        meta = data.meta.iloc[idx]
-        uid = meta["uid"].astype(str).to_numpy() if "uid" in meta.columns else idx.astype(str)
-        return Predictions(
-            uid=uid, speaker=meta["speaker"].astype(str).to_numpy(), groups=self.frames[split],
-            y_true=self.y_true[split], y_pred=self.decisions(logits), prob=torch.softmax(logits, dim=1).numpy(),
-            classes=data.classes, attribute=data.attribute, stratum=data.stratum_name, task=data.task,
-            s_min=report.s_min, gap_op=report.gap_op, class_agg=report.class_agg,
-        )
+        prob = torch.softmax(logits, dim=1).numpy()
+        uid, speaker, y_true = self.rows[split]
+        data = self.data
+        pred = Predictions(uid=uid, speaker=speaker, groups=self.frames[split], y_true=y_true,
+                           y_pred=decide(prob, data.task), prob=prob, classes=data.classes, attribute=data.attribute,
+                           stratum=data.stratum_name, task=data.task, s_min=self.s_min)
+        return logits, loss, pred
 
 
 def model_meta(spec: SweepSpec, data: SERData, ctx: TrainContext) -> dict[str, Any]:
@@ -249,7 +235,8 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
                 optimizer.step()
                 losses.append(float(out.loss.detach()))
 
-            dev_logits, dev_loss, dev_report = evaluate(module, "dev")
+            dev_logits, dev_loss, dev_pred = evaluate(module, "dev")
+            dev_report = dev_pred.report()
             method_logs = method.on_epoch_end(DevEval(dev_logits, evaluate.batches["dev"]))
             best = state["best"]
             if tcfg.selection == "last" or best is None or dev_loss < best["dev_loss"]:
@@ -295,8 +282,9 @@ def _final(spec: SweepSpec, module, state: dict[str, Any], evaluate: _Evaluator,
     """
     best = state["best"]
     _unwrap(module).load_state_dict(best["model"])
-    dev_logits, dev_loss, dev_report = evaluate(module, "dev")
-    test_logits, test_loss, test_report = evaluate(module, "test")
+    _, dev_loss, dev_pred = evaluate(module, "dev")
+    _, test_loss, test_pred = evaluate(module, "test")
+    dev_report, test_report = dev_pred.report(), test_pred.report()
     final = {**dev_report.flat("dev"), **test_report.flat("test"), "dev/loss": dev_loss, "test/loss": test_loss,
              "selected_epoch": float(best["epoch"]), "final": 1.0,
              **{f"groups/{k}": v for k, v in evaluate.data.group_info.items()}}
@@ -317,8 +305,8 @@ def _final(spec: SweepSpec, module, state: dict[str, Any], evaluate: _Evaluator,
             test_report.table().to_csv(root / "groups" / "test.csv", index=False)
             # the evaluated predictions: their report() is exactly the logged dev/test metrics
             (root / "predictions").mkdir()
-            evaluate.predictions(dev_logits, "dev", dev_report).save(root / "predictions" / "dev.npz")
-            evaluate.predictions(test_logits, "test", test_report).save(root / "predictions" / "test.npz")
+            dev_pred.save(root / "predictions" / "dev.npz")
+            test_pred.save(root / "predictions" / "test.npz")
             (root / "method_state.json").write_text(json.dumps(method.state_dict(), indent=1, default=str))
             run.log_artifacts(root)
     return final

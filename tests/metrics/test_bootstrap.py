@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from fairray.errors import DataError
-from fairray.metrics import GroupReport
 from fairray.metrics import bootstrap as bootstrap_module
 from fairray.metrics.bootstrap import (
     Interval,
@@ -259,7 +258,6 @@ def test_paired_difference_checks_the_clips() -> None:
         paired_difference(pred, other_speakers, "acc", n_boot=10)
 
 
-@pytest.mark.skipif(not hasattr(GroupReport, "compute_multilabel"), reason="multi-label reports not available")
 def test_multi_label_predictions_bootstrap() -> None:
     rng = np.random.default_rng(0)
     n = 90

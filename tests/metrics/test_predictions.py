@@ -166,13 +166,6 @@ def test_report_rejects_bad_rows() -> None:
         pred.report(np.ones(3, bool))
 
 
-def test_multi_label_needs_compute_multilabel(monkeypatch: pytest.MonkeyPatch) -> None:
-    pred = _multi()
-    monkeypatch.delattr(GroupReport, "compute_multilabel", raising=False)
-    with pytest.raises(ConfigError, match="compute_multilabel"):
-        pred.report()
-
-
 # --- save / load -------------------------------------------------------------------------------
 
 

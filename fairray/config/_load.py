@@ -304,7 +304,9 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
     except FairrayError as exc:
         raise where.child("groups").error(str(exc)) from None
     if ds.name != "corpora":
-        audio_only = sorted(a for a in aux if a != "speaker_emb")  # the built-in data ships speaker embeddings
+        # the built-in data ships resemblyzer speaker embeddings; anything else needs the audio
+        audio_only = sorted(f"{a} ({extractor})" for a, (extractor, _) in aux.items()
+                            if (a, extractor) != ("speaker_emb", "resemblyzer"))
         if audio_only:
             raise where.child("groups").child("name").error(
                 f"group source {ds.groups.name!r} reads {audio_only} computed from audio; dataset {ds.name!r} has no "

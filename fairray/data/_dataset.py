@@ -31,6 +31,14 @@ DATASETS: Registry[Callable[..., tuple[pd.DataFrame, np.ndarray, dict, dict]]] =
 def load_ser3(cfg: DatasetConfig | None = None, cache_root: str | None = None
               ) -> tuple[pd.DataFrame, np.ndarray, dict, dict]:
     """The built-in dataset: eGeMAPSv02 functionals and speaker embeddings of RAVDESS, EmoDB and nEMO."""
+    if cfg is not None:
+        from fairray.data.groups import aux_extractors
+
+        other = {a: e for a, (e, _) in aux_extractors(cfg.groups.name, dict(cfg.groups.params)).items()
+                 if (a, e) != ("speaker_emb", "resemblyzer")}
+        if other:
+            raise DataError(f"group source {cfg.groups.name!r} needs {other} computed from audio; the built-in dataset "
+                            "ships only resemblyzer speaker embeddings — use dataset.name: corpora")
     root = resources.files("fairray.data").joinpath("builtin")
     with root.joinpath("ser3.npz").open("rb") as fh:
         arrays = np.load(fh)

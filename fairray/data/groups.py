@@ -90,7 +90,11 @@ def aux_extractors(name: str, params: Mapping[str, Any]) -> dict[str, tuple[str,
     source = GROUP_SOURCES.get(name)
     declared = getattr(source, "aux_params", None)
     extra = declared(params) if declared is not None else {}
-    return {aux: (AUX_EXTRACTORS[aux], dict(extra.get(aux, {}))) for aux in needs(name)}
+    out = {}
+    for aux in needs(name):
+        given = extra.get(aux, {})  # extractor params, or (extractor name, params) to replace the default extractor
+        out[aux] = (given[0], dict(given[1])) if isinstance(given, tuple) else (AUX_EXTRACTORS[aux], dict(given))
+    return out
 
 
 def infer_groups(name: str, params: Mapping[str, Any], inp: GroupInput,
@@ -195,7 +199,11 @@ attribute.cached = False  # a copy of the truth: nothing to store
 def kmeans(inp: GroupInput, params: Mapping[str, Any]) -> Groups:
     """``MiniBatchKMeans`` with IDI's settings (k-means++, max_iter 1000, batch 32, reassignment ratio
     0.01, seed 42) on (L2-normalised) speaker embeddings of the train split; every row gets its nearest
-    centroid, and soft memberships ``softmax(-||e - μ_k||² / temperature)`` for PGDRO."""
+    centroid, and soft memberships ``softmax(-||e - μ_k||² / temperature)`` for PGDRO.
+
+    ``embedder``: the speaker model — ``resemblyzer`` (weights in its wheel; the built-in data ships its
+    embeddings) or ``ecapa`` (SpeechBrain ECAPA-TDNN, IDI's choice; ``embedder_params: {model_path: ...}``),
+    both through the feature cache."""
     from sklearn.cluster import MiniBatchKMeans
 
     p = _params("kmeans", params, kmeans.defaults)
@@ -218,7 +226,22 @@ def kmeans(inp: GroupInput, params: Mapping[str, Any]) -> Groups:
 
 
 kmeans.needs = ("speaker_emb",)
-kmeans.defaults = {"K": 16, "l2norm": True, "seed": 42, "temperature": 0.1}
+kmeans.defaults = {"K": 16, "l2norm": True, "seed": 42, "temperature": 0.1, "embedder": "resemblyzer",
+                   "embedder_params": {}}
+SPEAKER_EMBEDDERS = ("resemblyzer", "ecapa")
+
+
+def _speaker_embedder(params: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    p = _params("kmeans", params, kmeans.defaults)
+    if p["embedder"] not in SPEAKER_EMBEDDERS:
+        raise ConfigError(f"group source 'kmeans': embedder must be one of {list(SPEAKER_EMBEDDERS)}, "
+                          f"got {p['embedder']!r}")
+    if not isinstance(p["embedder_params"], Mapping):
+        raise ConfigError(f"group source 'kmeans': embedder_params must be a mapping, got {p['embedder_params']!r}")
+    return {"speaker_emb": (p["embedder"], dict(p["embedder_params"]))}
+
+
+kmeans.aux_params = _speaker_embedder
 
 
 @GROUP_SOURCES.register("pseudo")

@@ -689,8 +689,13 @@ def test_group_source_is_checked_at_load_time(tmp_path):
     with pytest.raises(ConfigError, match=r"dataset.groups: .*unknown group source 'kmean'"):
         load_spec(_cond(tmp_path, "dataset: {groups: {name: kmean}}\n"))
     # a source that needs audio cannot run on the built-in features
-    with pytest.raises(ConfigError, match=r"dataset.groups.name: group source 'pseudo_hf' reads \['gender_prob'\]"):
+    with pytest.raises(ConfigError, match=r"dataset.groups.name: group source 'pseudo_hf' reads "
+                                          r"\['gender_prob \(hf_voice_gender\)'\]"):
         load_spec(_cond(tmp_path, "dataset: {groups: {name: pseudo_hf}}\n"))
+    with pytest.raises(ConfigError, match=r"'kmeans' reads \['speaker_emb \(ecapa\)'\] computed from audio"):
+        load_spec(_cond(tmp_path, "dataset: {groups: {name: kmeans, params: {embedder: ecapa}}}\n"))
+    with pytest.raises(ConfigError, match=r"dataset.groups: group source 'kmeans': embedder must be one of"):
+        load_spec(_cond(tmp_path, "dataset: {groups: {name: kmeans, params: {embedder: xvector}}}\n"))
     assert load_spec(_cond(tmp_path, "dataset: {groups: {name: kmeans, params: {K: 4}}}\n")).spec
 
 

@@ -338,3 +338,17 @@ def test_prepare_caches_groups_under_the_dataset_cache(tmp_path, counted):
     assert len(counted) == 2
     prepare(DatasetConfig(cache=str(tmp_path)))  # the true attribute is not stored
     assert len(counted) == 3 and not (tmp_path / "groups" / "attribute").exists()
+
+
+def test_kmeans_embedder_picks_the_speaker_model_it_reads():
+    from fairray.data.groups import aux_extractors
+
+    assert aux_extractors("kmeans", {}) == {"speaker_emb": ("resemblyzer", {})}
+    assert aux_extractors("kmeans", {"embedder": "ecapa", "embedder_params": {"model_path": "/m"}}) == {
+        "speaker_emb": ("ecapa", {"model_path": "/m"})}
+    from fairray.config import DatasetConfig, NamedParams
+    from fairray.data import prepare
+    from fairray.errors import DataError
+
+    with pytest.raises(DataError, match=r"needs \{'speaker_emb': 'ecapa'\} computed from audio"):
+        prepare(DatasetConfig(groups=NamedParams("kmeans", {"embedder": "ecapa"})))

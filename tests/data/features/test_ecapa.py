@@ -341,3 +341,53 @@ def test_checkpoints_that_do_not_fit_are_one_line(tmp_path, clips):
     garbage = write_tiny_ecapa(tmp_path / "garbage")
     (garbage / "embedding_model.ckpt").write_bytes(b"not a checkpoint")
     _one_line_error(garbage, clips, r"ecapa: cannot read .*garbage/embedding_model.ckpt")
+
+
+@pytest.mark.corpora
+def test_kmeans_groups_from_ecapa_embeddings_of_real_clips(tiny_ecapa, corpora, tmp_path):
+    """`dataset.groups: {name: kmeans, params: {embedder: ecapa}}` (IDI's ○ setting): the embeddings come from
+    the ECAPA extractor through the feature cache, and the clusters are fitted on them."""
+    import pandas as pd
+
+    from fairray.config import CorpusSource, DatasetConfig, NamedParams
+    from fairray.data import prepare
+    from fairray.data.features import FeatureCache, make_extractor
+
+    sources = []
+    for name in ("ravdess", "emodb"):  # 3 F + 3 M speakers x (anger, neutral) per corpus, audio symlinked
+        manifest = pd.read_csv(corpora / name / "manifest.csv", dtype=str, keep_default_na=False)
+        manifest = manifest[manifest["emotion"].isin(["anger", "neutral"])]
+        speakers = manifest.drop_duplicates("speaker").groupby("gender").head(3)["speaker"]
+        manifest = manifest[manifest["speaker"].isin(speakers)].groupby(["speaker", "emotion"]).head(1)
+        dst = tmp_path / "corpora" / name
+        dst.mkdir(parents=True)
+        manifest.to_csv(dst / "manifest.csv", index=False)
+        for rel in manifest["path"]:
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dst / rel).symlink_to(corpora / name / rel)
+        sources.append(CorpusSource("manifest", str(dst)))
+    embedder = {"model_path": str(tiny_ecapa), "device": "cpu"}
+    cfg = DatasetConfig(name="corpora", corpora=tuple(sources), emotions=("anger", "neutral"), languages=("en", "de"),
+                        cache=str(tmp_path / "cache"),
+                        groups=NamedParams("kmeans", {"K": 2, "embedder": "ecapa", "embedder_params": embedder}))
+    data = prepare(cfg)
+    assert data.group_values == ("km0", "km1") and data.group.shape == (24,) and set(data.group) <= {0, 1}
+    # the clusters were fitted on the cached ECAPA embeddings, row for row
+    from sklearn.cluster import MiniBatchKMeans
+
+    cache = FeatureCache(str(tmp_path / "cache"))
+    from fairray.data.corpora import CORPORA
+
+    emb = []
+    for source in sources:
+        table = CORPORA.get("manifest")().load(source.root)
+        cached = cache.get_or_compute(table, source.root, make_extractor("ecapa", **embedder), progress=False)
+        assert cached.hit
+        by_uid = dict(zip(cached.uids, np.asarray(cached.X), strict=True))
+        emb += [by_uid[u] for u in data.meta.loc[data.meta["corpus"] == table["corpus"].iloc[0], "uid"]]
+    emb = np.stack(emb)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    train = data.split == "train"
+    km = MiniBatchKMeans(n_clusters=2, init="k-means++", max_iter=1000, batch_size=32, reassignment_ratio=0.01,
+                         random_state=42, n_init=3).fit(emb[train])
+    assert np.array_equal(km.predict(emb), data.group)

@@ -8,12 +8,15 @@ the parent run (and any child run a killed process left RUNNING) → print the d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from fairray.config import LoadedSpec, SweepSpec, ablation_points, resolve_trial, to_plain
 from fairray.data import SERData, prepare
@@ -64,14 +67,21 @@ def _is_dataset_path(path: str) -> bool:
     return path.startswith("dataset.")
 
 
+_GROUP_FIELDS = ("group", "group_values", "group_prob", "group_info", "fingerprint")
+
+
 class DataVariants:
     """The prepared datasets of one sweep: one per distinct ``dataset`` section that its ``dataset.*``
     parameters (a searched group source, K, fold ...) can produce, all prepared on the driver before the
-    first trial. Trials pick theirs by their parameters; several variants travel as separate objects in
-    Ray's object store.
+    first trial; trials pick theirs by their parameters.
+
+    Variants that differ only in ``dataset.groups`` share everything but their training groups, so the
+    object store holds their features once: one full dataset per group-free section, plus each variant's
+    group fields (``_GROUP_FIELDS``), patched in by :meth:`select`.
     """
 
-    def __init__(self, paths: tuple[str, ...], aliases: Mapping[str, str], items: Mapping[str, Any]) -> None:
+    def __init__(self, paths: tuple[str, ...], aliases: Mapping[str, str],
+                 items: Mapping[str, tuple[Any, dict[str, Any] | None]]) -> None:
         self.paths, self.aliases, self.items = paths, dict(aliases), dict(items)
 
     @staticmethod
@@ -82,12 +92,12 @@ class DataVariants:
         key = self.key({p: params[p] for p in self.paths if p in params})
         if key not in self.aliases:
             raise FairrayError(f"no prepared dataset for {key}; prepared: {list(self.aliases)}")
-        item = self.items[self.aliases[key]]
-        if isinstance(item, SERData):
-            return item
-        import ray
+        base, groups = self.items[self.aliases[key]]
+        if not isinstance(base, SERData):
+            import ray
 
-        return ray.get(item)
+            base = ray.get(base)
+        return dataclasses.replace(base, **groups) if groups else base
 
     @classmethod
     def prepare(cls, loaded: LoadedSpec, assignments: list[dict[str, Any]], verbose: bool = True) -> DataVariants:
@@ -103,12 +113,26 @@ class DataVariants:
             aliases[cls.key(a)] = canonical
             specs.setdefault(canonical, variant)
         if len(specs) == 1:
-            return cls(paths, aliases, {k: prepare_data(v) for k, v in specs.items()})
+            return cls(paths, aliases, {k: (prepare_data(v), None) for k, v in specs.items()})
         import ray
         from tqdm import tqdm
 
-        items = {k: ray.put(prepare_data(v)) for k, v in
-                 tqdm(specs.items(), desc="preparing datasets", unit="variant", disable=not verbose)}
+        items, bases = {}, {}  # group-free section -> (object ref, the prepared data it holds)
+        for canonical, variant in tqdm(specs.items(), desc="preparing datasets", unit="variant",
+                                       disable=not verbose):
+            data = prepare_data(variant)
+            base_key = json.dumps({k: v for k, v in to_plain(variant.dataset).items() if k != "groups"},
+                                  sort_keys=True, default=str)
+            if base_key not in bases:
+                bases[base_key] = (ray.put(data), data)
+                items[canonical] = (bases[base_key][0], None)
+                continue
+            ref, base = bases[base_key]
+            same = all(np.array_equal(getattr(data, f), getattr(base, f)) for f in ("X", "y", "split", "soft"))
+            if not same:  # the group source changed the data itself: keep the whole variant
+                items[canonical] = (ray.put(data), None)
+                continue
+            items[canonical] = (ref, {f: getattr(data, f) for f in _GROUP_FIELDS})
         return cls(paths, aliases, items)
 
 

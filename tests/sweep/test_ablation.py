@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -110,3 +111,31 @@ def _has_run(spec: Path, ablation: str) -> bool:
     except (AssertionError, AttributeError):
         return False
     return True
+
+
+def test_group_variants_share_one_copy_of_the_features():
+    """DataVariants: variants that differ only in dataset.groups hold one dataset in the object store and
+    patch in their groups; each selected variant equals a direct prepare() of its own dataset section."""
+    import ray
+
+    from fairray.config import load_spec, resolve_trial
+    from fairray.data import prepare
+    from fairray.sweep.runner import DataVariants, dataset_assignments
+
+    loaded = load_spec(SPEC)
+    assignments = dataset_assignments(loaded.spec, None)
+    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        variants = DataVariants.prepare(loaded, assignments, verbose=False)
+        refs = {id(ref) if not hasattr(ref, "hex") else ref.hex() for ref, _ in variants.items.values()}
+        assert len(variants.items) == 7 and len(refs) == 1  # attribute, pseudo, kmeans x 5: one feature copy
+        for a in assignments:
+            got = variants.select(a)
+            want = prepare(resolve_trial(loaded.raw, a).spec.dataset)
+            assert got.fingerprint == want.fingerprint and got.group_values == want.group_values
+            np.testing.assert_array_equal(got.group, want.group)
+            np.testing.assert_array_equal(got.group_prob, want.group_prob)
+            np.testing.assert_array_equal(got.X, want.X)
+            assert got.group_info == want.group_info
+    finally:
+        ray.shutdown()

@@ -85,10 +85,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.num_samples is not None:
         overrides.append(f"budget.num_samples={args.num_samples}")
     loaded = load_spec(args.spec, overrides)
-    if args.ablation is not None:
-        from fairray.config import ablation_points
-
-        ablation_points(loaded.spec, args.ablation)  # an unknown name fails before Ray starts
     outcome = run_sweep(loaded, address=args.address, resume=args.resume, verbose=0 if args.quiet else 1,
                         ablation=args.ablation)
     print(f"\nsweep {loaded.spec.name!r}: {outcome.n_finished} trials finished, {outcome.n_errored} errored, in "

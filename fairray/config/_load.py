@@ -223,7 +223,8 @@ def _check_ablations(spec: SweepSpec, raw: Mapping[str, Any], source: str) -> No
                     raise where.child("cells").child(i).child(key).error("needs a non-empty list of values")
                 if key == "train.seed":
                     raise where.child("cells").child(i).child(key).error("seeds are set by `seeds:`, not in a cell")
-        for point in ablation_points(spec, name):
+        points = ablation_points(spec, name)
+        for point in points[:len(points) // len(ablation.seeds)]:  # the first seed's: a seed is always valid
             trial_raw = copy.deepcopy(dict(raw))
             trial_raw.pop("search", None)
             trial_raw.pop("ablations", None)

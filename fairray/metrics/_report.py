@@ -313,8 +313,8 @@ def decide(prob: Any, task: str, *, fallback_argmax: bool = False) -> np.ndarray
     - ``task="multi"``: ``1[p_c > 1/|C|]``, strict, on the given (softmax) probabilities — the
       threshold of the targets (:func:`multi_hot`); int64 0/1 ``[..., C]``. The threshold is taken
       in the input's float type, so a uniform float32 softmax row (``p_c`` = float32 ``1/6``) is all
-      negative, as it is in float64. ``fallback_argmax`` (config ``pred_fallback_argmax``, default
-      off) makes the argmax class positive in rows with no positive, so every sample predicts at
+      negative, as it is in float64. ``fallback_argmax`` (METHODS §2.1's ``pred_fallback_argmax``, default
+      off; not a spec key yet) makes the argmax class positive in rows with no positive, so every sample predicts at
       least one class; it changes nothing for single-label decisions.
 
     >>> decide([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2]], "single").tolist()

@@ -32,7 +32,7 @@ import numpy as np
 
 from fairray.errors import DataError
 from fairray.frontier.query import Sweep, TrialRecord, load_predictions
-from fairray.metrics import Interval, Predictions, decide, interval, replicate_matrix
+from fairray.metrics import Interval, Predictions, decide, interval, replicate_matrix, within_noise
 
 #: Published IDI Table 1 (CREMA-D, 1:20 imbalance, 5 folds): (method, supervision) -> (F1, ACC, TPRgap, DPgap).
 IDI_TABLE1: dict[tuple[str, str], tuple[float, float, float, float]] = {
@@ -227,7 +227,7 @@ def _direction(row: Row, erm_paper: tuple[float, ...] | None) -> str:
     out = []
     for j, c in ((0, "F1"), (2, "TPR gap")):
         d = row.vs_erm[c]
-        ours = "~" if (d.defined and d.lo <= 0 <= d.hi) else ("+" if d.estimate > 0 else "−")
+        ours = "~" if (d.defined and within_noise(d)) else ("+" if d.estimate > 0 else "−")
         theirs = "+" if paper[j] > erm_paper[j] else "−" if paper[j] < erm_paper[j] else "0"
         out.append(f"{c} {ours}/{theirs}")
     return "; ".join(out)

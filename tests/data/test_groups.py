@@ -142,8 +142,13 @@ def test_pseudo_hf_on_the_builtin_dataset_is_a_one_line_error():
 
     with pytest.raises(DataError) as err:
         prepare(DatasetConfig(groups=NamedParams("pseudo_hf", {"model_path": "/models/age-gender"})))
-    assert "\n" not in str(err.value) and "ser3 ships no audio" in str(err.value)
+    assert "\n" not in str(err.value) and "'gender_prob': 'hf_voice_gender'} computed from audio" in str(err.value)
     assert "dataset.name: corpora" in str(err.value)
+    # a loader that provides no probabilities reaches the source's own guard
+    inp = _hf_input([[0.5, 0.5]], [0], ["a"], ("F", "M"))
+    inp = GroupInput(inp.meta, inp.attr, inp.attr_values, inp.split, {})
+    with pytest.raises(DataError, match="ser3 ships no audio"):
+        GROUP_SOURCES.get("pseudo_hf")(inp, {"model_path": "/models/age-gender"})
 
 
 def test_sources_give_the_extractors_of_their_arrays_with_parameters():

@@ -26,6 +26,12 @@ typical session (embedded default: local Ray, local MLflow store, built-in en/de
   fairray predict pareto/<trial> --split test --out preds.csv
   fairray evaluate preds.csv --group gender --stratum language
   fairray ui                                          # browse every trial in the MLflow UI
+
+IDI (inferred groups, group-robust methods; see search_spaces/idi.yaml):
+  fairray sweep search_spaces/idi.yaml                # method x group source x K, conditional space
+  fairray sweep search_spaces/idi.yaml --ablation table1
+  fairray report search_spaces/idi.yaml --ablation table1 --out report/   # IDI Table 1 with CIs
+  fairray frontier idi --noise                        # CIs of the front; ~ where gaps tie within noise
 """
 
 

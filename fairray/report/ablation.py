@@ -121,9 +121,17 @@ def group_cells(sweep: Sweep) -> list[Cell]:
     def order(c: Cell):
         m = _ORDER.index(c.method) if c.method in _ORDER else len(_ORDER)
         s = _SOURCE_ORDER.index(c.source) if c.source in _SOURCE_ORDER else len(_SOURCE_ORDER)
-        return m, c.method, s, c.source, c.extra
+        return m, c.method, s, c.source, tuple((k, _numeric(v)) for k, v in c.extra)
 
     return sorted(out, key=order)
+
+
+def _numeric(value: str) -> tuple:
+    """Sort key of a logged parameter value: numbers by value (K=2 before K=16), then text."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
 
 
 def random_predictions(template: Predictions, seed: int) -> Predictions:

@@ -128,3 +128,13 @@ def test_cells_take_unsampled_values_from_the_sweep_spec():
                   {"method.name": "erm", "dataset.groups.name": "kmeans"})
     cells = group_cells(sweep)
     assert [(c.method, c.source, len(c.trials)) for c in cells] == [("erm", "-", 1), ("gdro", "kmeans", 2)]
+
+
+def test_cells_with_numeric_parameters_sort_by_value():
+    from fairray.report.ablation import group_cells
+
+    trials = tuple(TrialRecord(f"r{k}", f"t{k}", {"method.name": "rw", "dataset.groups.name": "kmeans",
+                                                  "dataset.groups.params.K": str(k), "train.seed": "0"}, {})
+                   for k in (16, 2, 32, 4))
+    sweep = Sweep("idi", "parent", (), trials, 0, "sqlite:///unused.db", "gender", {})
+    assert [c.label for c in group_cells(sweep)] == ["K=2", "K=4", "K=16", "K=32"]

@@ -172,10 +172,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=1, default=str))
         return 0
+    width = max(len(p["name"]) for r in rows for p in r["params"])
     for r in rows:
         print(f"{r['name']}: {r['summary']}\n  needs: {r['needs']}; default sampler: {r['sampler']}")
         for p in r["params"]:
-            print(f"    method.{p['name']:<12} {p['type']:<28} default {json.dumps(p['default'])}")
+            print(f"    method.{p['name']:<{width}} {p['type']:<28} default {json.dumps(p['default'])}")
     return 0
 
 

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairray.methods._base import METHODS, Batch, DevEval, LossOutput, Method, TrainContext
-from fairray.methods.erm import BaseLoss, BaseLossParams
-from fairray.methods.lff import DifficultyWeights, cross_entropy, gce
+from fairray.methods._base import METHODS, Batch, DevEval, LossOutput, TrainContext
+from fairray.methods.erm import BaseLossMethod
+from fairray.methods.lff import DifficultyWeights, LfFParams, cross_entropy, gce
 
 #: Base seed of the per-step generator that draws the swap permutation π (seed = PERM_SEED + step), so a
 #: run — and a run resumed from a checkpoint — draws the same permutations.
@@ -90,7 +90,7 @@ class IntrinsicClassifier(nn.Module):
 
 
 @dataclass(frozen=True)
-class DisEntParams(BaseLossParams):
+class DisEntParams(LfFParams):  # + LfF's q (GCE exponent of the bias branch) and ema_alpha
     #: Feature size of each encoder (the model plugin is built with d outputs). The reference MLP uses 16,
     #: its ResNets 512; 64 suits the MLP heads over utterance features.
     d: int = field(default=64, metadata={"ge": 1})
@@ -103,14 +103,10 @@ class DisEntParams(BaseLossParams):
     #: Fraction of the trial's epochs before swapping starts: from epoch round(swap_start · epochs) on
     #: (20 % = 10k of 50k steps in the reference scripts; with equal epochs the same fraction of steps).
     swap_start: float = field(default=0.2, metadata={"ge": 0, "le": 1})
-    #: GCE exponent of the bias branch.
-    q: float = field(default=0.7, metadata={"gt": 0, "le": 1})
-    #: EMA decay of the per-sample losses.
-    ema_alpha: float = field(default=0.7, metadata={"ge": 0, "lt": 1})
 
 
 @METHODS.register("disent")
-class DisEnt(Method):
+class DisEnt(BaseLossMethod):
     """Disentangled feature augmentation; ``C_i([E_i(x); E_b(x)])`` is evaluated, selected and exported."""
 
     Params = DisEntParams
@@ -120,7 +116,6 @@ class DisEnt(Method):
 
     def __init__(self, params: DisEntParams, ctx: TrainContext) -> None:
         super().__init__(params, ctx)
-        self.base = BaseLoss(params, ctx)
         self.weights = DifficultyWeights(ctx, params.ema_alpha)
         self.lambda_swap_b = params.lambda_dis if params.lambda_swap_b is None else params.lambda_swap_b
         self.swap_epoch = math.floor(params.swap_start * ctx.epochs + 0.5)  # round half up
@@ -133,9 +128,6 @@ class DisEnt(Method):
 
     def inference_model(self, train_module: DisEntNets) -> nn.Module:
         return IntrinsicClassifier(train_module.enc_i, train_module.enc_b, train_module.cls_i)
-
-    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.loss_target)
 
     @property
     def swapping(self) -> bool:

@@ -9,23 +9,19 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from fairray.methods._base import METHODS, Batch, LossOutput, Method, TrainContext
+from fairray.methods._base import METHODS, Batch, LossOutput, TrainContext
 from fairray.methods._groups import group_means, q_step, soft_group_means
-from fairray.methods.erm import BaseLoss, BaseLossParams
+from fairray.methods.erm import BaseLossMethod, BaseLossParams
 
 
-class _QMethod(Method):
+class _QMethod(BaseLossMethod):
     """Shared state and logging of the q-weighted methods."""
 
     def __init__(self, params: Any, ctx: TrainContext) -> None:
         super().__init__(params, ctx)
         if ctx.n_groups < 2:
             raise ValueError(f"{type(self).__name__} needs at least two training groups, got {ctx.group_values}")
-        self.base = BaseLoss(params, ctx)
         self.q = torch.full((ctx.n_groups,), 1.0 / ctx.n_groups)
-
-    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.loss_target)
 
     def _logs(self) -> dict[str, float]:
         return {f"q/{name}": float(v) for name, v in zip(self.ctx.group_values, self.q.tolist(), strict=True)}

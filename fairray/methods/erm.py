@@ -69,21 +69,30 @@ class BaseLoss:
         return -weighted.sum(dim=1) * (target * log_p).sum(dim=1)
 
 
+class BaseLossMethod(Method):
+    """A method built on the per-sample base loss of METHODS §3.1 (every method here): ``self.base``, and
+    ``per_sample_loss`` = that loss of the inference logits against the batch's (soft) targets — what
+    model selection reads on dev. Subclasses change the loss's counts through :meth:`base_loss`."""
+
+    def __init__(self, params: BaseLossParams, ctx: TrainContext) -> None:
+        super().__init__(params, ctx)
+        self.base = self.base_loss(params, ctx)
+
+    def base_loss(self, params: BaseLossParams, ctx: TrainContext) -> BaseLoss:
+        return BaseLoss(params, ctx)
+
+    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.base(logits, batch.loss_target)
+
+
 @METHODS.register("erm")
-class ERM(Method):
+class ERM(BaseLossMethod):
     """Empirical risk minimisation with the chosen base loss."""
 
     Params = BaseLossParams
     requires = "nothing"
     sampler = "uniform"
     summary = "ERM with CE, class-balanced CE or focal loss (METHODS 3.1)"
-
-    def __init__(self, params: BaseLossParams, ctx: TrainContext) -> None:
-        super().__init__(params, ctx)
-        self.base = BaseLoss(params, ctx)
-
-    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.loss_target)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:
         loss = self.per_sample_loss(logits, batch).mean()

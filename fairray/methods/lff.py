@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairray.methods._base import METHODS, Batch, LossOutput, Method, TrainContext
-from fairray.methods.erm import BaseLoss, BaseLossParams
+from fairray.methods._base import METHODS, Batch, LossOutput, TrainContext
+from fairray.methods.erm import BaseLossMethod, BaseLossParams
 
 #: ``W_i = ê^B_i / (ê^B_i + ê^D_i + W_EPS)`` (the reference code's constant).
 W_EPS = 1e-8
@@ -182,7 +182,7 @@ class LfFParams(BaseLossParams):
 
 
 @METHODS.register("lff")
-class LfF(Method):
+class LfF(BaseLossMethod):
     """Learning from Failure; ``f_D`` is the model that is evaluated, selected and exported."""
 
     Params = LfFParams
@@ -192,7 +192,6 @@ class LfF(Method):
 
     def __init__(self, params: LfFParams, ctx: TrainContext) -> None:
         super().__init__(params, ctx)
-        self.base = BaseLoss(params, ctx)
         self.weights = DifficultyWeights(ctx, params.ema_alpha)
 
     def build_model(self, build: Callable[[int], nn.Module]) -> LfFNets:
@@ -200,9 +199,6 @@ class LfF(Method):
 
     def inference_model(self, train_module: LfFNets) -> nn.Module:
         return train_module.debiased
-
-    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.loss_target)
 
     def loss(self, outputs: LfFLogits, batch: Batch) -> LossOutput:
         (logits_b, logits_d), t = outputs, batch.loss_target  # soft targets for multi-label data

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from fairray.methods._base import METHODS, Batch, DevEval, LossOutput, Method, TrainContext
+from fairray.methods._base import METHODS, Batch, DevEval, LossOutput, TrainContext
 from fairray.methods._groups import worst_stratum_gap
-from fairray.methods.erm import BaseLoss, BaseLossParams
+from fairray.methods.erm import BaseLossMethod, BaseLossParams
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def dual_step(lam: float, gap: float, *, eta: float, eps: float, lambda_max: flo
 
 
 @METHODS.register("minmaxgap")
-class MinMaxGap(Method):
+class MinMaxGap(BaseLossMethod):
     Params = MinMaxGapParams
     requires = "true groups"
     sampler = "stratified_cells"
@@ -63,12 +63,8 @@ class MinMaxGap(Method):
         super().__init__(params, ctx)
         if len(ctx.attr_values) < 2:
             raise ValueError(f"minmaxgap needs at least two attribute groups, got {ctx.attr_values}")
-        self.base = BaseLoss(params, ctx)
         self.lam = float(params.lambda0)
         self.history: list[dict[str, float]] = []
-
-    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.loss_target)
 
     def _worst_gap(self, losses: torch.Tensor, batch: Batch, m_min: int) -> tuple[torch.Tensor, torch.Tensor]:
         return worst_stratum_gap(losses, batch.attr, batch.stratum, len(self.ctx.attr_values),

@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fairray.methods._base import METHODS, Batch, LossOutput, Method, SamplerInput, TrainContext
-from fairray.methods.erm import BaseLoss, BaseLossParams
+from fairray.methods._base import METHODS, Batch, LossOutput, SamplerInput, TrainContext
+from fairray.methods.erm import BaseLoss, BaseLossMethod, BaseLossParams
 
 
 def reweighting_table(class_group: np.ndarray, mode: str, w_max: float | None = None) -> np.ndarray:
@@ -42,7 +42,7 @@ class RWParams(BaseLossParams):
 
 
 @METHODS.register("rw")
-class Reweighting(Method):
+class Reweighting(BaseLossMethod):
     Params = RWParams
     requires = "true or inferred groups"
     sampler = "uniform"
@@ -50,12 +50,8 @@ class Reweighting(Method):
 
     def __init__(self, params: RWParams, ctx: TrainContext) -> None:
         super().__init__(params, ctx)
-        self.base = BaseLoss(params, ctx)
         self.table = torch.tensor(reweighting_table(ctx.class_group_counts, params.rw_mode, params.w_max),
                                   dtype=torch.float32)
-
-    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.loss_target)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:
         known = batch.group >= 0
@@ -86,8 +82,14 @@ class DSParams(BaseLossParams):
     ds_seed: int = 0
 
 
+def _subset_counts(ctx: TrainContext) -> np.ndarray:
+    """Per class, the clips DS keeps: its smallest present group's count times the number of present groups."""
+    return np.array([row[row > 0].min() * (row > 0).sum() if (row > 0).any() else 0
+                     for row in ctx.class_group_counts])
+
+
 @METHODS.register("ds")
-class Downsampling(Method):
+class Downsampling(BaseLossMethod):
     Params = DSParams
     requires = "true or inferred groups"
     sampler = "uniform"
@@ -95,20 +97,18 @@ class Downsampling(Method):
 
     def __init__(self, params: DSParams, ctx: TrainContext) -> None:
         super().__init__(params, ctx)
-        cg = ctx.class_group_counts
-        # class counts of the balanced subset, for the class-balanced weights (recomputed after resampling)
-        subset_counts = np.array([row[row > 0].min() * (row > 0).sum() if (row > 0).any() else 0 for row in cg])
+        self.retained = float(_subset_counts(ctx).sum() / max(ctx.n_train, 1))
+
+    def base_loss(self, params: DSParams, ctx: TrainContext) -> BaseLoss:
+        """Class-balanced weights from the class counts of the balanced subset DS trains on."""
+        subset_counts = _subset_counts(ctx)
         subset = replace(ctx, class_counts=subset_counts, n_train=int(subset_counts.sum()))
         if ctx.class_target_counts is not None:
             # multi-label: the subset's expected positives per class; label k keeps subset_counts[k] of its
             # class_counts[k] samples (for single-label data this is exactly diag(subset_counts))
             scaled = np.asarray(ctx.class_target_counts, dtype=np.float64) * subset_counts[:, None]
             subset = replace(subset, class_target_counts=scaled / np.maximum(ctx.class_counts, 1)[:, None])
-        self.base = BaseLoss(params, subset)
-        self.retained = float(subset_counts.sum() / max(ctx.n_train, 1))
-
-    def per_sample_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return self.base(logits, batch.loss_target)
+        return BaseLoss(params, subset)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:
         return LossOutput(self.per_sample_loss(logits, batch).mean(), {"retained_fraction": self.retained})

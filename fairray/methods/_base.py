@@ -5,21 +5,30 @@ Lifecycle of a :class:`Method` inside a trial::
     method = METHODS.get(name)(params, ctx)      # once, after the data is known
     module = method.build_model(build)           # the training module (one net, or several)
     method.load_state_dict(state)                # when resuming from a checkpoint
+    method.to(device)                            # state tensors follow the model
+    method.on_train_start(steps_per_epoch)       # optimiser steps per epoch, for step schedules
     for epoch ...:
-        for batch ...:
-            out = method.loss(module(x), batch)  # -> LossOutput(loss, logs); the loop backprops
-        net = method.inference_model(module)     # x -> class logits: dev/test, selection, predict
+        for step ...:                            # one optimiser step = ``train.accumulate`` micro-batches
+            out = method.loss(module(batch.inputs), batch)   # pure: LossOutput(loss, logs, update)
+            ... backward, optimiser step ...
+            method.on_step(outs)                 # commit the step's ``update``s (skipped steps: not called)
+            every ``round_steps`` steps: method.on_round(dev subset)   # optional dev rounds
+        net = method.inference_model(module)     # inputs -> class logits: dev/test, selection, predict
         logs = method.on_epoch_end(dev)          # dev logits of ``net``, no gradients
     method.state_dict()                          # saved with every checkpoint
 
-The loop never branches on the method; everything method-specific lives in these hooks.
+``loss()`` computes and never mutates the method: a state change it implies (a q step, an EMA update, a
+step counter) travels in ``LossOutput.update`` and is committed by :meth:`Method.on_step` once the
+optimiser step is taken, so a skipped step (a non-finite loss) changes nothing and an accumulated step
+sees the same state in every micro-batch. The per-batch ``logs`` are averaged per epoch and logged as
+``method/<key>``. The loop never branches on the method; everything method-specific lives in these hooks.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import MISSING, dataclass, fields
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,38 +36,7 @@ import torch
 from torch import nn
 
 from fairray._registry import Registry
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One batch: features, labels, true attribute and stratum codes (-1 = unknown), the *training*
-    group of each sample (from the spec's group source: the true attribute, or inferred groups) with its
-    soft memberships, dataset row indices (for per-sample state such as EMA tables) and the training
-    targets.
-
-    ``target`` float ``[B, C]`` is what base losses train on (``SERData.soft``): the one-hot of ``y`` for
-    single-label data, the rater-vote soft labels for multi-label data (``y`` is then their argmax, used
-    by samplers, class x group cells and class-wise normalisation only). None means the one-hot of ``y``;
-    :attr:`loss_target` gives the right one.
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    attr: torch.Tensor
-    stratum: torch.Tensor
-    index: torch.Tensor
-    group: torch.Tensor
-    group_prob: torch.Tensor
-    target: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    @property
-    def loss_target(self) -> torch.Tensor:
-        """What losses take: the soft targets ``[B, C]`` (float), or the integer labels ``[B]`` when there are
-        none; :class:`~fairray.methods.BaseLoss`, ``gce`` and ``cross_entropy`` accept both."""
-        return self.y if self.target is None else self.target
+from fairray.inputs import Batch
 
 
 def _ints(v: Any) -> np.ndarray:
@@ -154,8 +132,12 @@ class SamplerInput:
 
 @dataclass(frozen=True)
 class LossOutput:
+    """The objective of one (micro-)batch, what to log of it (floats, averaged per epoch as ``method/<key>``),
+    and the state change it implies, committed by :meth:`Method.on_step` only if the step is taken."""
+
     loss: torch.Tensor
-    logs: dict[str, float]
+    logs: dict[str, float] = field(default_factory=dict)
+    update: Any = None
 
 
 @dataclass(frozen=True)
@@ -219,9 +201,46 @@ class Method(ABC):
 
         return SAMPLERS.get(sampler)(inp, batch_size, rng)
 
+    #: Whether ``loss()`` reduces over the batch beyond a mean of per-sample terms (group means, gaps, q
+    #: steps, all through :func:`fairray.methods.batch_sum`). With ``train.accumulate > 1`` the loop then
+    #: gives every micro-batch the whole step's batch sums (one extra forward pass without gradients), so
+    #: the accumulated gradient is the gradient of the whole batch. False: the loop skips that pass, and a
+    #: ``batch_sum`` during accumulation is an error.
+    batch_statistics: ClassVar[bool] = True
+
+    #: Optimiser steps between dev rounds (:meth:`on_round`); None = no rounds within an epoch.
+    round_steps: int | None = None
+
+    def on_train_start(self, steps_per_epoch: int) -> None:
+        """Called once before training (and on resume): optimiser steps in an epoch, for step schedules."""
+
+    def on_step(self, outputs: Sequence[LossOutput]) -> None:
+        """After the optimiser step: commit the state changes ``loss()`` computed (``LossOutput.update``).
+
+        ``outputs`` holds one :class:`LossOutput` per micro-batch of the step (one without accumulation), in
+        order; under data parallelism every worker gets the same updates when ``loss()`` reduced its inputs
+        across workers. Not called for a skipped step. Default: nothing to commit."""
+        for out in outputs:
+            if out.update is not None:
+                raise TypeError(f"{type(self).__name__}.loss returned an update but the method has no on_step")
+
+    def round_rows(self, dev: SamplerInput, rng: np.random.Generator) -> np.ndarray:
+        """The fixed dev rows every :meth:`on_round` sees (drawn once per trial). Default: the whole dev split."""
+        return dev.indices
+
+    def on_round(self, dev: DevEval) -> dict[str, float]:
+        """A dev round every :attr:`round_steps` optimiser steps on :meth:`round_rows`; return values to log."""
+        return {}
+
     def on_epoch_end(self, dev: DevEval) -> dict[str, float]:
         """Update state from the dev split after each epoch; return values to log."""
         return {}
+
+    def to(self, device: torch.device | str) -> Method:
+        """Move every state tensor of the method (its own and those of fairray helpers it holds, e.g. a base
+        loss's class weights or EMA tables) to ``device``; the loop calls it with the model's device."""
+        _move_tensors(self, torch.device(device), set())
+        return self
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -229,6 +248,23 @@ class Method(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
+
+
+def _move_tensors(obj: Any, device: torch.device, seen: set[int]) -> None:
+    """Move tensor attributes of ``obj`` and of the fairray objects it holds (lists, dicts included) in place."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    items = vars(obj).items() if hasattr(obj, "__dict__") else ()
+    for name, value in list(items):
+        if isinstance(value, torch.Tensor):
+            setattr(obj, name, value.to(device))
+        elif isinstance(value, list | tuple | dict):
+            for v in value.values() if isinstance(value, dict) else value:
+                if type(v).__module__.startswith("fairray"):
+                    _move_tensors(v, device, seen)
+        elif type(value).__module__.startswith("fairray") and not isinstance(value, type) and hasattr(value, "__dict__"):
+            _move_tensors(value, device, seen)
 
 
 METHODS: Registry[type[Method]] = Registry("method")

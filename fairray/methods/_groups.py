@@ -1,8 +1,9 @@
 """Group reductions shared by the losses: group means with an empty-group guard.
 
-Under data parallelism (Ray Train / DDP) the per-group sums and counts are all-reduced before the
-means are formed (METHODS 3.0), with a differentiable all-reduce so every worker's samples receive
-the gradient of the global group means.
+The per-group sums and counts are :func:`~fairray.methods._reduce.batch_sum`\ s: under data parallelism
+(Ray Train / DDP) they are all-reduced before the means are formed (METHODS 3.0), with a differentiable
+all-reduce so every worker's samples receive the gradient of the global group means, and under gradient
+accumulation they cover every micro-batch of the optimiser step.
 """
 
 from __future__ import annotations
@@ -10,14 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_reduce
-
-        return all_reduce(t)
-    return t
+from fairray.methods._reduce import batch_sum
 
 
 def group_means(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,8 +22,8 @@ def group_means(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> tu
     """
     known = (groups >= 0).to(values.dtype)
     one_hot = F.one_hot(groups.clamp(min=0), n_groups).to(values.dtype) * known[:, None]
-    sums = _all_reduce_sum(one_hot.T @ values)
-    counts = _all_reduce_sum(one_hot.sum(dim=0))
+    sums = batch_sum(one_hot.T @ values)
+    counts = batch_sum(one_hot.sum(dim=0))
     return sums / counts.clamp(min=1), counts
 
 
@@ -55,8 +49,8 @@ def worst_stratum_gap(values: torch.Tensor, attr: torch.Tensor, stratum: torch.T
 
 def soft_group_means(values: torch.Tensor, prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``L_g = Σ_i π_ig v_i / Σ_i π_ig`` and the soft counts ``Σ_i π_ig`` (PGDRO; all-reduced under DDP)."""
-    sums = _all_reduce_sum(prob.T @ values)
-    mass = _all_reduce_sum(prob.sum(dim=0))
+    sums = batch_sum(prob.T @ values)
+    mass = batch_sum(prob.sum(dim=0))
     return sums / mass.clamp(min=1e-12), mass
 
 

@@ -45,7 +45,8 @@ SAMPLE_RATE = 16_000
 class InputSpec:
     """One named input without its data: what a model plugin is built from.
 
-    ``dim``: features per row (vector) or per frame (sequence); None for waveform and tokens.
+    ``dim``: features per row (vector) or per frame (sequence); None for waveform and tokens, and for
+    inputs declared before the data is prepared (when a spec is loaded).
     ``max_length``: frames (sequence), samples (waveform) or tokens a batch is cropped to; None = the
     longest row of the batch. ``vocab_size`` / ``pad_id``: tokens only. ``meta``: what the producer knows
     about the layout (e.g. ``{"n_layers": 13}`` for stacked SSL layers), read by models that need it.
@@ -63,14 +64,15 @@ class InputSpec:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"input {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind in ("vector", "sequence") and (self.dim is None or self.dim < 1):
-            raise ValueError(f"input {self.name!r} ({self.kind}) needs dim >= 1, got {self.dim!r}")
+        if self.kind in ("vector", "sequence") and self.dim is not None and self.dim < 1:
+            raise ValueError(f"input {self.name!r} ({self.kind}) needs dim >= 1 (None: not known yet), got {self.dim!r}")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"input {self.name!r}: max_length must be >= 1 or None, got {self.max_length!r}")
 
     def describe(self) -> str:
         """``features: vector[88]``, ``audio: waveform[16 kHz, <= 48000]`` (one line, for errors and listings)."""
-        detail = {"vector": f"[{self.dim}]", "sequence": f"[T x {self.dim}]",
+        dim = "?" if self.dim is None else self.dim
+        detail = {"vector": f"[{dim}]", "sequence": f"[T x {dim}]",
                   "waveform": f"[{(self.sample_rate or SAMPLE_RATE) // 1000} kHz]", "tokens": "[ids]"}[self.kind]
         cap = f" <= {self.max_length}" if self.max_length else ""
         return f"{self.name}: {self.kind}{detail}{cap}"
@@ -117,7 +119,7 @@ def _to(value: Any, device: torch.device | str, non_blocking: bool) -> Any:
     return value if value is None else value.to(device, non_blocking=non_blocking)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Batch:
     """One batch: the named inputs, labels, true attribute and stratum codes (-1 = unknown), the *training*
     group of each sample (from the spec's group source: the true attribute, or inferred groups) with its

@@ -116,6 +116,7 @@ def build_spec(raw: Mapping[str, Any], source: str, *, check_space: bool = True)
     data.update(plugins)
     spec = build(SweepSpec, data, where)
     _check_dataset(spec, source)
+    _check_model(spec, source)
     if check_space:
         _check_space(spec, raw, source)
         _check_ablations(spec, raw, source)
@@ -331,17 +332,18 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
         extractor = EXTRACTORS.get(ds.extractor.name)
     except FairrayError as exc:
         raise where.child("extractor").child("name").error(str(exc)) from None
-    params = build(extractor.Params, dict(ds.extractor.params), where.child("extractor").child("params"))
-    if spec.model.name == "layer_weighted" and ds.extractor.name == "hf_ssl":
-        # the model reads X as [n, n_layers, D]: only the extractor's per-layer layout gives it that
-        if not params.weighted_sum:
-            raise where.child("extractor").child("params").child("weighted_sum").error(
-                "model layer_weighted needs the per-layer vectors side by side; set weighted_sum: true "
-                "(false stores the mean of the layers)")
-        if not isinstance(params.layers, str) and spec.model.params.n_layers != len(params.layers):
-            raise Where(source, "model.n_layers").error(
-                f"{spec.model.params.n_layers} does not match the {len(params.layers)} layers hf_ssl extracts "
-                f"({list(params.layers)})")
+    build(extractor.Params, dict(ds.extractor.params), where.child("extractor").child("params"))
+
+
+def _check_model(spec: SweepSpec, source: str) -> None:
+    """The model must read the inputs the dataset section declares (kinds and layout, e.g. stacked layers)."""
+    from fairray.data import declared_inputs
+    from fairray.models import check_model
+
+    try:
+        check_model(spec.model.name, spec.model.params, declared_inputs(spec.dataset))
+    except FairrayError as exc:
+        raise Where(source, "model").error(str(exc)) from None
 
 
 def _check_objectives(spec: SweepSpec, source: str) -> None:

@@ -116,8 +116,18 @@ class TrainConfig:
     seed: int = 0
     #: Minimum support for a per-group rate to be defined (METHODS 2.3, 2.6).
     s_min: int = field(default=1, metadata={"ge": 1})
-    #: Abort a trial whose training loss is not finite (it ends FAILED with the reason).
+    #: Abort a trial whose training loss is not finite (it ends FAILED with the reason); false skips the
+    #: step instead (on every worker), counts it and logs the count as train/skipped_steps.
     fail_on_nan: bool = True
+    #: Autocast precision of forward and loss: fp32 (none), bf16, or fp16 (with a gradient scaler).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: Micro-batches of batch_size per optimiser step (gradient accumulation; effective batch =
+    #: batch_size x accumulate x workers). Batch statistics (group means, gaps) cover the whole step.
+    accumulate: int = field(default=1, metadata={"ge": 1})
+    #: Clip the gradient norm to this value before each step (null = no clipping; the norm is logged).
+    grad_clip: float | None = field(default=None, metadata={"gt": 0})
+    #: Rows per forward pass when evaluating dev/test (peak memory does not grow with the split).
+    eval_batch_size: int = field(default=256, metadata={"ge": 1})
 
 
 @dataclass(frozen=True)

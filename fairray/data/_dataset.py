@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ import pandas as pd
 from fairray._registry import Registry
 from fairray.config import DatasetConfig, to_plain
 from fairray.errors import DataError
+from fairray.inputs import FEATURES, InputSpec, InputStore, VectorStore
 
 SPLITS = ("train", "dev", "test")
 
@@ -101,7 +103,8 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     X = np.concatenate([b[0] for b in blocks])
     aux = {name: np.concatenate([b[i + 1] for b in blocks]) for i, name in enumerate(aux_names)}
     return meta, X, {"input_fingerprint": hashlib.sha256("".join(keys).encode()).hexdigest(),
-                     "extractor": cfg.extractor.name if cfg.extractor else "shipped", "cache_keys": keys}, aux
+                     "extractor": cfg.extractor.name if cfg.extractor else "shipped", "cache_keys": keys,
+                     "feature_meta": extractor.input_meta(extractor.params) if extractor else {}}, aux
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,21 @@ class SERData:
     soft: np.ndarray
     #: "single" or "multi" (dataset.targets)
     task: str = "single"
+    #: What the feature producer knows of X's layout (e.g. ``{"stacked_layers": 13}``), in its input spec.
+    feature_meta: Mapping[str, Any] = field(default_factory=dict)
+    #: Named inputs besides the feature matrix (sequence, waveform, tokens), row-aligned with ``meta``.
+    extra_inputs: Mapping[str, InputStore] = field(default_factory=dict)
+    #: Dialogue context per row ``[N, 3]`` int64 (dialogue, position, speaker codes; -1 unknown), or None.
+    context: np.ndarray | None = None
+
+    @property
+    def inputs(self) -> dict[str, InputStore]:
+        """The dataset's named inputs: the feature matrix as the vector input ``features`` (when it has
+        columns) and the extra inputs (see :mod:`fairray.inputs`)."""
+        stores: dict[str, InputStore] = {}
+        if self.X.shape[1]:
+            stores[FEATURES] = VectorStore(FEATURES, self.X, self.feature_meta)
+        return {**stores, **self.extra_inputs}
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -317,5 +335,19 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
         classes=classes, attribute=cfg.attribute, attr_values=attr_values, stratum_name=cfg.stratum,
         strata_values=strata_values, mean=mean.astype(np.float32), std=std.astype(np.float32),
         fingerprint=digest.hexdigest()[:16], group=groups.ids, group_values=groups.values, group_prob=groups.prob,
-        group_info=groups.info, soft=soft, task=cfg.targets,
+        group_info=groups.info, soft=soft, task=cfg.targets, feature_meta=dict(provenance.get("feature_meta", {})),
     )
+
+
+def declared_inputs(cfg: DatasetConfig) -> dict[str, InputSpec]:
+    """The inputs a dataset section will provide, known before any data is read (dimensions may be None
+    until it is prepared): what the spec loader checks the model against."""
+    meta: dict[str, Any] = {}
+    if cfg.name == "corpora" and cfg.extractor is not None:
+        from fairray.config._typed import Where, build
+        from fairray.data.features import EXTRACTORS
+
+        extractor_cls = EXTRACTORS.get(cfg.extractor.name)
+        meta = extractor_cls.input_meta(build(extractor_cls.Params, dict(cfg.extractor.params),
+                                              Where("spec", "dataset.extractor.params")))
+    return {FEATURES: InputSpec(FEATURES, "vector", meta=meta)}

@@ -14,7 +14,8 @@ from fairray.config import SweepSpec, build_spec, parse_yaml
 from fairray.errors import DataError
 from fairray.methods import METHODS, Method, TrainContext
 from fairray.metrics import decide, multi_hot
-from fairray.train.loop import CONFIG_FILE, META_FILE, MODEL_FILE, model_builder
+from fairray.train.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, load_state, load_trainable_state
+from fairray.train.loop import infer, input_specs_from_meta, model_builder
 
 
 def _rebuild(root: Path, meta: dict, spec: SweepSpec) -> torch.nn.Module:
@@ -23,19 +24,19 @@ def _rebuild(root: Path, meta: dict, spec: SweepSpec) -> torch.nn.Module:
     if meta.get("method", name) != name:
         raise DataError(f"{root}: {META_FILE} says method {meta['method']!r}, {CONFIG_FILE} says {name!r}")
     method_cls = METHODS.get(name)
-    build = model_builder(spec, meta["n_features"])
-    weights = torch.load(root / MODEL_FILE, weights_only=True)
+    build = model_builder(spec, input_specs_from_meta(meta))
+    weights = load_state(root / MODEL_FILE)
     if "train_context" in meta:
         method = method_cls(spec.method.params, TrainContext.from_plain(meta["train_context"]))
         module = method.build_model(build)
-        module.load_state_dict(weights)
+        load_trainable_state(module, weights, source=str(root / MODEL_FILE))
         return method.inference_model(module)
     # written before methods built their own training modules: one classifier (the default hooks)
     if method_cls.build_model is not Method.build_model or method_cls.inference_model is not Method.inference_model:
         raise DataError(f"{root}: {META_FILE} has no train_context, which method {name!r} needs to rebuild its "
                         "networks; the checkpoint predates it, train the model again")
     model = build(len(meta["classes"]))
-    model.load_state_dict(weights)
+    load_trainable_state(model, weights, source=str(root / MODEL_FILE))
     return model
 
 
@@ -73,8 +74,8 @@ def predict(path: str | Path, split: str = "test") -> pd.DataFrame:
         raise DataError(f"{path}: the dataset differs from the one this model was trained on "
                         f"(fingerprint {data.fingerprint} != {meta['data_fingerprint']}); rebuild it as it was")
     idx = data.indices(split)
-    with torch.no_grad():
-        proba = torch.softmax(model(torch.as_tensor(data.X[idx])), dim=1).numpy()
+    logits = infer(model, data.inputs, idx, spec.train.eval_batch_size, torch.device("cpu"))
+    proba = torch.softmax(logits, dim=1).numpy()
     classes = np.array(meta["classes"])
     frame = data.meta.loc[idx, ["uid", "speaker", data.attribute, data.stratum_name]].reset_index(drop=True)
     task = meta.get("task", "single")

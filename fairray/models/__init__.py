@@ -1,7 +1,9 @@
-"""Model plugins: a registered ``nn.Module`` factory with typed ``Params``."""
+"""Model plugins: registered ``nn.Module`` factories with typed ``Params``, built from input specs."""
 
-from fairray.models._base import MODELS, ModelPlugin, build_model
+from fairray.models._base import MODELS, ModelPlugin, as_specs, build_model, check_model, select_input
 from fairray.models.layer_weighted import LayerWeighted, LayerWeightedSum
-from fairray.models.mlp import MLP
+from fairray.models.mlp import MLP, VectorMLP
+from fairray.models.sequence import PooledHead, SequencePool, WaveformCNN, WaveformModel
 
-__all__ = ["MLP", "MODELS", "LayerWeighted", "LayerWeightedSum", "ModelPlugin", "build_model"]
+__all__ = ["MLP", "MODELS", "LayerWeighted", "LayerWeightedSum", "ModelPlugin", "PooledHead", "SequencePool",
+           "VectorMLP", "WaveformCNN", "WaveformModel", "as_specs", "build_model", "check_model", "select_input"]

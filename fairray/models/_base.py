@@ -1,25 +1,96 @@
-"""Model extension point."""
+"""Model extension point: a registered ``nn.Module`` factory with typed ``Params``, built from input specs.
+
+A model plugin says which input kinds it accepts (``accepts``, see :mod:`fairray.inputs`), checks a
+dataset's input specs (``check``, called when the spec is loaded with what is declared, and again once
+the data is prepared), and builds a module whose ``forward`` takes the batch's input mapping
+(``batch.inputs``: name -> Tensor | Padded) and returns class logits.
+
+Trainable state: the loop optimises and checkpoints only parameters with ``requires_grad`` (plus
+buffers), so a plugin that freezes a backbone saves only what it trains (see
+:mod:`fairray.train.checkpoint`). A module (or any submodule) may define ``lr_scales()`` -> ``{parameter
+name prefix: multiplier of train.lr}`` to give parameter groups their own learning rate.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
+import torch
 from torch import nn
 
 from fairray._registry import Registry
+from fairray.errors import ConfigError
+from fairray.inputs import FEATURES, InputSpec, InputTensor
 
 
 class ModelPlugin(Protocol):
-    """A model plugin: ``Params`` (frozen dataclass) and ``build(params, n_features, n_classes)``."""
+    """A model plugin: ``Params`` (frozen dataclass), ``accepts`` (input kinds) and ``build``."""
 
     Params: ClassVar[type]
+    #: Input kinds the model can read (``vector``, ``sequence``, ``waveform``, ``tokens``).
+    accepts: ClassVar[tuple[str, ...]]
+    summary: ClassVar[str]
 
     @classmethod
-    def build(cls, params: Any, n_features: int, n_classes: int) -> nn.Module: ...
+    def build(cls, params: Any, inputs: Mapping[str, InputSpec], n_out: int) -> nn.Module: ...
 
 
 MODELS: Registry[type[ModelPlugin]] = Registry("model")
 
 
-def build_model(name: str, params: Any, n_features: int, n_classes: int) -> nn.Module:
-    return MODELS.get(name).build(params, n_features, n_classes)
+def select_input(model: str, params: Any, inputs: Mapping[str, InputSpec], kinds: tuple[str, ...]) -> InputSpec:
+    """The one input a single-input model reads: ``params.input`` when set, else the only input of an
+    accepted kind. Errors name the model, the inputs there are and what to set."""
+    wanted = getattr(params, "input", None)
+    have = ", ".join(s.describe() for s in inputs.values()) or "none"
+    if wanted is not None:
+        if wanted not in inputs:
+            raise ConfigError(f"model {model}: input {wanted!r} is not among the dataset's inputs ({have})")
+        spec = inputs[wanted]
+        if spec.kind not in kinds:
+            raise ConfigError(f"model {model} reads {'/'.join(kinds)} inputs; {spec.describe()} is {spec.kind}")
+        return spec
+    usable = [s for s in inputs.values() if s.kind in kinds]
+    if len(usable) != 1:
+        why = "none is" if not usable else f"{len(usable)} are"
+        raise ConfigError(f"model {model} reads one {'/'.join(kinds)} input but {why} in the dataset ({have}); "
+                          + ("set model.input to one of them" if usable else "choose a model that accepts these inputs"))
+    return usable[0]
+
+
+def check_model(name: str, params: Any, inputs: Mapping[str, InputSpec]) -> None:
+    """Refuse a model that cannot read the dataset's inputs (one line naming both); the plugin's own
+    ``check`` (layout, dimensions) runs after."""
+    plugin = MODELS.get(name)
+    kinds = {s.kind for s in inputs.values()}
+    if not kinds & set(plugin.accepts):
+        have = ", ".join(s.describe() for s in inputs.values()) or "none"
+        raise ConfigError(f"model {name} accepts {'/'.join(plugin.accepts)} inputs, but the dataset provides {have}; "
+                          f"models for these inputs: {', '.join(models_for(kinds)) or 'none'}")
+    check = getattr(plugin, "check", None)
+    if check is not None:
+        check(params, inputs)
+
+
+def models_for(kinds: set[str]) -> list[str]:
+    return [n for n in MODELS.names() if set(MODELS.get(n).accepts) & kinds]
+
+
+def as_specs(inputs: Mapping[str, InputSpec] | int) -> dict[str, InputSpec]:
+    """Input specs; an int ``D`` means one vector input named ``features`` of width D (a feature matrix)."""
+    if isinstance(inputs, int):
+        return {FEATURES: InputSpec(FEATURES, "vector", dim=inputs)}
+    return dict(inputs)
+
+
+def build_model(name: str, params: Any, inputs: Mapping[str, InputSpec] | int, n_out: int) -> nn.Module:
+    """A fresh module of the named plugin for the given input specs (or a feature width) with ``n_out`` outputs."""
+    inputs = as_specs(inputs)
+    check_model(name, params, inputs)
+    return MODELS.get(name).build(params, inputs, n_out)
+
+
+def vector_input(inputs: Mapping[str, InputTensor] | torch.Tensor, key: str) -> torch.Tensor:
+    """The tensor of input ``key`` (a bare tensor is taken as that input, for direct calls ``model(x)``)."""
+    return inputs if isinstance(inputs, torch.Tensor) else inputs[key]

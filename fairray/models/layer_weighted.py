@@ -28,6 +28,7 @@ not what the model can express; it also equalises the very different norms of SS
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -35,16 +36,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairray.errors import ConfigError
-from fairray.models._base import MODELS
-from fairray.models.mlp import MLP
+from fairray.inputs import InputSpec
+from fairray.models._base import MODELS, select_input, vector_input
+from fairray.models.mlp import mlp_layers
 
 
 class LayerWeightedSum(nn.Module):
     """``head(sum_j softmax(weights)_j * layer_j(x))`` over a layer-major input [n, n_layers * dim]."""
 
-    def __init__(self, n_layers: int, dim: int, head: nn.Module, layer_norm: bool = False) -> None:
+    def __init__(self, n_layers: int, dim: int, head: nn.Module, layer_norm: bool = False, key: str = "features"
+                 ) -> None:
         super().__init__()
-        self.n_layers, self.dim, self.layer_norm = n_layers, dim, layer_norm
+        self.n_layers, self.dim, self.layer_norm, self.key = n_layers, dim, layer_norm, key
         #: Pre-softmax layer logits; zeros = uniform weights (s3prl's Featurizer ``weights``).
         self.weights = nn.Parameter(torch.zeros(n_layers))
         self.head = head
@@ -60,8 +63,9 @@ class LayerWeightedSum(nn.Module):
             h = F.layer_norm(h, (self.dim,))
         return torch.einsum("nld,l->nd", h, F.softmax(self.weights, dim=-1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(x))
+    def forward(self, inputs) -> torch.Tensor:
+        """Class logits of the vector input ``key`` of the input mapping (or of a bare tensor)."""
+        return self.head(self.pool(vector_input(inputs, self.key)))
 
     def extra_repr(self) -> str:
         return f"n_layers={self.n_layers}, dim={self.dim}, layer_norm={self.layer_norm}"
@@ -69,6 +73,9 @@ class LayerWeightedSum(nn.Module):
 
 @MODELS.register("layer_weighted")
 class LayerWeighted:
+    accepts = ("vector",)
+    summary = "softmax-weighted sum of stacked SSL layers (hf_ssl weighted_sum: true) + MLP head (SUPERB, IDI)"
+
     @dataclass(frozen=True)
     class Params:
         #: Number of stacked layers in X (the hf_ssl ``layers`` count, with ``weighted_sum: true``).
@@ -80,16 +87,32 @@ class LayerWeighted:
         dropout: float = field(default=0.2, metadata={"ge": 0, "lt": 1})
         #: Normalise each layer vector (layer norm over its features, no affine) before weighting.
         layer_norm: bool = False
+        #: The vector input to read; null = the dataset's only vector input.
+        input: str | None = None
 
     @classmethod
-    def build(cls, params: Params, n_features: int, n_classes: int) -> LayerWeightedSum:
-        if n_features % params.n_layers:
+    def check(cls, params: Params, inputs: Mapping[str, InputSpec]) -> None:
+        """The input must hold stacked layers (``meta["stacked_layers"]``, set by hf_ssl with weighted_sum:
+        true) and, where the count is known, exactly ``n_layers`` of them; its width must divide by n_layers."""
+        spec = select_input("layer_weighted", params, inputs, cls.accepts)
+        stacked = spec.meta.get("stacked_layers")
+        if stacked is False:
+            raise ConfigError(f"model layer_weighted needs the per-layer vectors side by side, but input {spec.name!r} "
+                              "holds one pooled vector; set dataset.extractor.params.weighted_sum: true")
+        if isinstance(stacked, int) and not isinstance(stacked, bool) and stacked != params.n_layers:
+            raise ConfigError(f"model.n_layers: {params.n_layers} does not match the {stacked} layers input "
+                              f"{spec.name!r} stacks (the hf_ssl layers)")
+        if spec.dim is not None and spec.dim % params.n_layers:
             raise ConfigError(
-                f"model layer_weighted: n_features={n_features} is not divisible by n_layers={params.n_layers}; "
+                f"model layer_weighted: n_features={spec.dim} is not divisible by n_layers={params.n_layers}; "
                 "set model.n_layers to the number of layers the hf_ssl extractor was asked for "
                 "(len(layers), or num_hidden_layers + 1 for layers: all) and use weighted_sum: true"
             )
-        dim = n_features // params.n_layers
-        head = MLP.build(MLP.Params(hidden=params.hidden, depth=params.depth, dropout=params.dropout),
-                         dim, n_classes)
-        return LayerWeightedSum(params.n_layers, dim, head, layer_norm=params.layer_norm)
+
+    @classmethod
+    def build(cls, params: Params, inputs: Mapping[str, InputSpec], n_out: int) -> LayerWeightedSum:
+        cls.check(params, inputs)
+        spec = select_input("layer_weighted", params, inputs, cls.accepts)
+        dim = spec.dim // params.n_layers
+        head = nn.Sequential(*mlp_layers(dim, params.hidden, params.depth, params.dropout, n_out))
+        return LayerWeightedSum(params.n_layers, dim, head, layer_norm=params.layer_norm, key=spec.name)

@@ -1,16 +1,42 @@
-"""An MLP classification head over utterance-level features (the built-in dataset's model)."""
+"""An MLP classification head over a vector input (utterance-level features: the built-in dataset's model)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from fairray.models._base import MODELS
+from fairray.inputs import InputSpec
+from fairray.models._base import MODELS, select_input, vector_input
+
+
+def mlp_layers(width: int, hidden: int, depth: int, dropout: float, n_out: int) -> list[nn.Module]:
+    """``depth`` x (Linear → GELU → Dropout), then Linear(…, n_out): the head every model here ends with."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
+        width = hidden
+    layers.append(nn.Linear(width, n_out))
+    return layers
+
+
+class VectorMLP(nn.Sequential):
+    """The MLP over the vector input ``key`` of the batch's input mapping (or a bare ``[B, D]`` tensor)."""
+
+    def __init__(self, key: str, layers: list[nn.Module]) -> None:
+        super().__init__(*layers)
+        self.key = key
+
+    def forward(self, inputs):
+        return super().forward(vector_input(inputs, self.key))
 
 
 @MODELS.register("mlp")
 class MLP:
+    accepts = ("vector",)
+    summary = "MLP over fixed utterance features (openSMILE functionals, pooled SSL vectors)"
+
     @dataclass(frozen=True)
     class Params:
         #: Width of each hidden layer.
@@ -18,13 +44,10 @@ class MLP:
         #: Number of hidden layers (0 = logistic regression).
         depth: int = field(default=2, metadata={"ge": 0})
         dropout: float = field(default=0.2, metadata={"ge": 0, "lt": 1})
+        #: The vector input to read; null = the dataset's only vector input.
+        input: str | None = None
 
     @classmethod
-    def build(cls, params: Params, n_features: int, n_classes: int) -> nn.Module:
-        layers: list[nn.Module] = []
-        width = n_features
-        for _ in range(params.depth):
-            layers += [nn.Linear(width, params.hidden), nn.GELU(), nn.Dropout(params.dropout)]
-            width = params.hidden
-        layers.append(nn.Linear(width, n_classes))
-        return nn.Sequential(*layers)
+    def build(cls, params: Params, inputs: Mapping[str, InputSpec], n_out: int) -> VectorMLP:
+        spec = select_input("mlp", params, inputs, cls.accepts)
+        return VectorMLP(spec.name, mlp_layers(spec.dim, params.hidden, params.depth, params.dropout, n_out))

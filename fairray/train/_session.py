@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 
@@ -34,6 +35,13 @@ class Session(Protocol):
     def latest_checkpoint(self) -> contextlib.AbstractContextManager[str | None]: ...
 
     def prepare_model(self, model: nn.Module) -> nn.Module: ...
+
+    def cuda_device(self) -> torch.device: ...
+
+
+def _first_visible_gpu() -> torch.device:
+    """The worker's GPU: Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned, so it is device 0."""
+    return torch.device("cuda", 0)
 
 
 class LocalSession:
@@ -68,6 +76,9 @@ class LocalSession:
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model
 
+    def cuda_device(self) -> torch.device:
+        return _first_visible_gpu()
+
 
 class TuneSession:
     """The loop runs directly inside a Tune function trainable (single worker, no Train start-up)."""
@@ -88,6 +99,9 @@ class TuneSession:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model
+
+    def cuda_device(self) -> torch.device:
+        return _first_visible_gpu()
 
 
 class TrainSession:
@@ -117,3 +131,8 @@ class TrainSession:
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model)
+
+    def cuda_device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()

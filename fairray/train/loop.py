@@ -9,32 +9,47 @@ Train ``train_loop_per_worker``, directly inside a Tune trial, or in a plain pro
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import dataclasses
 import json
 import math
+import shutil
 import tempfile
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import yaml
 
 from fairray.config import SweepSpec, resolve_trial, to_plain
 from fairray.data import SERData
 from fairray.errors import TrialError
-from fairray.methods import METHODS, Batch, DevEval, Method, SamplerInput, TrainContext
+from fairray.inputs import DialogueContext, InputSpec, InputStore, specs_of, take_inputs
+from fairray.methods import METHODS, Batch, DevEval, LossOutput, Method, SamplerInput, TrainContext
+from fairray.methods._reduce import Accumulation, forbidden, recording, replaying
 from fairray.metrics import MetricKey, Predictions, decide, multi_hot
-from fairray.models import build_model
+from fairray.models import as_specs, build_model
 from fairray.train._session import Session
+from fairray.train.checkpoint import (
+    BEST_FILE,
+    CONFIG_FILE,
+    META_FILE,
+    MODEL_FILE,
+    TRAINER_FILE,
+    load_state,
+    load_trainable_state,
+    read_trainer_state,
+    save_state,
+    unwrap,
+    write_checkpoint,
+)
 
-MODEL_FILE = "model.pt"
-TRAINER_FILE = "trainer.pt"
-META_FILE = "fairray.json"
-CONFIG_FILE = "config.yaml"
+__all__ = ["CONFIG_FILE", "META_FILE", "MODEL_FILE", "TRAINER_FILE", "Precision", "StepResult", "TrialTracking",
+           "headline", "infer", "model_builder", "model_meta", "param_groups", "run_trial", "train_context",
+           "train_step"]
 
 
 @dataclass(frozen=True)
@@ -60,10 +75,18 @@ def headline(flat: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def _batch(data: SERData, idx: np.ndarray) -> Batch:
+def _batch(data: SERData, idx: np.ndarray, stores: Mapping[str, InputStore] | None = None,
+           rng: np.random.Generator | None = None) -> Batch:
+    """Rows ``idx`` as a CPU batch: every named input (``rng``: random crops in training) and the labels."""
     t = torch.as_tensor
-    return Batch(x=t(data.X[idx]), y=t(data.y[idx]), attr=t(data.attr[idx]), stratum=t(data.stratum[idx]),
-                 index=t(idx), group=t(data.group[idx]), group_prob=t(data.group_prob[idx]), target=t(data.soft[idx]))
+    inputs = take_inputs(data.inputs if stores is None else stores, idx, rng)
+    context = None
+    if data.context is not None:
+        c = t(data.context[idx])
+        context = DialogueContext(c[:, 0], c[:, 1], c[:, 2])
+    return Batch(y=t(data.y[idx]), attr=t(data.attr[idx]), stratum=t(data.stratum[idx]), index=t(idx),
+                 group=t(data.group[idx]), group_prob=t(data.group_prob[idx]), target=t(data.soft[idx]),
+                 inputs=inputs, context=context)
 
 
 def train_context(data: SERData, epochs: int) -> TrainContext:
@@ -88,9 +111,59 @@ def train_context(data: SERData, epochs: int) -> TrainContext:
                         n_rows=len(data.y), epochs=epochs, class_target_counts=class_target)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The training module inside a DDP wrapper (``session.prepare_model``)."""
-    return model.module if hasattr(model, "module") else model
+class Precision:
+    """``train.precision``: autocast of forward and loss (bf16 / fp16) and, for fp16, a gradient scaler."""
+
+    DTYPES: ClassVar[dict[str, torch.dtype | None]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, mode: str, device: torch.device) -> None:
+        self.mode, self.device, self.dtype = mode, device, self.DTYPES[mode]
+        self.scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Take the optimiser step; False when the fp16 scaler skipped it (inf/NaN gradients)."""
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= before
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, stores: Mapping[str, InputStore], rows: np.ndarray, batch_size: int,
+          device: torch.device, precision: Precision | None = None) -> torch.Tensor:
+    """Class logits ``[len(rows), C]`` (float32, CPU) of ``model`` in chunks of ``batch_size`` rows, so peak
+    memory does not grow with the split. Evaluation and ``fairray predict`` both go through here."""
+    model.eval()
+    out = []
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
+    for start in range(0, len(rows), batch_size):
+        chunk = take_inputs(stores, rows[start:start + batch_size])
+        with autocast():
+            logits = model({k: v.to(device) for k, v in chunk.items()})
+        out.append(logits.float().cpu())
+    return torch.cat(out) if out else torch.zeros((0, 0))
 
 
 class _Evaluator:
@@ -99,30 +172,38 @@ class _Evaluator:
     The report is ``Predictions.report()`` of exactly what is logged as ``predictions/{split}.npz``, so the
     logged metrics and the bootstrap read one computation. Single-label: ``y_true`` = the class, ``y_pred``
     = the argmax of the logits. Multi-label (METHODS §1.2, §2.1): ``y_true = multi_hot(soft)`` and
-    ``y_pred = decide(softmax(logits), "multi")``, both ``1[· > 1/|C|]``.
+    ``y_pred = decide(softmax(logits), "multi")``, both ``1[· > 1/|C|]``. Logits are computed in chunks of
+    ``train.eval_batch_size`` rows (:func:`infer`); the per-sample losses on the model's device.
     """
 
-    def __init__(self, data: SERData, method: Method, s_min: int) -> None:
+    def __init__(self, data: SERData, method: Method, s_min: int, batch_size: int, device: torch.device,
+                 precision: Precision) -> None:
         self.data, self.method, self.s_min = data, method, s_min
-        self.batches = {s: _batch(data, data.indices(s)) for s in ("dev", "test")}
+        self.batch_size, self.device, self.precision = batch_size, device, precision
+        self.stores = data.inputs
+        self.idx = {s: data.indices(s) for s in ("dev", "test")}
+        self.labels = {s: _batch(data, self.idx[s], stores={}).to(device) for s in ("dev", "test")}
         self.frames = {s: data.groups_frame(s) for s in ("dev", "test")}
         self.rows = {}
         for s in ("dev", "test"):
-            idx = data.indices(s)
-            meta = data.meta.iloc[idx]
-            uid = meta["uid"].astype(str).to_numpy() if "uid" in meta.columns else idx.astype(str)
-            y_true = multi_hot(data.soft[idx]) if data.task == "multi" else data.y[idx]
+            meta = data.meta.iloc[self.idx[s]]
+            uid = meta["uid"].astype(str).to_numpy() if "uid" in meta.columns else self.idx[s].astype(str)
+            y_true = multi_hot(data.soft[self.idx[s]]) if data.task == "multi" else data.y[self.idx[s]]
             self.rows[s] = (uid, meta["speaker"].astype(str).to_numpy(), y_true)
 
-    @torch.no_grad()
+    def logits(self, module: torch.nn.Module, rows: np.ndarray) -> torch.Tensor:
+        """Inference logits of the training ``module`` (DDP-wrapped or not) on ``rows``, on the model's device."""
+        model = self.method.inference_model(unwrap(module))
+        try:
+            return infer(model, self.stores, rows, self.batch_size, self.device, self.precision).to(self.device)
+        finally:
+            module.train()
+
     def __call__(self, module: torch.nn.Module, split: str) -> tuple[torch.Tensor, float, Predictions]:
-        """Evaluate the training ``module`` (DDP-wrapped or not) through ``method.inference_model``."""
-        model = self.method.inference_model(_unwrap(module))
-        model.eval()
-        batch = self.batches[split]
-        logits = model(batch.x)
-        loss = float(self.method.per_sample_loss(logits, batch).mean())
-        prob = torch.softmax(logits, dim=1).numpy()
+        logits = self.logits(module, self.idx[split])
+        with torch.no_grad():
+            loss = float(self.method.per_sample_loss(logits, self.labels[split]).mean())
+        prob = torch.softmax(logits, dim=1).cpu().numpy()
         uid, speaker, y_true = self.rows[split]
         data = self.data
         pred = Predictions(uid=uid, speaker=speaker, groups=self.frames[split], y_true=y_true,
@@ -131,18 +212,29 @@ class _Evaluator:
         return logits, loss, pred
 
 
+def input_specs_plain(specs: Mapping[str, InputSpec]) -> list[dict[str, Any]]:
+    return [{**dataclasses.asdict(s), "meta": dict(s.meta)} for s in specs.values()]
+
+
+def input_specs_from_meta(meta: Mapping[str, Any]) -> dict[str, InputSpec]:
+    """The input specs a checkpoint was built from (``n_features`` only: written before named inputs)."""
+    if "inputs" in meta:
+        return {d["name"]: InputSpec(**d) for d in meta["inputs"]}
+    return as_specs(int(meta["n_features"]))
+
+
 def model_meta(spec: SweepSpec, data: SERData, ctx: TrainContext) -> dict[str, Any]:
-    """What a checkpoint needs besides weights to be applied to new features (``fairray predict``).
+    """What a checkpoint needs besides weights to be applied to new data (``fairray predict``).
 
     ``task`` (``single``/``multi``) says how predict turns probabilities into decisions; checkpoints
-    written before it are single-label.
+    written before it are single-label. ``inputs`` are the input specs the model was built from.
 
     ``train_context`` lets predict rebuild the method, whose ``build_model`` made the training module
     saved in ``model.pt``, and take its ``inference_model``.
     """
     return {
         "method": spec.method.name, "train_context": ctx.to_plain(),
-        "model": to_plain(spec.model),
+        "model": to_plain(spec.model), "inputs": input_specs_plain(specs_of(data.inputs)),
         "classes": list(data.classes), "task": data.task, "attribute": data.attribute,
         "attr_values": list(data.attr_values),
         "stratum": data.stratum_name, "strata_values": list(data.strata_values), "n_features": data.n_features,
@@ -150,17 +242,156 @@ def model_meta(spec: SweepSpec, data: SERData, ctx: TrainContext) -> dict[str, A
     }
 
 
-def model_builder(spec: SweepSpec, n_features: int) -> Callable[[int], torch.nn.Module]:
+def model_builder(spec: SweepSpec, inputs: Mapping[str, InputSpec] | int) -> Callable[[int], torch.nn.Module]:
     """``build(n_out)`` for :meth:`Method.build_model`: a fresh instance of the trial's model plugin."""
-    return lambda n_out: build_model(spec.model.name, spec.model.params, n_features, n_out)
+    return lambda n_out: build_model(spec.model.name, spec.model.params, inputs, n_out)
 
 
-def _write_checkpoint(d: Path, module, trainer_state: dict, meta: dict, raw: Mapping[str, Any]) -> None:
-    """``model.pt`` holds the whole training module (resume needs every net), not just the inference net."""
-    torch.save(_unwrap(module).state_dict(), d / MODEL_FILE)
-    torch.save(trainer_state, d / TRAINER_FILE)
-    (d / META_FILE).write_text(json.dumps(meta, indent=1))
-    (d / CONFIG_FILE).write_text(yaml.safe_dump(dict(raw), sort_keys=False))
+def param_groups(module: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by learning rate: a submodule's ``lr_scales()`` maps its parameter name
+    prefixes to multiples of ``lr`` (the longest matching prefix wins); everything else trains at ``lr``."""
+    scales: dict[str, float] = {}
+    for prefix, sub in module.named_modules():
+        if hasattr(sub, "lr_scales"):
+            for local, scale in sub.lr_scales().items():
+                scales[f"{prefix}.{local}" if prefix else local] = float(scale)
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        match = max((k for k in scales if name == k or name.startswith(k + ".")), key=len, default=None)
+        groups.setdefault(scales[match] if match else 1.0, []).append(p)
+    return [{"params": ps, "lr": lr * scale, "lr_scale": scale} for scale, ps in sorted(groups.items())]
+
+
+def resolve_device(gpus_per_worker: float, session: Session) -> torch.device:
+    """CUDA whenever the spec gives a worker a GPU (one worker included), else the CPU."""
+    if gpus_per_worker <= 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrialError(f"resources.gpus_per_worker is {gpus_per_worker:g}, but this worker sees no CUDA device; "
+                         "set resources.gpus_per_worker: 0 or run on GPU nodes")
+    return session.cuda_device()
+
+
+def _agree(flag: bool, device: torch.device) -> bool:
+    """True on every worker when ``flag`` is True on any (one all-reduce under DDP; the flag itself otherwise)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+@dataclass
+class StepResult:
+    outputs: list[LossOutput]
+    #: why the step was skipped (a non-finite loss with fail_on_nan: false, or an fp16 overflow), or None
+    skipped: str | None = None
+    grad_norm: float | None = None
+
+
+def train_step(module: torch.nn.Module, method: Method, micro: list[Batch], optimizer: torch.optim.Optimizer,
+               precision: Precision, grad_clip: float | None = None, fail_on_nan: bool = True,
+               where: str = "") -> StepResult:
+    """One optimiser step over the micro-batches ``micro`` (gradient accumulation when there are several).
+
+    Each micro-batch's loss enters with weight ``n_m / N``, so the step's gradient is the gradient of the
+    whole batch: exactly for means of per-sample losses, and for batch statistics (group means, gaps) too,
+    since a method with ``batch_statistics`` gets the whole step's batch sums in every micro-batch (a
+    recorded pass without gradients first, with the same random state; see :mod:`fairray.methods._reduce`).
+    Under DDP only the last micro-batch synchronises gradients (``no_sync``). A non-finite loss on any
+    worker skips the step on every worker (``fail_on_nan: false``) or raises :class:`TrialError` on every
+    worker with the reason. The method's :meth:`~Method.on_step` commits the state only if the step is taken.
+    """
+    device = micro[0].device
+    total = sum(len(b) for b in micro)
+    acc = None
+    if len(micro) > 1 and method.batch_statistics:
+        acc = Accumulation(len(micro))
+        states = []
+        with torch.no_grad():
+            for m, b in enumerate(micro):
+                states.append(_rng_state(device))
+                with recording(acc, m), precision.autocast():
+                    method.loss(module(b.inputs), b)
+    optimizer.zero_grad(set_to_none=True)
+    outputs: list[LossOutput] = []
+    for m, b in enumerate(micro):
+        weight = len(b) / total
+        if acc is not None:
+            _set_rng_state(states[m], device)
+            reduction = replaying(acc, m, weight)
+        elif len(micro) > 1:
+            reduction = forbidden(f"{type(method).__name__} declares batch_statistics = False but its loss calls "
+                                  "batch_sum; declare it True")
+        else:
+            reduction = contextlib.nullcontext()
+        last = m == len(micro) - 1
+        sync = module.no_sync() if (not last and hasattr(module, "no_sync")) else contextlib.nullcontext()
+        with sync:
+            with reduction, precision.autocast():
+                out = method.loss(module(b.inputs), b)
+            value = out.loss.detach().float()
+            if _agree(not bool(torch.isfinite(value)), device):
+                msg = (f"training loss is {value.item()} {where}".rstrip()
+                       + (f" (micro-batch {m + 1} of {len(micro)})" if len(micro) > 1 else "")
+                       + " on this or another worker")
+                if fail_on_nan:
+                    raise TrialError(msg + "; lower train.lr or the method's weights, or set train.fail_on_nan: false "
+                                           "to skip such steps")
+                optimizer.zero_grad(set_to_none=True)
+                return StepResult(outputs, skipped=msg)
+            precision.backward(out.loss.float() * weight if len(micro) > 1 else out.loss)
+        outputs.append(out)
+    norm = None
+    if grad_clip is not None:
+        precision.unscale(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    if not precision.step(optimizer):
+        return StepResult(outputs, skipped="fp16 gradient overflow (the scaler lowered its scale)", grad_norm=norm)
+    method.on_step(outputs)
+    return StepResult(outputs, grad_norm=norm)
+
+
+def _steps(batches: Iterator[np.ndarray], accumulate: int) -> Iterator[list[np.ndarray]]:
+    """Consecutive sampler batches, ``accumulate`` per optimiser step (the last step may have fewer)."""
+    step: list[np.ndarray] = []
+    for idx in batches:
+        step.append(idx)
+        if len(step) == accumulate:
+            yield step
+            step = []
+    if step:
+        yield step
+
+
+class _EpochLogs:
+    """Per-epoch means of the method's per-batch and per-round logs (``method/<key>``)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, logs: Mapping[str, float]) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
 
 def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, session: Session,
@@ -170,29 +401,48 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
     loaded = resolve_trial(raw, params, source=f"trial {tracking.trial_id if tracking else ''}".strip())
     spec, trial_raw = loaded.spec, loaded.raw
     tcfg = spec.train
+    device = resolve_device(spec.resources.gpus_per_worker, session)
     torch.manual_seed(tcfg.seed)
     ctx = train_context(data, tcfg.epochs)
     method_cls = METHODS.get(spec.method.name)
     method = method_cls(spec.method.params, ctx)
     sampler = method_cls.sampler if tcfg.sampler == "auto" else tcfg.sampler
     sampler_input = SamplerInput(data.indices("train"), data.y, data.attr, data.stratum, data.group)
+    stores = data.inputs
     # the training module (several nets for some methods); evaluation goes through method.inference_model
-    module = method.build_model(model_builder(spec, data.n_features))
-    optimizer = torch.optim.AdamW(module.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    module = method.build_model(model_builder(spec, specs_of(stores))).to(device)
+    optimizer = torch.optim.AdamW(param_groups(module, tcfg.lr), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    precision = Precision(tcfg.precision, device)
     meta = model_meta(spec, data, ctx)
     objectives = [o.metric for o in spec.search.objectives]  # in every report: Tune checks they are there
+    n_batches = sum(1 for _ in method.batches(sampler_input, tcfg.batch_size, np.random.default_rng([tcfg.seed, 0]),
+                                              0, sampler))
+    steps_per_epoch = math.ceil(n_batches / tcfg.accumulate)
 
-    state: dict[str, Any] = {"epoch": 0, "best": None, "failure": None}
+    workdir = Path(tempfile.mkdtemp(prefix="fairray-trial-"))  # this worker's best-epoch weights, on local disk
+    best_file = workdir / BEST_FILE
+    state: dict[str, Any] = {"epoch": 0, "best": None, "failure": None, "step": 0, "skipped_steps": 0}
     with session.latest_checkpoint() as ckpt:
         if ckpt is not None:
-            module.load_state_dict(torch.load(Path(ckpt) / MODEL_FILE, weights_only=True))
-            state = torch.load(Path(ckpt) / TRAINER_FILE, weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
-            method.load_state_dict(state["method"])
+            load_trainable_state(module, load_state(Path(ckpt) / MODEL_FILE), source=str(ckpt))
+            state = {**state, **read_trainer_state(ckpt)}
+            optimizer.load_state_dict(state.pop("optimizer"))
+            method.load_state_dict(state.pop("method"))
+            precision.load_state_dict(state.pop("scaler", {}))
+            if (Path(ckpt) / BEST_FILE).is_file():
+                shutil.copyfile(Path(ckpt) / BEST_FILE, best_file)
     if state.get("failure"):
+        shutil.rmtree(workdir, ignore_errors=True)
         raise TrialError(state["failure"])  # a deterministic failure: do not redo the work on retry
+    method.to(device)
+    method.on_train_start(steps_per_epoch)
     module = session.prepare_model(module)
-    evaluate = _Evaluator(data, method, tcfg.s_min)
+    evaluate = _Evaluator(data, method, tcfg.s_min, tcfg.eval_batch_size, device, precision)
+    round_rows = None
+    if method.round_steps:
+        dev_input = SamplerInput(data.indices("dev"), data.y, data.attr, data.stratum, data.group)
+        round_rows = np.asarray(method.round_rows(dev_input, np.random.default_rng([tcfg.seed, 7])))
+        round_labels = _batch(data, round_rows, stores={}).to(device)
 
     run = None
     if tracking is not None and session.world_rank == 0:
@@ -203,59 +453,78 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
                 "fairray.searched_params": json.dumps(sorted(params))}
         run = TrialRun.open(tracking.uri, tracking.experiment_id, tracking.parent_run_id, tracking.trial_id,
                             tags, flatten({k: v for k, v in trial_raw.items() if k != "search"}))
+        n_train = sum(p.numel() for p in unwrap(module).parameters() if p.requires_grad)
+        run.log({"model/trainable_params": float(n_train),
+                 "model/total_params": float(sum(p.numel() for p in unwrap(module).parameters()))}, step=0)
 
-    def checkpoint_and_report(metrics: dict[str, Any], trainer_state: dict[str, Any]) -> None:
+    def trainer_state() -> dict[str, Any]:
+        return {**state, "optimizer": optimizer.state_dict(), "method": method.state_dict(),
+                "scaler": precision.state_dict()}
+
+    def checkpoint_and_report(metrics: dict[str, Any]) -> None:
         if session.world_rank != 0:
             session.report(metrics, None)
             return
         with tempfile.TemporaryDirectory(prefix="fairray-ckpt-") as d:
-            _write_checkpoint(Path(d), module, trainer_state, meta, trial_raw)
+            write_checkpoint(d, module, trainer_state(), meta, trial_raw, best=best_file)
             session.report(metrics, d)
 
     try:
         for epoch in range(state["epoch"], tcfg.epochs):
             torch.manual_seed(tcfg.seed * 100_003 + epoch)
             rng = np.random.default_rng([tcfg.seed, epoch])
+            crop_rng = np.random.default_rng([tcfg.seed, epoch, 1])  # random crops; the sampler keeps its stream
             module.train()
-            losses = []
-            for step, idx in enumerate(method.batches(sampler_input, tcfg.batch_size, rng, epoch, sampler)):
-                batch = _batch(data, idx[session.world_rank::session.world_size])
-                out = method.loss(module(batch.x), batch)
-                if not torch.isfinite(out.loss.detach()):
-                    msg = (f"training loss is {out.loss.item()} at epoch {epoch}, step {step}; "
-                           f"lower train.lr (now {tcfg.lr}) or the method's weights")
-                    if tcfg.fail_on_nan:
-                        state = {**state, "failure": msg}
-                        checkpoint_and_report({"epoch": epoch, "failed": 1.0, **dict.fromkeys(objectives, math.nan)},
-                                              {**state, "optimizer": optimizer.state_dict(),
-                                               "method": method.state_dict()})
-                        raise TrialError(msg)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
-                losses.append(float(out.loss.detach()))
+            losses, logs, norms, skipped = [], _EpochLogs(), [], 0
+            batches = method.batches(sampler_input, tcfg.batch_size, rng, epoch, sampler)
+            for step, step_idx in enumerate(_steps(batches, tcfg.accumulate)):
+                micro = [_batch(data, idx[session.world_rank::session.world_size], stores, crop_rng).to(device)
+                         for idx in step_idx]
+                try:
+                    result = train_step(module, method, micro, optimizer, precision, tcfg.grad_clip,
+                                        tcfg.fail_on_nan, where=f"at epoch {epoch}, step {step}")
+                except TrialError as exc:
+                    state = {**state, "failure": str(exc)}
+                    checkpoint_and_report({"epoch": epoch, "failed": 1.0, **dict.fromkeys(objectives, math.nan)})
+                    raise
+                if result.skipped is not None:
+                    skipped += 1
+                    continue
+                state["step"] += 1
+                total = sum(len(b) for b in micro)
+                losses.append(sum(float(o.loss.detach()) * len(b) / total for o, b in zip(result.outputs, micro,
+                                                                                           strict=True)))
+                for out in result.outputs:
+                    logs.add(out.logs)
+                if result.grad_norm is not None:
+                    norms.append(result.grad_norm)
+                if round_rows is not None and state["step"] % method.round_steps == 0:
+                    logs.add(method.on_round(DevEval(evaluate.logits(module, round_rows), round_labels)))
 
             dev_logits, dev_loss, dev_pred = evaluate(module, "dev")
             dev_report = dev_pred.report()
-            method_logs = method.on_epoch_end(DevEval(dev_logits, evaluate.batches["dev"]))
+            method_logs = {**logs.means(), **method.on_epoch_end(DevEval(dev_logits, evaluate.labels["dev"]))}
             best = state["best"]
             if tcfg.selection == "last" or best is None or dev_loss < best["dev_loss"]:
-                best = {"epoch": epoch, "dev_loss": dev_loss,
-                        "model": copy.deepcopy(_unwrap(module).state_dict())}
+                best = {"epoch": epoch, "dev_loss": dev_loss}
+                save_state(module, best_file)  # every worker keeps its own copy (identical under DDP)
             flat = dev_report.flat("dev")
-            metrics = {"epoch": epoch, "train/loss": float(np.mean(losses)), "dev/loss": dev_loss, **headline(flat),
+            state["skipped_steps"] += skipped
+            metrics = {"epoch": epoch, "train/loss": float(np.mean(losses)) if losses else math.nan,
+                       "dev/loss": dev_loss, **headline(flat),
                        **{k: flat.get(k, math.nan) for k in objectives},
+                       **({"train/skipped_steps": float(skipped)} if skipped or not tcfg.fail_on_nan else {}),
+                       **({"train/grad_norm": float(np.mean(norms))} if norms else {}),
                        **{f"method/{k}": v for k, v in method_logs.items()}}
-            state = {"epoch": epoch + 1, "best": best, "failure": None}
+            state = {**state, "epoch": epoch + 1, "best": best, "failure": None}
             if run is not None:
                 run.log(metrics, step=epoch)
             if on_epoch is not None and session.world_rank == 0:
                 on_epoch(metrics)
-            checkpoint_and_report(metrics, {**state, "optimizer": optimizer.state_dict(),
-                                            "method": method.state_dict()})
+            checkpoint_and_report(metrics)
 
-        final = _final(spec, module, state, evaluate, run, method, meta, trial_raw)
-        checkpoint_and_report(final, {**state, "optimizer": optimizer.state_dict(), "method": method.state_dict()})
+        final = _final(spec, module, state, best_file, evaluate, run, method, meta, trial_raw)
+        checkpoint_and_report(final)
         if run is not None:
             run.finish()
         return final
@@ -270,23 +539,26 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
                 reason += "\n" + traceback.format_exc(limit=8)
             run.end("FAILED", reason)
         raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _final(spec: SweepSpec, module, state: dict[str, Any], evaluate: _Evaluator, run, method: Method,
-           meta: dict[str, Any], trial_raw: Mapping[str, Any]) -> dict[str, float]:
+def _final(spec: SweepSpec, module, state: dict[str, Any], best_file: Path, evaluate: _Evaluator, run,
+           method: Method, meta: dict[str, Any], trial_raw: Mapping[str, Any]) -> dict[str, float]:
     """Evaluate the selected model on dev and test; check objectives; log everything to MLflow.
 
-    Artifacts: ``checkpoint/``, ``groups/{dev,test}.csv`` (the reports' tables),
-    ``predictions/{dev,test}.npz`` (:class:`~fairray.metrics.Predictions`, whose ``report()`` equals
-    the logged metrics) and ``method_state.json``.
+    Artifacts: ``checkpoint/`` (the selected epoch's trainable state as ``model.pt``), ``groups/{dev,test}.csv``
+    (the reports' tables), ``predictions/{dev,test}.npz`` (:class:`~fairray.metrics.Predictions`, whose
+    ``report()`` equals the logged metrics) and ``method_state.json``.
     """
     best = state["best"]
-    _unwrap(module).load_state_dict(best["model"])
+    load_trainable_state(module, load_state(best_file), source=str(best_file))
     _, dev_loss, dev_pred = evaluate(module, "dev")
     _, test_loss, test_pred = evaluate(module, "test")
     dev_report, test_report = dev_pred.report(), test_pred.report()
     final = {**dev_report.flat("dev"), **test_report.flat("test"), "dev/loss": dev_loss, "test/loss": test_loss,
-             "selected_epoch": float(best["epoch"]), "final": 1.0,
+             "selected_epoch": float(best["epoch"]), "final": 1.0, "train/skipped_steps_total":
+             float(state.get("skipped_steps", 0)),
              **{f"groups/{k}": v for k, v in evaluate.data.group_info.items()}}
     for objective in spec.search.objectives:
         value = final.get(objective.metric)
@@ -298,8 +570,7 @@ def _final(spec: SweepSpec, module, state: dict[str, Any], evaluate: _Evaluator,
         run.log(final, step=spec.train.epochs)
         with tempfile.TemporaryDirectory(prefix="fairray-art-") as d:
             root = Path(d)
-            (root / "checkpoint").mkdir()
-            _write_checkpoint(root / "checkpoint", module, {"selected_epoch": best["epoch"]}, meta, trial_raw)
+            write_checkpoint(root / "checkpoint", module, {"selected_epoch": best["epoch"]}, meta, trial_raw)
             (root / "groups").mkdir()
             dev_report.table().to_csv(root / "groups" / "dev.csv", index=False)
             test_report.table().to_csv(root / "groups" / "test.csv", index=False)

@@ -705,10 +705,20 @@ def test_layer_weighted_model_must_match_the_ssl_layout(tmp_path):
     text = COND + "model: {name: layer_weighted, n_layers: %d}\n" + corpora
     path = write(tmp_path, text % (3, "true"))
     assert load_spec(path).spec.model.params.n_layers == 3
-    with pytest.raises(ConfigError, match=r"weighted_sum: model layer_weighted needs the per-layer vectors"):
+    with pytest.raises(ConfigError, match=r"model: model layer_weighted needs the per-layer vectors side by side.*"
+                                          r"set dataset.extractor.params.weighted_sum: true"):
         load_spec(write(tmp_path, text % (3, "false")))
-    with pytest.raises(ConfigError, match=r"model.n_layers: 4 does not match the 3 layers hf_ssl extracts"):
+    with pytest.raises(ConfigError, match=r"model.n_layers: 4 does not match the 3 layers input 'features' stacks"):
         load_spec(write(tmp_path, text % (4, "true")))
+
+
+def test_a_model_that_cannot_read_the_datasets_inputs_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_spec(write(tmp_path, COND + "model: {name: wav_cnn}\n"))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(tmp_path))
+    assert re.search(r"model: model wav_cnn accepts waveform inputs, but the dataset provides features: vector\[\?\]; "
+                     r"models for these inputs: .*mlp", message), message
 
 
 def test_objectives_must_exist_for_the_target_type():

@@ -200,11 +200,15 @@ def counted(monkeypatch):
     return calls
 
 
-def _same(a, b):
+def _same(a, b, recomputed=False):
+    """``a`` equals ``b``: bit for bit when one is read from the cache, to float rounding when both were computed."""
     assert a.values == b.values and a.info == b.info
-    for x, y in ((a.ids, b.ids), (a.prob, b.prob)):
+    for x, y, exact in ((a.ids, b.ids, True), (a.prob, b.prob, not recomputed)):
         assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(x, y)
+        if exact:
+            np.testing.assert_array_equal(x, y)
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
 def test_group_inference_is_computed_once_and_read_back_exactly(tmp_path, counted):
@@ -217,7 +221,7 @@ def test_group_inference_is_computed_once_and_read_back_exactly(tmp_path, counte
     cached = infer_groups("kmeans", {"K": 3}, inp, cache_root=tmp_path)
     assert len(counted) == 1
     _same(cached, fresh)
-    _same(cached, GROUP_SOURCES.get("kmeans")(inp, {"K": 3}))  # and equals a computation without the cache
+    _same(cached, GROUP_SOURCES.get("kmeans")(inp, {"K": 3}), recomputed=True)  # and a computation without the cache
     counted.clear()
     assert len(list((tmp_path / "groups" / "kmeans").glob("*.json"))) == 1
     infer_groups("kmeans", {"K": 3, "l2norm": True, "seed": 42}, inp, cache_root=tmp_path)  # defaults: same key
@@ -295,7 +299,7 @@ def test_a_corrupt_group_entry_is_recomputed(tmp_path, counted, damage):
         record.write_text(json.dumps(meta))
     again = infer_groups("kmeans", {"K": 3}, inp, cache_root=tmp_path)
     assert len(counted) == 2
-    _same(again, fresh)
+    _same(again, fresh, recomputed=True)
     assert len(list(folder.glob("*.npz"))) == 1 and len(list(folder.glob("*.json"))) == 1
     assert not list(folder.glob("*.lock"))
     infer_groups("kmeans", {"K": 3}, inp, cache_root=tmp_path)

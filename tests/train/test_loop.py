@@ -134,7 +134,7 @@ def test_checkpoint_predictions_reproduce_the_logged_test_metrics(data, tmp_path
     # and the dev base loss used for model selection is the method's per-sample loss of those logits
     m = METHODS.get(spec.method.name)(spec.method.params, TrainContext.from_plain(meta["train_context"]))
     test_loss = float(m.per_sample_loss(logits, _batch(data, idx)).mean())
-    assert test_loss == final["test/loss"]
+    assert test_loss == pytest.approx(final["test/loss"], rel=1e-5, abs=1e-7)  # another module instance, same batch
 
 
 def test_checkpoint_without_a_stored_context(data, tmp_path):

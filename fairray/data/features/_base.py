@@ -82,6 +82,12 @@ class Extractor(ABC):
         """What besides name, version and params determines the output (library version, weight digest)."""
         return {}
 
+    @classmethod
+    def input_meta(cls, params: Any) -> dict[str, Any]:
+        """What the layout of a feature row is, from the params alone (no model loading): it becomes the
+        ``meta`` of the dataset's vector input spec, which model plugins check. Default: nothing to say."""
+        return {}
+
     # -- template ----------------------------------------------------------------------------------
     def load(self) -> Extractor:
         if self._model is None:

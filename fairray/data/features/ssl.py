@@ -91,6 +91,14 @@ class HFSpeechEncoder(Extractor):
         transformers = require("transformers", "hf_ssl")
         return transformers.AutoConfig.from_pretrained(self._folder(), local_files_only=True)
 
+    @classmethod
+    def input_meta(cls, params: Any) -> dict[str, Any]:
+        """``stacked_layers``: False (one vector, the mean of the layers), the number of stacked layers
+        (explicit ``layers``), or True (``layers: all``: the count is the model's, known once it is loaded)."""
+        if not params.weighted_sum:
+            return {"stacked_layers": False}
+        return {"stacked_layers": True if isinstance(params.layers, str) else len(params.layers)}
+
     def _layer_indices(self, n_hidden_layers: int) -> tuple[int, ...]:
         if self.params.layers == "all":
             return tuple(range(n_hidden_layers + 1))

@@ -1,0 +1,145 @@
+"""Models over variable-length inputs: pooled frame sequences (``seq_pool``) and raw waveforms (``wav_cnn``).
+
+Both pool over *valid* positions only (the batch's mask), so padding never changes a clip's logits: a
+clip gives the same output alone or in a batch of longer clips (up to float rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from fairray.inputs import InputSpec, Padded
+from fairray.models._base import MODELS, select_input
+from fairray.models.mlp import mlp_layers
+
+
+def masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over the valid frames ``values [B, T, D]``, ``mask [B, T]`` -> ``[B, D]``.
+    A row without valid frames gives zeros."""
+    w = mask.to(values.dtype).unsqueeze(-1)
+    n = w.sum(dim=1).clamp(min=1.0)
+    mean = (values * w).sum(dim=1) / n
+    var = (((values - mean.unsqueeze(1)) ** 2) * w).sum(dim=1) / n
+    return mean, var.clamp(min=1e-8).sqrt()
+
+
+class PooledHead(nn.Module):
+    """Masked mean (``mean``) or mean + std (``stats``, x-vector statistics pooling) over the frames of a
+    sequence input, then an MLP head."""
+
+    def __init__(self, key: str, pooling: str, head: nn.Module) -> None:
+        super().__init__()
+        self.key, self.pooling, self.head = key, pooling, head
+
+    def forward(self, inputs) -> torch.Tensor:
+        seq: Padded = inputs[self.key]
+        mean, std = masked_mean_std(seq.values, seq.mask)
+        return self.head(mean if self.pooling == "mean" else torch.cat([mean, std], dim=-1))
+
+
+@MODELS.register("seq_pool")
+class SequencePool:
+    accepts = ("sequence",)
+    summary = "masked mean or mean+std pooling of frame features (LLDs, SSL hidden states) + MLP head"
+
+    @dataclass(frozen=True)
+    class Params:
+        pooling: Literal["mean", "stats"] = "stats"
+        hidden: int = field(default=128, metadata={"ge": 1})
+        depth: int = field(default=1, metadata={"ge": 0})
+        dropout: float = field(default=0.2, metadata={"ge": 0, "lt": 1})
+        #: The sequence input to read; null = the dataset's only sequence input.
+        input: str | None = None
+
+    @classmethod
+    def build(cls, params: Params, inputs: Mapping[str, InputSpec], n_out: int) -> PooledHead:
+        spec = select_input("seq_pool", params, inputs, cls.accepts)
+        width = spec.dim * (2 if params.pooling == "stats" else 1)
+        head = nn.Sequential(*mlp_layers(width, params.hidden, params.depth, params.dropout, n_out))
+        return PooledHead(spec.name, params.pooling, head)
+
+
+#: (kernel, stride) of the convolutional front end, the first layers of wav2vec 2.0's feature encoder
+#: (400 samples = 25 ms receptive field, 20 ms hop after all five at 16 kHz: 10-5, 3-2, 3-2, 3-2, 3-2).
+FRONTEND = ((10, 5), (3, 2), (3, 2), (3, 2), (3, 2))
+
+
+class ChannelNorm(nn.LayerNorm):
+    """Layer norm over the channels of every frame of ``[B, C, T]`` (wav2vec 2.0's ``layer_norm`` extractor
+    mode): per frame, so padded frames cannot change valid ones (group norm over time would)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class WaveformCNN(nn.Module):
+    """A small convolutional encoder over raw samples (wav2vec 2.0-style front end, layer norm per frame),
+    masked mean pooling over the frames that see only valid samples, then an MLP head."""
+
+    def __init__(self, key: str, channels: int, n_layers: int, head: nn.Module) -> None:
+        super().__init__()
+        self.key, self.schedule = key, FRONTEND[:n_layers]
+        layers: list[nn.Module] = []
+        width = 1
+        for k, s in self.schedule:
+            layers += [nn.Conv1d(width, channels, k, stride=s, bias=False), ChannelNorm(channels), nn.GELU()]
+            width = channels
+        self.frontend = nn.Sequential(*layers)
+        self.head = head
+
+    def frame_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """Which output frames see only valid samples: the conv length formula applied to each row's length."""
+        lengths = mask.sum(dim=1)
+        for k, s in self.schedule:
+            lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+        frames = self.frame_count(mask.shape[1])
+        return torch.arange(frames, device=mask.device)[None, :] < lengths.clamp(min=1)[:, None]
+
+    def frame_count(self, samples: int) -> int:
+        for k, s in self.schedule:
+            samples = (samples - k) // s + 1
+        return samples
+
+    def forward(self, inputs) -> torch.Tensor:
+        wav: Padded = inputs[self.key]
+        x = wav.values * wav.mask.to(wav.values.dtype)  # padding is silence
+        h = self.frontend(x.unsqueeze(1)).transpose(1, 2)  # [B, frames, channels]
+        mean, _ = masked_mean_std(h, self.frame_mask(wav.mask))
+        return self.head(mean)
+
+    def lr_scales(self) -> dict[str, float]:
+        return {"frontend": self.frontend_lr_scale}
+
+    frontend_lr_scale = 1.0
+
+
+@MODELS.register("wav_cnn")
+class WaveformModel:
+    accepts = ("waveform",)
+    summary = "small convolutional encoder over 16 kHz samples (wav2vec 2.0 front end) + masked pooling + head"
+
+    @dataclass(frozen=True)
+    class Params:
+        channels: int = field(default=64, metadata={"ge": 1})
+        #: Convolution layers of the front end (1..5; 5 = 20 ms frames).
+        layers: int = field(default=5, metadata={"ge": 1, "le": len(FRONTEND)})
+        hidden: int = field(default=64, metadata={"ge": 1})
+        depth: int = field(default=1, metadata={"ge": 0})
+        dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
+        #: Learning rate of the front end as a multiple of train.lr (its own parameter group).
+        frontend_lr_scale: float = field(default=1.0, metadata={"gt": 0})
+        #: The waveform input to read; null = the dataset's only waveform input.
+        input: str | None = None
+
+    @classmethod
+    def build(cls, params: Params, inputs: Mapping[str, InputSpec], n_out: int) -> WaveformCNN:
+        spec = select_input("wav_cnn", params, inputs, cls.accepts)
+        head = nn.Sequential(*mlp_layers(params.channels, params.hidden, params.depth, params.dropout, n_out))
+        model = WaveformCNN(spec.name, params.channels, params.layers, head)
+        model.frontend_lr_scale = params.frontend_lr_scale
+        return model

@@ -1,0 +1,98 @@
+"""The one checkpoint format of a trial (what ``fairray predict`` and ``export`` read back).
+
+A checkpoint folder holds::
+
+    model.pt      trainable state of the training module (parameters with requires_grad, and buffers)
+    best.pt       trainable state of the best epoch so far (selection), during training only
+    trainer.pt    epoch, selection record, optimiser / grad-scaler / method state, skipped-step count
+    fairray.json  what predict needs besides weights (classes, input specs, normalisation, fingerprint)
+    config.yaml   the resolved trial spec
+
+Only trainable state is saved: a model that freezes a backbone (a LoRA adapter over a speech LLM)
+saves its adapters and head, never the frozen weights, which are rebuilt from the model's own folder.
+Files are written to a temporary name and renamed into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+MODEL_FILE = "model.pt"
+BEST_FILE = "best.pt"
+TRAINER_FILE = "trainer.pt"
+META_FILE = "fairray.json"
+CONFIG_FILE = "config.yaml"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The training module inside a DDP wrapper (``session.prepare_model``)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def trainable_names(module: nn.Module) -> set[str]:
+    """State-dict keys that are trained: parameters with ``requires_grad`` and (persistent) buffers."""
+    module = unwrap(module)
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    buffers = {n for n, _ in module.named_buffers()}
+    return names | (buffers & set(module.state_dict()))
+
+
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable entries of the module's state dict, on the CPU (detached copies)."""
+    keep = trainable_names(module)
+    return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(module).state_dict().items() if k in keep}
+
+
+def load_trainable_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load ``state`` into the trainable part of ``module``; every trainable key must be there, and no other."""
+    module = unwrap(module)
+    want = trainable_names(module)
+    missing, unexpected = sorted(want - set(state)), sorted(set(state) - set(module.state_dict()))
+    if missing or unexpected:
+        raise ValueError(f"{source}: the saved weights do not fit the model (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}); was it written by another model or method configuration?")
+    module.load_state_dict(dict(state), strict=False)
+
+
+def _save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_state(module: nn.Module, path: str | Path) -> None:
+    """Write the trainable state of ``module`` to ``path`` atomically."""
+    _save(trainable_state(module), Path(path))
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    return torch.load(Path(path), weights_only=True, map_location="cpu")
+
+
+def write_checkpoint(d: str | Path, module: nn.Module, trainer_state: Mapping[str, Any], meta: Mapping[str, Any],
+                     raw: Mapping[str, Any], best: str | Path | None = None) -> None:
+    """A complete checkpoint folder in ``d`` (``best``: the best-epoch weights file to include)."""
+    d = Path(d)
+    d.mkdir(parents=True, exist_ok=True)
+    save_state(module, d / MODEL_FILE)
+    if best is not None and Path(best).is_file():
+        try:  # the same bytes: a hard link when the file system allows it
+            os.link(best, d / BEST_FILE)
+        except OSError:
+            shutil.copyfile(best, d / BEST_FILE)
+    _save(dict(trainer_state), d / TRAINER_FILE)
+    (d / META_FILE).write_text(json.dumps(meta, indent=1))
+    (d / CONFIG_FILE).write_text(yaml.safe_dump(dict(raw), sort_keys=False))
+
+
+def read_trainer_state(d: str | Path) -> dict[str, Any]:
+    return torch.load(Path(d) / TRAINER_FILE, weights_only=False, map_location="cpu")

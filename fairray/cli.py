@@ -117,11 +117,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from fairray.config import load_spec
     from fairray.sweep import prepare_data, storage_root, tracking_uri
+    from fairray.sweep.runner import require_local_gpus
     from fairray.tracking import ensure_experiment
     from fairray.train import LocalSession, TrialTracking, run_trial
 
     loaded = load_spec(args.spec, args.set)
     spec = loaded.spec
+    require_local_gpus(spec, loaded.source)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     data = prepare_data(spec)
     tracking = None
@@ -177,6 +179,29 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"{r['name']}: {r['summary']}\n  needs: {r['needs']}; default sampler: {r['sampler']}")
         for p in r["params"]:
             print(f"    method.{p['name']:<{width}} {p['type']:<28} default {json.dumps(p['default'])}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from fairray.models import MODELS
+
+    rows = []
+    for name in MODELS:
+        cls = MODELS.get(name)
+        params = [{"name": f.name, "type": str(f.type),
+                   "default": f.default if f.default is not dataclasses.MISSING else "(required)"}
+                  for f in dataclasses.fields(cls.Params)]
+        rows.append({"name": name, "summary": cls.summary, "accepts": list(cls.accepts), "params": params})
+    if args.format == "json":
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    width = max(len(p["name"]) for r in rows for p in r["params"])
+    for r in rows:
+        print(f"{r['name']}: {r['summary']}\n  accepts: {', '.join(r['accepts'])} inputs")
+        for p in r["params"]:
+            print(f"    model.{p['name']:<{width}} {p['type']:<28} default {json.dumps(p['default'])}")
     return 0
 
 
@@ -533,6 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("methods", cmd_methods, "list registered methods, their hyperparameters and what they need")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
+    p = add("models", cmd_models, "list registered models, the input kinds they accept and their hyperparameters",
+            """\
+        A model reads the dataset's named inputs (vector features, frame sequences, 16 kHz waveforms or
+        tokens); a spec whose model cannot read its dataset's inputs is refused when it is loaded.
+
+        examples:
+          fairray models
+          fairray models --format json
+        """)
     p.add_argument("--format", choices=["table", "json"], default="table")
 
     p = add("frontier", cmd_frontier, "Pareto fronts of a sweep from MLflow, overall or per language/subgroup", """\

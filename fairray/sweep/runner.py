@@ -227,6 +227,20 @@ def _count_finished(uri: str, experiment_id: str, parent_run_id: str) -> int:
     return sum(r.info.status == "FINISHED" for r in trial_runs(uri, parent))
 
 
+def require_local_gpus(spec: SweepSpec, source: str) -> None:
+    """A spec that gives workers GPUs, run on this machine, needs a CUDA device here (checked before anything
+    is started or logged). Clusters are not checked: an autoscaler may add GPU nodes on demand."""
+    gpus = spec.resources.gpus_per_worker
+    if gpus <= 0:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{source}: resources.gpus_per_worker: {gpus:g} asks for a GPU per worker, but this machine "
+                          "has no CUDA device (torch.cuda.is_available() is False); set resources.gpus_per_worker: 0 "
+                          "or run on a GPU machine (fairray sweep --address for a cluster)")
+
+
 def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = False, verbose: int = 1,
               ablation: str | None = None) -> SweepOutcome:
     """Run (or resume) the sweep of ``loaded`` — or its declared ablation grid ``ablation`` — every
@@ -237,6 +251,8 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                           "[{metric: dev/weighted_f1, direction: max}]")
     if not spec.search.space and ablation is None:
         raise ConfigError(f"{loaded.source}: search.space: a sweep needs at least one dimension to search")
+    if address is None:
+        require_local_gpus(spec, loaded.source)
     points = trial_points(loaded, ablation)
     n_trials = len(points) if points is not None else spec.budget.num_samples
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table shows our objective columns

@@ -274,14 +274,20 @@ def resolve_device(gpus_per_worker: float, session: Session) -> torch.device:
     return session.cuda_device()
 
 
-def _agree(flag: bool, device: torch.device) -> bool:
-    """True on every worker when ``flag`` is True on any (one all-reduce under DDP; the flag itself otherwise)."""
+def _non_finite(value: torch.Tensor, device: torch.device) -> str | None:
+    """None when the loss is finite on every worker; else ``"nan"`` (this process) or ``"nan on worker 1 of 2"``
+    (the first worker with a non-finite loss) on every worker alike: one all-gather of two numbers under DDP."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+        return None if bool(torch.isfinite(value)) else f"{value.item()}"
+    mine = torch.tensor([0.0 if bool(torch.isfinite(value)) else 1.0, float(value)], device=device)
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    bad = [(rank, float(p[1])) for rank, p in enumerate(parts) if p[0] > 0]
+    if not bad:
+        return None
+    rank, v = bad[0]
+    return f"{v} on worker {rank} of {len(parts)}"
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -343,11 +349,10 @@ def train_step(module: torch.nn.Module, method: Method, micro: list[Batch], opti
         with sync:
             with reduction, precision.autocast():
                 out = method.loss(module(b.inputs), b)
-            value = out.loss.detach().float()
-            if _agree(not bool(torch.isfinite(value)), device):
-                msg = (f"training loss is {value.item()} {where}".rstrip()
-                       + (f" (micro-batch {m + 1} of {len(micro)})" if len(micro) > 1 else "")
-                       + " on this or another worker")
+            bad = _non_finite(out.loss.detach().float(), device)
+            if bad is not None:
+                msg = (f"training loss is {bad} {where}".rstrip()
+                       + (f" (micro-batch {m + 1} of {len(micro)})" if len(micro) > 1 else ""))
                 if fail_on_nan:
                     raise TrialError(msg + "; lower train.lr or the method's weights, or set train.fail_on_nan: false "
                                            "to skip such steps")

@@ -51,6 +51,9 @@ _FROM_PLAIN: dict[str, Callable[[Any], Any]] = {  # TrainContext field -> its ty
 }
 
 
+_NOT_STORED = frozenset({"train_group_prob"})
+
+
 @dataclass(frozen=True)
 class TrainContext:
     """What a method may know about the training split when it is built.
@@ -81,6 +84,9 @@ class TrainContext:
     n_rows: int
     epochs: int
     class_target_counts: np.ndarray | None = None
+    #: Soft group memberships of the training rows ``[n_train, G]`` (PGDRO's sharpened ``n_g``); not stored in
+    #: checkpoints (``to_plain``): building a model never needs it.
+    train_group_prob: np.ndarray | None = None
 
     @property
     def n_classes(self) -> int:
@@ -101,6 +107,8 @@ class TrainContext:
         """JSON-ready copy (tuples and arrays as lists); :meth:`from_plain` restores the values."""
         out: dict[str, Any] = {}
         for f in fields(self):
+            if f.name in _NOT_STORED:
+                continue
             value = getattr(self, f.name)
             if isinstance(value, np.ndarray):
                 value = value.tolist()
@@ -142,7 +150,8 @@ class LossOutput:
 
 @dataclass(frozen=True)
 class DevEval:
-    """Logits of the current model on the whole dev split (no gradients) and the dev batch."""
+    """Logits of the current inference model (no gradients) on dev rows and their labels-only batch: the whole
+    dev split for ``on_epoch_end``, the fixed round rows (:meth:`Method.round_rows`) for ``on_round``."""
 
     logits: torch.Tensor
     batch: Batch
@@ -213,6 +222,7 @@ class Method(ABC):
 
     def on_train_start(self, steps_per_epoch: int) -> None:
         """Called once before training (and on resume): optimiser steps in an epoch, for step schedules."""
+        return None
 
     def on_step(self, outputs: Sequence[LossOutput]) -> None:
         """After the optimiser step: commit the state changes ``loss()`` computed (``LossOutput.update``).

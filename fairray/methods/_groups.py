@@ -1,4 +1,4 @@
-"""Group reductions shared by the losses: group means with an empty-group guard.
+r"""Group reductions shared by the losses: group means with an empty-group guard.
 
 The per-group sums and counts are :func:`~fairray.methods._reduce.batch_sum`\ s: under data parallelism
 (Ray Train / DDP) they are all-reduced before the means are formed (METHODS 3.0), with a differentiable
@@ -27,6 +27,27 @@ def group_means(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> tu
     return sums / counts.clamp(min=1), counts
 
 
+def stratum_cell_means(values: torch.Tensor, attr: torch.Tensor, stratum: torch.Tensor, n_attr: int,
+                       n_strata: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``values`` and counts of every stratum x attribute cell, both ``[n_strata, n_attr]``.
+
+    Samples of unknown attribute or stratum (-1) are left out; an empty cell has mean 0 and count 0.
+    """
+    cells = torch.where((attr >= 0) & (stratum >= 0), stratum * n_attr + attr, torch.full_like(attr, -1))
+    means, counts = group_means(values, cells, n_strata * n_attr)
+    return means.view(n_strata, n_attr), counts.view(n_strata, n_attr)
+
+
+def stratum_gaps(means: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per stratum (row of the ``[n_strata, n_attr]`` cell ``means``), the range of its present cells' means
+    and whether it is valid (at least two present cells). An invalid stratum's gap is 0."""
+    inf = torch.tensor(float("inf"), dtype=means.dtype, device=means.device)
+    hi = torch.where(present, means, -inf).amax(dim=1)
+    lo = torch.where(present, means, inf).amin(dim=1)
+    valid = present.sum(dim=1) >= 2
+    return torch.where(valid, hi - lo, torch.zeros_like(hi)), valid  # invalid strata add 0, and gaps are >= 0
+
+
 def worst_stratum_gap(values: torch.Tensor, attr: torch.Tensor, stratum: torch.Tensor, n_attr: int,
                       n_strata: int, m_min: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``max_l Δ_l`` with ``Δ_l`` the range of the attribute groups' mean ``values`` in stratum ``l``.
@@ -35,14 +56,8 @@ def worst_stratum_gap(values: torch.Tensor, attr: torch.Tensor, stratum: torch.T
     skipped, never treated as zero-loss cells. Returns ``(Δ_max, Δ per stratum)``; ``Δ_max`` is 0 when
     no stratum is valid, and a stratum's entry is NaN when it is not valid.
     """
-    cells = torch.where((attr >= 0) & (stratum >= 0), stratum * n_attr + attr, torch.full_like(attr, -1))
-    means, counts = group_means(values, cells, n_strata * n_attr)
-    means, present = means.view(n_strata, n_attr), counts.view(n_strata, n_attr) >= m_min
-    inf = torch.tensor(float("inf"), dtype=values.dtype, device=values.device)
-    hi = torch.where(present, means, -inf).amax(dim=1)
-    lo = torch.where(present, means, inf).amin(dim=1)
-    valid = present.sum(dim=1) >= 2
-    gaps = torch.where(valid, hi - lo, torch.zeros_like(hi))  # invalid strata add 0, and gaps are >= 0
+    means, counts = stratum_cell_means(values, attr, stratum, n_attr, n_strata)
+    gaps, valid = stratum_gaps(means, counts >= m_min)
     worst = gaps.max()
     return worst, torch.where(valid, gaps, torch.full_like(gaps, float("nan"))).detach()
 

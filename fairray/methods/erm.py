@@ -14,8 +14,10 @@ from fairray.methods._base import METHODS, Batch, LossOutput, Method, TrainConte
 
 @dataclass(frozen=True)
 class BaseLossParams:
-    #: Per-sample base loss: plain CE, class-balanced CE (Cui et al.), or class-balanced focal loss.
-    loss: Literal["ce", "cb_ce", "focal"] = "ce"
+    #: Per-sample base loss: plain CE, class-balanced CE (Cui et al.), or class-balanced focal loss. The
+    #: default is METHODS §3.1's (``cb_soft_ce``); methods whose section names another redeclare it
+    #: (MinMaxGAP §3.2 and DisEnt §3.9: CE).
+    loss: Literal["ce", "cb_ce", "focal"] = "cb_ce"
     #: Class-balance smoothing; null = (N-1)/N with N the training-set size (ES default).
     beta: float | None = field(default=None, metadata={"ge": 0, "lt": 1})
     #: Focal exponent (0 recovers class-balanced CE).
@@ -93,6 +95,7 @@ class ERM(BaseLossMethod):
     requires = "nothing"
     sampler = "uniform"
     summary = "ERM with CE, class-balanced CE or focal loss (METHODS 3.1)"
+    batch_statistics = False  # a mean of per-sample terms
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:
         loss = self.per_sample_loss(logits, batch).mean()

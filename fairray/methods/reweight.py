@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ class Reweighting(BaseLossMethod):
     requires = "true or inferred groups"
     sampler = "uniform"
     summary = "reweighting by class x group frequency (idi or kc) (METHODS 3.4)"
+    batch_statistics = False  # a mean of per-sample terms w_i l_i
 
     def __init__(self, params: RWParams, ctx: TrainContext) -> None:
         super().__init__(params, ctx)
@@ -55,53 +56,100 @@ class Reweighting(BaseLossMethod):
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:
         known = batch.group >= 0
-        w = torch.where(known, self.table[batch.y, batch.group.clamp(min=0)], torch.ones_like(batch.y, dtype=torch.float32))
+        table = self.table.to(batch.device)
+        w = torch.where(known, table[batch.y, batch.group.clamp(min=0)], torch.ones_like(batch.y, dtype=torch.float32))
         return LossOutput((w * self.per_sample_loss(logits, batch)).mean(), {})
 
 
-def downsample(inp: SamplerInput, n_classes: int, n_groups: int, rng: np.random.Generator) -> np.ndarray:
-    """Per class c, ``m_c = min`` over its non-empty groups of ``N_cg``; draw ``m_c`` from every such group
-    without replacement. Samples of unknown group are left out."""
+def subset_sizes(class_group: np.ndarray, mode: str) -> np.ndarray:
+    """Clips DS keeps of every class x group cell ``[C, G]`` (0 for an empty cell, which has none to draw).
+
+    ``idi``: ``m_c = min`` over the class's non-empty groups of ``N_cg`` (METHODS §3.5: every group of the
+    class down to its smallest). ``kc_uniform``: the cell's expected size under independence,
+    ``N_c N_g / N`` rounded half up (Kamiran & Calders' uniform sampling); larger cells are subsampled,
+    smaller ones duplicated.
+    """
+    n_cg = np.asarray(class_group, dtype=np.int64)
+    nonempty = n_cg > 0
+    if mode == "idi":
+        m = np.where(nonempty, n_cg, np.iinfo(np.int64).max).min(axis=1, keepdims=True)
+        return np.where(nonempty, m, 0)
+    if mode == "kc_uniform":
+        n = max(int(n_cg.sum()), 1)
+        expected = n_cg.sum(axis=1, keepdims=True) * n_cg.sum(axis=0, keepdims=True) / n
+        return np.where(nonempty, np.floor(expected + 0.5).astype(np.int64), 0)
+    raise ValueError(f"ds_mode must be one of {DS_MODES}, got {mode!r}")
+
+
+def downsample(inp: SamplerInput, n_classes: int, n_groups: int, rng: np.random.Generator,
+               mode: str = "idi") -> np.ndarray:
+    """The training subset DS trains on: every class x group cell drawn to its :func:`subset_sizes` size,
+    without replacement up to the cell's size, the rest (``kc_uniform`` only) with replacement on top of the
+    whole cell. Samples of unknown group are left out. Sorted; a duplicated clip appears several times."""
     idx = inp.indices[inp.group[inp.indices] >= 0]
     y, g = inp.y[idx], inp.group[idx]
+    counts = np.zeros((n_classes, n_groups), dtype=np.int64)
+    np.add.at(counts, (y, g), 1)
+    sizes = subset_sizes(counts, mode)
     keep = []
     for c in range(n_classes):
-        cells = [idx[(y == c) & (g == k)] for k in range(n_groups)]
-        cells = [cell for cell in cells if len(cell)]
-        if not cells:
-            continue
-        m = min(len(cell) for cell in cells)
-        keep += [rng.choice(cell, size=m, replace=False) for cell in cells]
+        for k in range(n_groups):
+            cell = idx[(y == c) & (g == k)]
+            if not len(cell):
+                continue
+            size = int(sizes[c, k])
+            if size <= len(cell):
+                keep.append(rng.choice(cell, size=size, replace=False))
+            else:
+                keep += [cell, rng.choice(cell, size=size - len(cell), replace=True)]
     return np.sort(np.concatenate(keep)) if keep else idx[:0]
+
+
+#: The DS variants (``ds_mode``).
+DS_MODES = ("idi", "kc_uniform")
 
 
 @dataclass(frozen=True)
 class DSParams(BaseLossParams):
-    #: Redraw the balanced subset every epoch, or draw it once (seeded by ds_seed).
+    #: idi = every cell of a class down to the class's smallest group (IDI); kc_uniform = every cell resampled
+    #: to its expected size N_c N_g / N (Kamiran & Calders' uniform sampling; METHODS 3.5).
+    ds_mode: Literal["idi", "kc_uniform"] = "idi"
+    #: Redraw the subset every epoch (from the loop's epoch generator), or draw it once (seeded by ds_seed).
     ds_resample: Literal["epoch", "once"] = "epoch"
     ds_seed: int = 0
 
 
-def _subset_counts(ctx: TrainContext) -> np.ndarray:
-    """Per class, the clips DS keeps: its smallest present group's count times the number of present groups."""
-    return np.array([row[row > 0].min() * (row > 0).sum() if (row > 0).any() else 0
-                     for row in ctx.class_group_counts])
+def _subset_counts(ctx: TrainContext, mode: str) -> np.ndarray:
+    """Per class, the clips of the subset DS trains on (duplicates counted)."""
+    return subset_sizes(ctx.class_group_counts, mode).sum(axis=1)
 
 
 @METHODS.register("ds")
 class Downsampling(BaseLossMethod):
+    """Downsampling (METHODS §3.5): train with the base loss on a class x group balanced subset, its
+    class-balanced weights recomputed on the subset.
+
+    State: the current subset's dataset rows, with the draw that made it (``ds_seed`` for ``once``; for
+    ``epoch``, the epoch whose generator drew it) — kept in checkpoints and logged as the method state. A
+    resumed ``once`` trial trains on its stored subset. Per batch, ``retained_fraction`` (subset size over
+    training-set size) is logged: with many clusters ``idi`` keeps little (METHODS §3.5 pitfall).
+    """
+
     Params = DSParams
     requires = "true or inferred groups"
     sampler = "uniform"
-    summary = "downsampling every class x group cell to the class's smallest group (METHODS 3.5)"
+    summary = "downsampling every class x group cell to the class's smallest group, or kc_uniform (METHODS 3.5)"
+    batch_statistics = False  # a mean of per-sample terms
 
     def __init__(self, params: DSParams, ctx: TrainContext) -> None:
         super().__init__(params, ctx)
-        self.retained = float(_subset_counts(ctx).sum() / max(ctx.n_train, 1))
+        self.retained = float(_subset_counts(ctx, params.ds_mode).sum() / max(ctx.n_train, 1))
+        self.subset: np.ndarray | None = None  # dataset rows of the current subset
+        self.drawn_epoch: int | None = None  # the epoch whose generator drew it (ds_resample: epoch)
 
     def base_loss(self, params: DSParams, ctx: TrainContext) -> BaseLoss:
         """Class-balanced weights from the class counts of the balanced subset DS trains on."""
-        subset_counts = _subset_counts(ctx)
+        subset_counts = _subset_counts(ctx, params.ds_mode)
         subset = replace(ctx, class_counts=subset_counts, n_train=int(subset_counts.sum()))
         if ctx.class_target_counts is not None:
             # multi-label: the subset's expected positives per class; label k keeps subset_counts[k] of its
@@ -115,6 +163,24 @@ class Downsampling(BaseLossMethod):
 
     def batches(self, inp: SamplerInput, batch_size: int, rng: np.random.Generator, epoch: int,
                 sampler: str) -> Iterator[np.ndarray]:
-        draw = rng if self.params.ds_resample == "epoch" else np.random.default_rng(self.params.ds_seed)
-        subset = downsample(inp, self.ctx.n_classes, self.ctx.n_groups, draw)
-        return super().batches(replace(inp, indices=subset), batch_size, rng, epoch, sampler)
+        p = self.params
+        if p.ds_resample == "epoch":
+            self.subset, self.drawn_epoch = downsample(inp, self.ctx.n_classes, self.ctx.n_groups, rng, p.ds_mode), epoch
+        elif self.subset is None:
+            draw = np.random.default_rng(p.ds_seed)
+            self.subset = downsample(inp, self.ctx.n_classes, self.ctx.n_groups, draw, p.ds_mode)
+        elif not np.isin(self.subset, inp.indices).all():
+            raise ValueError("ds: the stored subset (ds_resample: once) holds rows outside this trial's training split; "
+                             "was the checkpoint written for another dataset?")
+        return super().batches(replace(inp, indices=self.subset), batch_size, rng, epoch, sampler)
+
+    def state_dict(self) -> dict[str, Any]:
+        once = self.params.ds_resample == "once"
+        return {"subset": None if self.subset is None else self.subset.tolist(),
+                "seed": self.params.ds_seed if once else None, "epoch": None if once else self.drawn_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the subset (checkpoints written before DS kept state hold none: it is drawn again)."""
+        subset = state.get("subset")
+        self.subset = None if subset is None else np.asarray(subset, dtype=np.int64)
+        self.drawn_epoch = state.get("epoch")

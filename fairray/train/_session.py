@@ -7,6 +7,7 @@ checkpoint on restart; the loop itself is identical in all three.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,13 +55,18 @@ class LocalSession:
         self.root = Path(root)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        """Keep ``checkpoint_dir`` as the latest checkpoint. The folder is the loop's to give away: it is
+        moved into place (no copy) when it lies on the same file system, copied otherwise."""
         if checkpoint_dir is not None:
             from fairray._atomic import atomic_publish_dir
 
             target = self.root / "checkpoint"
             staged = self.root / ".checkpoint.staged"
             shutil.rmtree(staged, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, staged)
+            try:
+                os.rename(checkpoint_dir, staged)
+            except OSError:
+                shutil.copytree(checkpoint_dir, staged)
             old = self.root / ".checkpoint.old"
             shutil.rmtree(old, ignore_errors=True)
             if target.exists():

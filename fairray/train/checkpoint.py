@@ -78,9 +78,16 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return torch.load(Path(path), weights_only=True, map_location="cpu")
 
 
-def write_checkpoint(d: str | Path, module: nn.Module, trainer_state: Mapping[str, Any], meta: Mapping[str, Any],
-                     raw: Mapping[str, Any], best: str | Path | None = None) -> None:
-    """A complete checkpoint folder in ``d`` (``best``: the best-epoch weights file to include)."""
+def checkpoint_texts(meta: Mapping[str, Any], raw: Mapping[str, Any]) -> tuple[str, str]:
+    """``fairray.json`` and ``config.yaml`` of a trial: the same in every checkpoint, rendered once."""
+    return json.dumps(meta, indent=1), yaml.safe_dump(dict(raw), sort_keys=False)
+
+
+def write_checkpoint(d: str | Path, module: nn.Module, trainer_state: Mapping[str, Any],
+                     meta: Mapping[str, Any] | tuple[str, str], raw: Mapping[str, Any] | None = None,
+                     best: str | Path | None = None) -> None:
+    """A complete checkpoint folder in ``d`` (``best``: the best-epoch weights file to include). ``meta`` is
+    the meta dict (with ``raw``, the trial spec) or both already rendered by :func:`checkpoint_texts`."""
     d = Path(d)
     d.mkdir(parents=True, exist_ok=True)
     save_state(module, d / MODEL_FILE)
@@ -90,8 +97,9 @@ def write_checkpoint(d: str | Path, module: nn.Module, trainer_state: Mapping[st
         except OSError:
             shutil.copyfile(best, d / BEST_FILE)
     _save(dict(trainer_state), d / TRAINER_FILE)
-    (d / META_FILE).write_text(json.dumps(meta, indent=1))
-    (d / CONFIG_FILE).write_text(yaml.safe_dump(dict(raw), sort_keys=False))
+    meta_text, config_text = meta if isinstance(meta, tuple) else checkpoint_texts(meta, raw or {})
+    (d / META_FILE).write_text(meta_text)
+    (d / CONFIG_FILE).write_text(config_text)
 
 
 def read_trainer_state(d: str | Path) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from fairray.train.checkpoint import (
     META_FILE,
     MODEL_FILE,
     TRAINER_FILE,
+    checkpoint_texts,
     load_state,
     load_trainable_state,
     read_trainer_state,
@@ -108,7 +109,8 @@ def train_context(data: SERData, epochs: int) -> TrainContext:
                         attr_values=data.attr_values, strata_values=data.strata_values, n_train=len(idx),
                         group_values=data.group_values, group_counts=class_group.sum(axis=0),
                         class_group_counts=class_group, group_soft_counts=data.group_prob[idx].sum(axis=0),
-                        n_rows=len(data.y), epochs=epochs, class_target_counts=class_target)
+                        n_rows=len(data.y), epochs=epochs, class_target_counts=class_target,
+                        train_group_prob=data.group_prob[idx])
 
 
 class Precision:
@@ -466,13 +468,18 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
         return {**state, "optimizer": optimizer.state_dict(), "method": method.state_dict(),
                 "scaler": precision.state_dict()}
 
+    texts = checkpoint_texts(meta, trial_raw)
+
     def checkpoint_and_report(metrics: dict[str, Any]) -> None:
         if session.world_rank != 0:
             session.report(metrics, None)
             return
-        with tempfile.TemporaryDirectory(prefix="fairray-ckpt-") as d:
-            write_checkpoint(d, module, trainer_state(), meta, trial_raw, best=best_file)
-            session.report(metrics, d)
+        d = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
+        try:
+            write_checkpoint(d, module, trainer_state(), texts, best=best_file)
+            session.report(metrics, str(d))  # Tune copies the folder; a LocalSession moves it
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
 
     try:
         for epoch in range(state["epoch"], tcfg.epochs):

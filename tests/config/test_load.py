@@ -177,7 +177,7 @@ def test_unknown_model_name_lists_registered_models(tmp_path: Path) -> None:
 
 def test_method_may_be_given_by_name_alone(tmp_path: Path) -> None:
     spec = load_spec(write(tmp_path, with_section("method: erm"))).spec
-    assert spec.method.name == "erm" and spec.method.params.loss == "ce"
+    assert spec.method.name == "erm" and spec.method.params.loss == "cb_ce"  # METHODS 3.1's default base loss
 
 
 def test_missing_method(tmp_path: Path) -> None:

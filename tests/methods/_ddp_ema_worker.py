@@ -49,7 +49,9 @@ def worker(rank: int, out: str) -> None:
     ws = []
     for index, y, loss_b, loss_d in steps():
         part = slice(rank, None, WORLD)  # as the loop splits a batch: idx[rank::world_size]
-        ws.append(weights(batch(index[part], y[part]), loss_b[part], loss_d[part]))
+        w, rows = weights(batch(index[part], y[part]), loss_b[part], loss_d[part])
+        weights.commit([rows])  # what LfF.on_step does after the optimiser step
+        ws.append(w)
     torch.save({"w": ws, "state": weights.state_dict()}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 

@@ -17,7 +17,6 @@ from fairray.errors import ConfigError
 from fairray.methods import (
     METHODS,
     Batch,
-    DevEval,
     DifficultyWeights,
     DisEnt,
     LfF,
@@ -100,17 +99,54 @@ def test_classwise_normalisation_and_w_by_hand():
     weights = DifficultyWeights(ctx(n_rows=6), alpha=0.7)
     # rows 0, 1 are class 0; rows 2, 3 class 1; rows 4, 5 never visited
     b = batch([0, 1, 2, 3], [0, 0, 1, 1])
-    w = weights(b, torch.tensor([1.0, 2.0, 4.0, 1.0]), torch.tensor([2.0, 2.0, 1.0, 3.0]))
+    w, rows = weights(b, torch.tensor([1.0, 2.0, 4.0, 1.0]), torch.tensor([2.0, 2.0, 1.0, 3.0]))
     # ê^B = (1/2, 2/2, 4/4, 1/4), ê^D = (2/2, 2/2, 1/3, 3/3)
     expected = [0.5 / 1.5, 1 / 2, 1 / (1 + 1 / 3), 0.25 / 1.25]
     torch.testing.assert_close(w, torch.tensor(expected), rtol=1e-6, atol=1e-7)
+    assert weights.biased.label.tolist() == [-1] * 6  # computing W changes nothing ...
+    weights.commit([rows])  # ... the rows are committed after the optimiser step
+    assert weights.biased.value.tolist() == [1.0, 2.0, 4.0, 1.0, 0.0, 0.0]
     # the class maximum comes from the whole table, not the batch: row 0 alone keeps row 1's maximum
-    w0 = weights(batch([0], [0]), torch.tensor([1.0]), torch.tensor([2.0]))
+    w0, _ = weights(batch([0], [0]), torch.tensor([1.0]), torch.tensor([2.0]))
     assert float(w0) == pytest.approx(0.5 / 1.5, rel=1e-6)
 
 
+def test_ema_stepped_is_pure_and_update_commits_it():
+    ema = SampleLossEMA(n_rows=4, alpha=0.5)
+    ema.update(torch.tensor([0]), torch.tensor([2.0]), torch.tensor([1]))
+    value, label = ema.stepped(torch.tensor([0, 2]), torch.tensor([4.0, 1.0]), torch.tensor([1, 0]))
+    assert value.tolist() == [3.0, 0.0, 1.0, 0.0] and label.tolist() == [1, -1, 0, -1]
+    assert ema.value.tolist() == [2.0, 0.0, 0.0, 0.0] and ema.label.tolist() == [1, -1, -1, -1]  # unchanged
+
+
+def test_accumulated_micro_batches_commit_one_step_of_all_their_rows():
+    """Under train.accumulate the step's micro-batches enter the tables together: the step a single batch of
+    all their rows takes (a row in two micro-batches takes its mean loss, as within one batch)."""
+    split, whole = DifficultyWeights(ctx(n_rows=6), alpha=0.7), DifficultyWeights(ctx(n_rows=6), alpha=0.7)
+    for table in (split, whole):  # a committed history first, so the step is an EMA step, not a first visit
+        table.commit([table(batch([0, 1, 2], [0, 1, 0]), torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 1.0, 1.0]))[1]])
+    _, a = split(batch([0, 3], [0, 1]), torch.tensor([2.0, 5.0]), torch.tensor([1.0, 2.0]))
+    _, b = split(batch([0, 4], [0, 0]), torch.tensor([4.0, 1.0]), torch.tensor([3.0, 2.0]))
+    split.commit([a, b])
+    _, rows = whole(batch([0, 3, 0, 4], [0, 1, 0, 0]), torch.tensor([2.0, 5.0, 4.0, 1.0]),
+                    torch.tensor([1.0, 2.0, 3.0, 2.0]))
+    whole.commit([rows])
+    assert split.state_dict() == whole.state_dict()
+    assert split.biased.value[0].item() == pytest.approx(0.7 * 1.0 + 0.3 * 3.0)  # mean of 2 and 4
+
+
+def test_lff_loss_is_pure_and_on_step_commits():
+    method, module = make("lff")
+    b = batch([4, 7, 9], [0, 1, 1])
+    first, again = method.loss(module(b.x), b), method.loss(module(b.x), b)
+    assert first.loss.item() == again.loss.item()
+    assert method.state_dict()["ema"]["biased"]["index"] == []
+    method.on_step([first])
+    assert method.state_dict()["ema"]["biased"]["index"] == [4, 7, 9]
+
+
 def test_lff_loss_is_gce_plus_w_weighted_base_loss():
-    method, _ = make("lff", q=0.5)
+    method, _ = make("lff", q=0.5, loss="ce")
     b = batch([4, 7, 9], [0, 1, 1])
     lb = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]], requires_grad=True)
     ld = torch.tensor([[0.0, 1.0], [0.5, 0.0], [0.0, 3.0]], requires_grad=True)
@@ -190,32 +226,43 @@ def test_disent_stop_gradients():
     assert _nonzero(_grads(module), "enc_b.")
 
 
-@pytest.mark.parametrize(("swap_start", "epochs", "first"), [(0.2, 10, 2), (0.2, 4, 1), (0.5, 5, 3), (0.0, 3, 0),
-                                                               (1.0, 3, 3), (0.2, 30, 6)])
-def test_swap_start_epoch(swap_start, epochs, first):
-    method, _ = make("disent", ctx(epochs=epochs), swap_start=swap_start)
-    assert method.swap_epoch == first
+@pytest.mark.parametrize(("swap_start", "unit", "steps_per_epoch", "epochs", "first"), [
+    (0.2, "steps", 5, 10, 10), (0.2, "steps", 7, 4, 6), (0.5, "steps", 3, 5, 8), (0.0, "steps", 4, 3, 0),
+    (1.0, "steps", 4, 3, 12), (0.2, "epochs", 7, 4, 7), (0.5, "epochs", 3, 5, 9), (0.2, "epochs", 5, 10, 10)])
+def test_first_swap_step(swap_start, unit, steps_per_epoch, epochs, first):
+    """METHODS 3.9: the first swapping step is swap_start of the trial's optimiser steps (rounded half up);
+    ``swap_unit: epochs`` rounds it to an epoch boundary, round(swap_start · epochs) epochs in."""
+    method, _ = make("disent", ctx(epochs=epochs), swap_start=swap_start, swap_unit=unit)
+    method.on_train_start(steps_per_epoch)
+    assert method.swap_step == first
 
 
-def test_swap_starts_at_the_configured_epoch_with_the_hand_computed_loss():
+def test_swap_needs_the_trial_length_unless_it_starts_at_once():
+    assert make("disent", swap_start=0.0)[0].swapping
+    method, _ = make("disent", swap_start=0.2)
+    assert method.swap_step is None and not method.swapping  # before on_train_start
+
+
+def test_swap_starts_at_the_configured_step_with_the_hand_computed_loss():
     method, module = make("disent", ctx(epochs=10), swap_start=0.2, lambda_dis=2.0, lambda_swap=0.5,
                           lambda_swap_b=3.0)
+    method.on_train_start(3)  # 30 steps: swapping from step 6, in the middle of epoch 2
     b = batch(range(6), [0, 1, 0, 1, 1, 0])
-    dev = DevEval(torch.zeros(6, 2), b)
     seen = []
-    for epoch in range(4):
-        for _ in range(2):
-            seen.append((epoch, "l_swap" in method.loss(module(b.x), b).logs))
-        assert method.on_epoch_end(dev) == {"swapping": float(epoch >= 2)}
-    assert seen == [(e, e >= 2) for e in range(4) for _ in range(2)]
-    assert method.step == 8 and method.epoch == 4
+    for _ in range(8):
+        out = method.loss(module(b.x), b)
+        assert out.logs["swapping"] == float("l_swap" in out.logs)
+        seen.append("l_swap" in out.logs)
+        method.on_step([out])
+    assert seen == [False] * 6 + [True] * 2
+    assert method.step == 8 and method.state_dict()["step"] == 8
     # the swapped loss by hand, with π of the current step
     perm = method.permutation(6)
     weights = copy.deepcopy(method.weights)
     out = module(b.x)
     loss = method.loss(out, b).loss
-    w = weights(b, F.cross_entropy(out.bias(), b.y, reduction="none").detach(),
-                F.cross_entropy(out.intrinsic(), b.y, reduction="none").detach())
+    w, _ = weights(b, F.cross_entropy(out.bias(), b.y, reduction="none").detach(),
+                   F.cross_entropy(out.intrinsic(), b.y, reduction="none").detach())
     ce = lambda logits, y: F.cross_entropy(logits, y, reduction="none")  # noqa: E731
     l_dis = (w * ce(out.intrinsic(), b.y)).mean() + 2.0 * gce(out.bias(), b.y, 0.7).mean()
     l_swap = (w * ce(out.intrinsic(perm), b.y)).mean() + 3.0 * gce(out.bias(perm), b.y[perm], 0.7).mean()
@@ -232,7 +279,9 @@ def test_permutation_is_seeded_by_step_and_a_batch_of_one_is_fine():
     first = method.permutation(10)
     assert sorted(first.tolist()) == list(range(10))
     assert torch.equal(method.permutation(10), first)  # same step, same π
-    method.loss(module(batch(range(10), [0, 1] * 5).x), batch(range(10), [0, 1] * 5))
+    out = method.loss(module(batch(range(10), [0, 1] * 5).x), batch(range(10), [0, 1] * 5))
+    assert torch.equal(method.permutation(10), first)  # loss() does not count: the optimiser step does
+    method.on_step([out])
     second = method.permutation(10)
     assert sorted(second.tolist()) == list(range(10)) and not torch.equal(second, first)
     assert method.permutation(1).tolist() == [0]
@@ -256,6 +305,7 @@ def test_state_round_trip_resumes_identically(name):
         o.zero_grad()
         out.loss.backward()
         o.step()
+        m.on_step([out])
         return out.loss.item()
 
     for b in batches[:2]:
@@ -275,7 +325,7 @@ def test_state_round_trip_resumes_identically(name):
 def test_ema_state_is_the_visited_rows_and_checks_the_table_size():
     method, module = make("lff")
     b = batch([5, 2, 9], [1, 0, 1])
-    method.loss(module(b.x), b)
+    method.on_step([method.loss(module(b.x), b)])
     state = method.state_dict()["ema"]["biased"]
     assert state["n_rows"] == 12 and state["index"] == [2, 5, 9] and state["label"] == [0, 1, 1]
     other = LfF(LfF.Params(), ctx(n_rows=13))
@@ -312,9 +362,18 @@ def test_ddp_workers_hold_identical_tables_equal_to_one_process(tmp_path):
     w = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(w)
     reference = DifficultyWeights(w.context(), alpha=0.7)
-    expected = [reference(w.batch(index, y), lb, ld) for index, y, lb, ld in w.steps()]
+    expected = []
+    for index, y, lb, ld in w.steps():
+        w_full, rows = reference(w.batch(index, y), lb, ld)
+        reference.commit([rows])
+        expected.append(w_full)
     for rank in range(w.WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt")
-        assert got["state"] == reference.state_dict()
+        want = reference.state_dict()
+        assert set(got["state"]) == set(want)
+        for name, table in want.items():  # rows, labels exactly; the EMA values (another process) to rounding
+            assert {k: v for k, v in got["state"][name].items() if k != "value"} == {
+                k: v for k, v in table.items() if k != "value"}
+            assert got["state"][name]["value"] == pytest.approx(table["value"], rel=1e-6, abs=1e-7)
         for w_rank, w_full in zip(got["w"], expected, strict=True):
             torch.testing.assert_close(w_rank, w_full[rank::w.WORLD])

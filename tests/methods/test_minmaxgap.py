@@ -154,3 +154,103 @@ def test_state_round_trip():
     m2.load_state_dict(m1.state_dict())
     assert m2.lam == m1.lam and m2.history == m1.history
     assert dataclasses.asdict(MinMaxGapParams()) == dataclasses.asdict(m1.params)
+
+
+# --- METHODS 3.2 options: eps relative to a reference gap, step rounds on a dev subset, cell EMA -----------------
+
+def test_eps_relative_to_a_reference_gap():
+    """METHODS 3.2's "0.5 x ERM dev gap": eps 0.5 of eps_ref (the ERM dev gap); without eps_ref eps is absolute."""
+    method = MinMaxGap(MinMaxGapParams(lambda0=0.5, eta=2.0, eps=0.5, eps_ref=0.2), ctx())
+    assert method.eps == pytest.approx(0.1) and MinMaxGap(MinMaxGapParams(eps=0.5), ctx()).eps == 0.5
+    dev, gap = _dev(method)
+    method.on_epoch_end(dev)
+    assert method.lam == pytest.approx(dual_step(0.5, gap, eta=2.0, eps=0.1, lambda_max=10.0))
+
+
+def test_lambda_rounds_every_n_steps_on_a_fixed_stratified_dev_subset():
+    from fairray.methods import SamplerInput
+
+    assert MinMaxGap(MinMaxGapParams(), ctx()).round_steps is None  # default: one round per epoch
+    method = MinMaxGap(MinMaxGapParams(lambda0=0.5, eta=2.0, eps=0.02, lambda_update_every=25, lambda_dev_per_cell=2),
+                       ctx())
+    assert method.round_steps == 25
+    # dev rows 10..21: stratum 0 F x4, M x1; stratum 1 F x3, M x2; two rows of unknown gender
+    attr = np.full(30, -1)
+    stratum = np.zeros(30, dtype=int)
+    attr[10:22] = [0, 0, 0, 0, 1, 0, 0, 0, 1, 1, -1, -1]
+    stratum[10:22] = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0]
+    dev = SamplerInput(np.arange(10, 22), np.zeros(30, dtype=int), attr, stratum, attr)
+    rows = method.round_rows(dev, np.random.default_rng(0))
+    cells = sorted((int(stratum[r]), int(attr[r])) for r in rows)
+    assert cells == [(0, 0), (0, 0), (0, 1), (1, 0), (1, 0), (1, 1), (1, 1)]  # 2 per cell, all of a smaller one
+    assert len(set(rows.tolist())) == len(rows)
+    # a round takes the dual step; the epoch then only reports the whole dev split
+    dev_eval, gap = _dev(method)
+    logs = method.on_round(dev_eval)
+    lam = dual_step(0.5, gap, eta=2.0, eps=0.02, lambda_max=10.0)
+    assert logs == pytest.approx({"round/lambda": 0.5, "round/delta_dev": gap}) and method.lam == pytest.approx(lam)
+    epoch_logs = method.on_epoch_end(dev_eval)
+    assert method.lam == pytest.approx(lam) and epoch_logs["lambda"] == pytest.approx(lam)
+    assert epoch_logs["delta_dev"] == pytest.approx(gap, rel=1e-6) and len(method.history) == 1
+    with pytest.raises(ValueError, match="lambda_dev_per_cell"):
+        MinMaxGapParams(lambda_dev_per_cell=4)
+
+
+def _cells_batch(f0, f1):
+    """Stratum 0 then 1, each F, F, M, M; per-sample losses f0 (F of stratum 0) and f1 (F of stratum 1), M = 0."""
+    losses = torch.tensor([f0, f0, 0.0, 0.0, f1, f1, 0.0, 0.0], requires_grad=True)
+    return losses, batch([0] * 8, [0, 0, 1, 1, 0, 0, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def _with_losses(method):
+    """``per_sample_loss`` = the first logit column, so a test sets each sample's loss directly."""
+    method.per_sample_loss = lambda logits, b: logits[:, 0]
+    return method
+
+
+def test_cell_ema_chooses_the_language_from_the_ema_and_the_gradient_from_the_batch():
+    method = _with_losses(MinMaxGap(MinMaxGapParams(lambda0=1.0, p=2.0, m_min=2, cell_ema=0.5), ctx()))
+    losses, b = _cells_batch(2.0, 1.0)  # first batch: gaps (2, 1); the EMA starts at the cell means
+    out = method.loss(losses[:, None], b)
+    assert method.ema_seen.sum() == 0  # loss() keeps nothing ...
+    method.on_step([out])  # ... the EMA is committed after the optimiser step
+    assert method.ema_value.tolist() == [[2.0, 0.0], [1.0, 0.0]]
+    losses, b = _cells_batch(0.5, 1.2)  # the batch's worst stratum is 1 (1.2), the EMA's is 0 (1.25 vs 1.1)
+    out = method.loss(losses[:, None], b)
+    assert out.logs == pytest.approx({"gap_batch": 1.2, "gap_penalised": 0.5, "penalty": 0.25})
+    assert out.loss.item() == pytest.approx((2 * 0.5 + 2 * 1.2) / 8 + 1.0 * 0.5**2)
+    out.loss.backward()
+    # R = Δ_0², dR/dL_{0,F} = 2 Δ_0 = 1 and L_{0,F} is the mean of two samples; stratum 1 only gets the mean's 1/8
+    assert losses.grad.tolist() == pytest.approx([0.625, 0.625, -0.375, -0.375] + [0.125] * 4)
+    method.on_step([out])
+    torch.testing.assert_close(method.ema_value, torch.tensor([[1.25, 0.0], [1.1, 0.0]]))
+    fresh = MinMaxGap(MinMaxGapParams(cell_ema=0.5), ctx())
+    fresh.load_state_dict(method.state_dict())
+    assert fresh.state_dict() == method.state_dict()
+    # without cell_ema the same batch penalises its own worst stratum
+    plain = _with_losses(MinMaxGap(MinMaxGapParams(lambda0=1.0, p=2.0, m_min=2), ctx()))
+    assert plain.loss(losses[:, None].detach(), b).logs == pytest.approx({"gap_batch": 1.2, "penalty": 1.44})
+
+
+def test_step_rounds_in_a_real_trial(tmp_path):
+    """lambda_update_every through the loop: one λ round per 5 optimiser steps on the fixed dev subset, logged
+    as epoch means; the epoch reports λ and the whole dev split's gap without a λ step of its own."""
+    from fairray.config import build_spec
+    from fairray.data import prepare
+    from fairray.train import LocalSession, run_trial
+    from fairray.train.checkpoint import read_trainer_state
+
+    raw = {"name": "r", "model": {"name": "mlp", "hidden": 16}, "train": {"epochs": 2},
+           "method": {"name": "minmaxgap", "lambda_update_every": 5, "lambda_dev_per_cell": 8},
+           "search": {"objectives": [{"metric": "dev/weighted_f1", "direction": "max"}]}}
+    data = prepare(build_spec(raw, "r").dataset)
+    seen = []
+    run_trial(raw, {}, data, LocalSession(tmp_path), on_epoch=seen.append)
+    state = read_trainer_state(tmp_path / "checkpoint")
+    rounds = state["method"]["history"]
+    assert len(rounds) == state["step"] // 5 > 0
+    assert [r["lambda"] for r in rounds[1:]] == [r["lambda_next"] for r in rounds[:-1]]
+    for m in seen:
+        assert {"method/round/lambda", "method/round/delta_dev", "method/lambda", "method/delta_dev"} <= set(m)
+        assert m["method/lambda"] == m["method/lambda_next"]  # the epoch moves no λ
+    assert seen[-1]["method/lambda"] == pytest.approx(rounds[-1]["lambda_next"])

@@ -231,7 +231,7 @@ def test_trial_is_multi_label_end_to_end(cremad, cache, data, tmp_path, method, 
     evaluated = json.loads(capsys.readouterr().out)
     logged = {k: v for k, v in run.data.metrics.items() if k.startswith("test/") and k != "test/loss"}
     assert set(evaluated) == set(logged)
-    assert all(_same(float("nan") if evaluated[k] is None else evaluated[k], logged[k]) for k in logged)
+    assert all(_same(float("nan") if evaluated[k] is None else evaluated[k], logged[k]) for k in logged), [(k, evaluated[k], logged[k]) for k in logged if not _same(float("nan") if evaluated[k] is None else evaluated[k], logged[k])][:5]
     with torch.no_grad():
         assert model(torch.as_tensor(data.X[:2])).shape == (2, len(CLASSES))
 

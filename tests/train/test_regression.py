@@ -48,6 +48,12 @@ def _close(key: str, got: float, want: float | None) -> bool:
     return abs(got - want) <= ABS_UNIT
 
 
+#: Defaults changed on purpose since the golden commit, and the values that select the old behaviour: the
+#: golden numbers must still come out with them (the refactor changed nothing else). DisEnt's swap_start
+#: now counts optimiser steps (METHODS 3.9: "first step with swapping"); it used to round to an epoch.
+SINCE_GOLDEN = {"idi_disent": {"method.swap_unit": "epochs"}}
+
+
 @pytest.fixture(scope="module")
 def data_cache():
     return {}  # prepared datasets shared by the configurations with the same resolved dataset section
@@ -56,7 +62,7 @@ def data_cache():
 @pytest.mark.parametrize("name", sorted(GOLDEN["configs"]))
 def test_trial_metrics_match_the_golden_commit(name, data_cache):
     golden = GOLDEN["configs"][name]
-    got = make_golden.run_config(golden["spec"], golden["params"], data_cache)
+    got = make_golden.run_config(golden["spec"], {**golden["params"], **SINCE_GOLDEN.get(name, {})}, data_cache)
     problems = []
     for key, want in golden["metrics"].items():
         value = got["metrics"].get(key, "missing")

@@ -1,0 +1,172 @@
+"""fairray's training loop against a plain hand-written PyTorch loop, side by side in one run.
+
+Both train the same model on the same rows with the same optimiser, batch size and epochs, and evaluate
+the dev split after every epoch keeping the best state (what a plain loop for model selection does):
+
+  * ``plain``: ``for x, y in batches: loss = CE(model(x), y); backward; step`` and a dev forward per epoch;
+  * ``fairray``: :func:`fairray.train.run_trial` with ERM in a :class:`LocalSession` (no MLflow) — its
+    batches, named inputs, method hooks, per-group dev report, best epoch on disk and a checkpoint
+    per epoch.
+
+Two workloads: the built-in data's MLP over 88 eGeMAPS features, and a tiny waveform CNN (``wav_cnn``)
+over 0.5 s of 16 kHz audio per clip (synthetic tones: throughput does not depend on the signal).
+Samples/s counts training samples (epochs x training rows) over the whole wall time of each loop; the
+ratio is fairray / plain (target >= 0.9). ``--device cuda --precision bf16`` runs the same on a GPU
+(``benchmarks/gpu_check.sh``), with peak GPU memory.
+
+    python benchmarks/loop.py [--epochs 30] [--repeats 3] [--device cpu] [--precision fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "minmaxgap.yaml"
+WAVE_SECONDS = 0.5
+
+
+def _raw(model: dict, epochs: int, batch_size: int, device: str, precision: str) -> dict:
+    raw = yaml.safe_load(SPEC.read_text())
+    raw["method"] = {"name": "erm"}
+    raw["model"] = model
+    raw["train"].update(epochs=epochs, batch_size=batch_size, sampler="uniform", precision=precision,
+                        selection="best_dev_loss")
+    raw["search"] = {"objectives": [{"metric": "dev/weighted_f1", "direction": "max"}]}
+    raw["resources"]["gpus_per_worker"] = 1 if device == "cuda" else 0
+    return raw
+
+
+def _data(kind: str):
+    from fairray.config import load_spec
+    from fairray.inputs import SequenceStore
+    from fairray.sweep import prepare_data
+
+    data = prepare_data(load_spec(SPEC).spec)
+    if kind == "vector":
+        return data
+    n, length = len(data.y), int(WAVE_SECONDS * 16_000)
+    rng = np.random.default_rng(0)
+    t = np.arange(length) / 16_000
+    freq = 150.0 * (1 + data.y)  # one tone per class, random phase, noise
+    wav = (np.sin(2 * np.pi * freq[:, None] * t[None, :] + rng.uniform(0, 6, (n, 1)))
+           + 0.3 * rng.standard_normal((n, length))).astype(np.float32)
+    store = SequenceStore("audio", "waveform", wav.reshape(-1), np.arange(n + 1) * length, max_length=length)
+    return dataclasses.replace(data, X=np.zeros((n, 0), np.float32), extra_inputs={"audio": store})
+
+
+def plain_loop(data, raw: dict, device: torch.device, precision: str) -> float:
+    """What a user would write by hand: same model, batches of shuffled rows, dev loss each epoch, best state."""
+    from fairray.models import build_model
+    from fairray.config import build_spec
+    from fairray.inputs import specs_of, take_inputs
+
+    spec = build_spec(raw, "bench", check_space=False)
+    torch.manual_seed(0)
+    model = build_model(spec.model.name, spec.model.params, specs_of(data.inputs), len(data.classes)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay)
+    train, dev = data.indices("train"), data.indices("dev")
+    stores = data.inputs
+    y = torch.as_tensor(data.y)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    best, best_state = float("inf"), None
+    t0 = time.perf_counter()
+    for epoch in range(spec.train.epochs):
+        model.train()
+        order = np.random.default_rng(epoch).permutation(train)
+        for i in range(0, len(order), spec.train.batch_size):
+            idx = order[i:i + spec.train.batch_size]
+            inputs = {k: v.to(device) for k, v in take_inputs(stores, idx).items()}
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = torch.nn.functional.cross_entropy(model(inputs), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            losses = []
+            for i in range(0, len(dev), spec.train.eval_batch_size):
+                idx = dev[i:i + spec.train.eval_batch_size]
+                inputs = {k: v.to(device) for k, v in take_inputs(stores, idx).items()}
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = model(inputs).float()
+                losses.append(torch.nn.functional.cross_entropy(logits, y[idx].to(device), reduction="sum"))
+            dev_loss = float(sum(losses)) / len(dev)
+        if dev_loss < best:
+            best, best_state = dev_loss, copy.deepcopy(model.state_dict())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    assert best_state is not None
+    return time.perf_counter() - t0
+
+
+def fairray_loop(data, raw: dict, device: torch.device) -> float:
+    from fairray.train import LocalSession, run_trial
+
+    with tempfile.TemporaryDirectory(prefix="fairray-bench-") as d:
+        t0 = time.perf_counter()
+        final = run_trial(raw, {}, data, LocalSession(d))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    assert np.isfinite(final["dev/loss"])
+    return wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=30, help="epochs per run (30: the default sweep's)")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop; the median is shown")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # one thread for both: what a Tune trial gets with cpus_per_worker: 1
+    workloads = {
+        "vector MLP (ser3, 88 features)": ("vector", {"name": "mlp", "hidden": 128, "depth": 2, "dropout": 0.2}, 64),
+        f"waveform CNN ({WAVE_SECONDS} s @ 16 kHz)": ("waveform", {"name": "wav_cnn", "channels": 32, "layers": 5,
+                                                                 "hidden": 32}, 32),
+    }
+    rows = []
+    for label, (kind, model, batch_size) in workloads.items():
+        data = _data(kind)
+        raw = _raw(model, args.epochs, batch_size, args.device, args.precision)
+        n = args.epochs * len(data.indices("train"))
+        plain, ours, peaks = [], [], {}
+        fairray_loop(data, _raw(model, 1, batch_size, args.device, args.precision), device)  # warm-up (imports)
+        for _ in range(args.repeats):  # alternate, so drift hits both alike
+            for name, fn, out in (("plain", lambda: plain_loop(data, raw, device, args.precision), plain),
+                                  ("fairray", lambda: fairray_loop(data, raw, device), ours)):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                out.append(fn())
+                if device.type == "cuda":
+                    peaks[name] = torch.cuda.max_memory_allocated() / 2**20
+        p, f = float(np.median(plain)), float(np.median(ours))
+        rows.append({"workload": label, "train_samples": n, "plain_samples_per_s": n / p,
+                     "fairray_samples_per_s": n / f, "ratio": p / f, "plain_s": p, "fairray_s": f,
+                     **({f"peak_mib_{k}": v for k, v in peaks.items()} if peaks else {})})
+    print(f"device {args.device}, precision {args.precision}, {args.epochs} epochs, median of {args.repeats}")
+    print(f"{'workload':<36} {'plain samples/s':>16} {'fairray samples/s':>18} {'ratio':>7}")
+    for r in rows:
+        extra = (f"   peak GPU MiB plain {r['peak_mib_plain']:.0f} / fairray {r['peak_mib_fairray']:.0f}"
+                 if "peak_mib_plain" in r else "")
+        print(f"{r['workload']:<36} {r['plain_samples_per_s']:>16.0f} {r['fairray_samples_per_s']:>18.0f} "
+              f"{r['ratio']:>7.2f}{extra}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
+from fairray.inputs import InputSpec, Padded
 from fairray.methods import METHODS, Batch, DevEval, TrainContext
-from fairray.models import build_model
+from fairray.models import MODELS, build_model
 from fairray.models.mlp import MLP
 
 CLASS_GROUP = np.array([[20, 10], [12, 8], [2, 8], [5, 0]])
@@ -32,9 +33,25 @@ N_FEATURES = 6
 CTX_MULTI = dataclasses.replace(CTX, class_target_counts=np.array([[30, 12, 4, 2], [5, 20, 3, 1], [2, 1, 10, 3],
                                                                      [0, 1, 2, 5]]))
 TARGETS = ("labels", "single", "multi")
+#: One tiny model per input kind: every method must train on each (vector features, frame sequences with
+#: padding, raw waveforms with padding).
+KINDS = {
+    "vector": ("mlp", {"hidden": 8, "depth": 1, "dropout": 0.0}, InputSpec("features", "vector", dim=N_FEATURES)),
+    "sequence": ("seq_pool", {"hidden": 8, "depth": 1, "dropout": 0.0}, InputSpec("lld", "sequence", dim=N_FEATURES)),
+    "waveform": ("wav_cnn", {"channels": 4, "layers": 3, "hidden": 8, "dropout": 0.0}, InputSpec("audio", "waveform")),
+}
 
 
-def make_batch(n=24, seed=0, attr=None, task="labels"):
+def _padded(n: int, g: torch.Generator, lo: int, hi: int, dim: int | None) -> Padded:
+    """``n`` rows of random length in ``[lo, hi]``, zero-padded and masked."""
+    lengths = torch.randint(lo, hi + 1, (n,), generator=g)
+    mask = torch.arange(hi)[None, :] < lengths[:, None]
+    values = torch.randn(n, hi, *(() if dim is None else (dim,)), generator=g)
+    values = values * (mask[..., None] if dim is not None else mask)
+    return Padded(values, mask)
+
+
+def make_batch(n=24, seed=0, attr=None, task="labels", kind="vector"):
     g = torch.Generator().manual_seed(seed)
     a = torch.randint(0, 2, (n,), generator=g) if attr is None else torch.full((n,), attr)
     prob = torch.nn.functional.one_hot(a, 2).float()
@@ -48,29 +65,38 @@ def make_batch(n=24, seed=0, attr=None, task="labels"):
         votes = torch.distributions.Multinomial(10, torch.full((4,), 0.25)).sample((n,))
         target = votes / votes.sum(dim=1, keepdim=True)
         y = target.argmax(dim=1)
-    return Batch(x=torch.randn(n, N_FEATURES, generator=g), y=y, attr=a,
-                 stratum=torch.randint(0, 3, (n,), generator=g), index=index, group=a, group_prob=prob, target=target)
+    x = torch.randn(n, N_FEATURES, generator=g)
+    stratum = torch.randint(0, 3, (n,), generator=g)
+    if kind == "vector":
+        inputs = {"features": x}
+    elif kind == "sequence":
+        inputs = {"lld": _padded(n, g, 2, 9, N_FEATURES)}
+    else:
+        inputs = {"audio": _padded(n, g, 300, 800, None)}
+    return Batch(y=y, attr=a, stratum=stratum, index=index, group=a, group_prob=prob, target=target, inputs=inputs)
 
 
-def build(n_out):
-    return build_model("mlp", MLP.Params(hidden=8, depth=1, dropout=0.0), N_FEATURES, n_out)
+def build(n_out, kind="vector"):
+    name, params, spec = KINDS[kind]
+    return build_model(name, MODELS.get(name).Params(**params), {spec.name: spec}, n_out)
 
 
-def make(name, ctx=CTX, task="labels"):
+def make(name, ctx=CTX, task="labels", kind="vector"):
     """(method, training module), the module built through the method's hook."""
     cls = METHODS.get(name)
     torch.manual_seed(0)
     method = cls(cls.Params(), CTX_MULTI if task == "multi" and ctx is CTX else ctx)
-    return method, method.build_model(build)
+    return method, method.build_model(lambda n_out: build(n_out, kind))
 
 
 @pytest.mark.parametrize("task", TARGETS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_finite_loss_and_gradients_flow(name, task):
+@pytest.mark.parametrize("kind", KINDS)
+def test_finite_loss_and_gradients_flow(name, task, kind):
     torch.manual_seed(1)
-    method, model = make(name, task=task)
-    b = make_batch(task=task)
-    out = method.loss(model(b.x), b)
+    method, model = make(name, task=task, kind=kind)
+    b = make_batch(task=task, kind=kind)
+    out = method.loss(model(b.inputs), b)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     grads = [p.grad for p in model.parameters()]
@@ -81,11 +107,12 @@ def test_finite_loss_and_gradients_flow(name, task):
 
 @pytest.mark.parametrize("task", TARGETS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_batch_missing_a_group(name, task):
+@pytest.mark.parametrize("kind", KINDS)
+def test_batch_missing_a_group(name, task, kind):
     torch.manual_seed(1)
-    method, model = make(name, task=task)
-    b = make_batch(attr=0, task=task)
-    out = method.loss(model(b.x), b)
+    method, model = make(name, task=task, kind=kind)
+    b = make_batch(attr=0, task=task, kind=kind)
+    out = method.loss(model(b.inputs), b)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
@@ -93,27 +120,29 @@ def test_batch_missing_a_group(name, task):
 
 @pytest.mark.parametrize("task", TARGETS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_state_round_trip_and_json(name, task):
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_round_trip_and_json(name, task, kind):
     torch.manual_seed(1)
-    method, model = make(name, task=task)
-    b = make_batch(seed=1, task=task)
-    method.on_step([method.loss(model(b.x), b)])  # a training step first, so per-sample state is not empty
+    method, model = make(name, task=task, kind=kind)
+    b = make_batch(seed=1, task=task, kind=kind)
+    method.on_step([method.loss(model(b.inputs), b)])  # a training step first, so per-sample state is not empty
     with torch.no_grad():
-        method.on_epoch_end(DevEval(method.inference_model(model)(b.x), b))
+        method.on_epoch_end(DevEval(method.inference_model(model)(b.inputs), b))
     state = method.state_dict()
     json.dumps(state)  # logged as method_state.json
-    fresh, _ = make(name, task=task)
+    fresh, _ = make(name, task=task, kind=kind)
     fresh.load_state_dict(state)
     assert fresh.state_dict() == state
 
 
 @pytest.mark.parametrize("task", TARGETS)
 @pytest.mark.parametrize("name", METHODS.names())
-def test_per_sample_loss_shape(name, task):
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_sample_loss_shape(name, task, kind):
     torch.manual_seed(1)
-    method, model = make(name, task=task)
-    b = make_batch(task=task)
-    logits = method.inference_model(model)(b.x)
+    method, model = make(name, task=task, kind=kind)
+    b = make_batch(task=task, kind=kind)
+    logits = method.inference_model(model)(b.inputs)
     assert logits.shape == (len(b), CTX.n_classes)
     assert method.per_sample_loss(logits, b).shape == (len(b),)
 
@@ -134,7 +163,7 @@ def _steps(name, kind, loss="cb_ce", ctx=CTX, steps=3):
             b = dataclasses.replace(b, target=torch.nn.functional.one_hot(b.y, 4).float())
         o = method.loss(module(b.x * 3), b)
         grads = torch.autograd.grad(o.loss, list(module.parameters()))
-        per_sample = method.per_sample_loss(method.inference_model(module)(b.x), b).detach()
+        per_sample = method.per_sample_loss(method.inference_model(module)(b.inputs), b).detach()
         out.append((o.loss.detach(), grads, per_sample))
     return out
 
@@ -200,8 +229,8 @@ def test_loss_is_pure_and_on_step_commits(name):
     method, model = make(name)
     b = make_batch(seed=2)
     before = json.dumps(method.state_dict(), sort_keys=True)
-    first = method.loss(model(b.x), b)
-    again = method.loss(model(b.x), b)
+    first = method.loss(model(b.inputs), b)
+    again = method.loss(model(b.inputs), b)
     assert json.dumps(method.state_dict(), sort_keys=True) == before
     assert torch.equal(first.loss, again.loss) and first.logs == again.logs
     method.on_step([first])
@@ -219,10 +248,10 @@ def test_batch_statistics_is_declared_truthfully(name):
     b = make_batch(seed=3)
     if not method.batch_statistics:
         with forbidden(f"{name} declares batch_statistics = False"):
-            method.loss(model(b.x), b)
+            method.loss(model(b.inputs), b)
         return
     acc = Accumulation(1)
     with torch.no_grad(), recording(acc, 0):
-        method.loss(model(b.x), b)
+        method.loss(model(b.inputs), b)
     assert acc.used
 

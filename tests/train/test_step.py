@@ -207,3 +207,32 @@ def test_a_gpu_spec_on_a_machine_without_cuda_is_an_error(monkeypatch):
     assert resolve_device(0, LocalSession("/nonexistent")) == torch.device("cpu")
     with pytest.raises(TrialError, match="gpus_per_worker is 1, but this worker sees no CUDA device"):
         resolve_device(1, LocalSession("/nonexistent"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_gpu_spec_trains_on_cuda(tmp_path, precision):
+    """gpus_per_worker > 0 with one worker: the model, batches and method state are on CUDA."""
+    from pathlib import Path
+
+    from fairray.config import load_spec
+    from fairray.sweep import prepare_data
+    from fairray.train import LocalSession, run_trial
+
+    spec = Path(__file__).resolve().parents[2] / "search_spaces" / "minmaxgap.yaml"
+    loaded = load_spec(spec, ["train.epochs=2", f"train.precision={precision}", "resources.gpus_per_worker=1"])
+    seen = []
+    original = METHODS.get("minmaxgap").loss
+
+    def spy(self, outputs, batch):
+        seen.append((outputs.device.type, batch.y.device.type))
+        return original(self, outputs, batch)
+
+    METHODS.get("minmaxgap").loss = spy
+    try:
+        final = run_trial(loaded.raw, {}, prepare_data(loaded.spec), LocalSession(tmp_path))
+    finally:
+        METHODS.get("minmaxgap").loss = original
+    assert seen and set(seen) == {("cuda", "cuda")}
+    assert math.isfinite(final["dev/loss"]) and 0 <= final["test/weighted_f1"] <= 1

@@ -66,9 +66,9 @@ def _data(kind: str):
 
 def plain_loop(data, raw: dict, device: torch.device, precision: str) -> float:
     """What a user would write by hand: same model, batches of shuffled rows, dev loss each epoch, best state."""
-    from fairray.models import build_model
     from fairray.config import build_spec
     from fairray.inputs import specs_of, take_inputs
+    from fairray.models import build_model
 
     spec = build_spec(raw, "bench", check_space=False)
     torch.manual_seed(0)
@@ -146,8 +146,9 @@ def main() -> None:
         plain, ours, peaks = [], [], {}
         fairray_loop(data, _raw(model, 1, batch_size, args.device, args.precision), device)  # warm-up (imports)
         for _ in range(args.repeats):  # alternate, so drift hits both alike
-            for name, fn, out in (("plain", lambda: plain_loop(data, raw, device, args.precision), plain),
-                                  ("fairray", lambda: fairray_loop(data, raw, device), ours)):
+            runs = (("plain", lambda d=data, r=raw: plain_loop(d, r, device, args.precision), plain),
+                    ("fairray", lambda d=data, r=raw: fairray_loop(d, r, device), ours))
+            for name, fn, out in runs:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 out.append(fn())

@@ -3,6 +3,7 @@
 from fairray.methods._base import METHODS, Batch, DevEval, LossOutput, Method, SamplerInput, TrainContext
 from fairray.methods._groups import group_means, worst_stratum_gap
 from fairray.methods._reduce import batch_sum
+from fairray.methods._samplers import SAMPLERS
 from fairray.methods.disent import DisEnt, DisEntNets, DisEntOutput, DisEntParams
 from fairray.methods.dro import GroupAdjustedDRO, GroupDRO, ProbabilisticGroupDRO
 from fairray.methods.erm import ERM, BaseLoss, BaseLossParams, class_balanced_weights
@@ -31,6 +32,7 @@ __all__ = [
     "downsample",
     "reweighting_table",
     "METHODS",
+    "SAMPLERS",
     "BaseLoss",
     "batch_sum",
     "BaseLossParams",

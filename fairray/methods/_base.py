@@ -37,6 +37,7 @@ from torch import nn
 
 from fairray._registry import Registry
 from fairray.inputs import Batch
+from fairray.methods._samplers import SAMPLERS, SamplerInput
 
 
 def _ints(v: Any) -> np.ndarray:
@@ -128,17 +129,6 @@ class TrainContext:
 
 
 @dataclass(frozen=True)
-class SamplerInput:
-    """What batch samplers see: training row indices and, per dataset row, label and group codes."""
-
-    indices: np.ndarray
-    y: np.ndarray
-    attr: np.ndarray
-    stratum: np.ndarray
-    group: np.ndarray
-
-
-@dataclass(frozen=True)
 class LossOutput:
     """The objective of one (micro-)batch, what to log of it (floats, averaged per epoch as ``method/<key>``),
     and the state change it implies, committed by :meth:`Method.on_step` only if the step is taken."""
@@ -206,8 +196,6 @@ class Method(ABC):
                 sampler: str) -> Iterator[np.ndarray]:
         """Index batches of one epoch; by default the named sampler. Sampling-based methods (DS)
         override this to draw their subset first — the data side, not the loop."""
-        from fairray.train._samplers import SAMPLERS
-
         return SAMPLERS.get(sampler)(inp, batch_size, rng)
 
     #: Whether ``loss()`` reduces over the batch beyond a mean of per-sample terms (group means, gaps, q

@@ -1,6 +1,5 @@
 """The one training loop and the sessions it runs in (plain process, Tune trial, Ray Train worker)."""
 
-from fairray.train._samplers import SAMPLERS
 from fairray.train._session import LocalSession, Session, TrainSession, TuneSession
 from fairray.train.loop import TrialTracking, headline, model_meta, run_trial
 
@@ -14,7 +13,6 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 __all__ = [
-    "SAMPLERS",
     "LocalSession",
     "Session",
     "TrainSession",

@@ -21,7 +21,6 @@ import torch
 from fairray.inputs import InputSpec, Padded
 from fairray.methods import METHODS, Batch, DevEval, TrainContext
 from fairray.models import MODELS, build_model
-from fairray.models.mlp import MLP
 
 CLASS_GROUP = np.array([[20, 10], [12, 8], [2, 8], [5, 0]])
 CTX = TrainContext(classes=("a", "b", "c", "d"), class_counts=CLASS_GROUP.sum(axis=1), attr_values=("F", "M"),
@@ -214,7 +213,7 @@ def test_model_rebuilt_from_the_stored_context_loads_the_weights(name):
 @pytest.mark.parametrize("name", METHODS.names())
 def test_metadata_is_declared(name):
     cls = METHODS.get(name)
-    from fairray.train import SAMPLERS
+    from fairray.methods import SAMPLERS
 
     assert cls.requires
     assert cls.sampler in SAMPLERS

@@ -154,8 +154,8 @@ def test_grad_clip_bounds_the_step_and_reports_the_norm():
 
 
 def test_parameter_groups_take_their_learning_rate_from_lr_scales():
-    from fairray.models import MODELS
     from fairray.inputs import InputSpec
+    from fairray.models import MODELS
 
     params = MODELS.get("wav_cnn").Params(channels=8, layers=3, hidden=8, frontend_lr_scale=0.1)
     model = build_model("wav_cnn", params, {"audio": InputSpec("audio", "waveform")}, 4)

@@ -1,14 +1,26 @@
-"""Batch composition (METHODS 3.0 samplers); methods pick one by name, the loop just iterates."""
+"""Batch composition (METHODS 3.0 samplers); methods pick one by name (``Method.batches``), the loop just
+iterates. A leaf of the methods package: it imports nothing of fairray but the registry."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from fairray._registry import Registry
-from fairray.methods._base import SamplerInput
+
+
+@dataclass(frozen=True)
+class SamplerInput:
+    """What batch samplers see: training row indices and, per dataset row, label and group codes."""
+
+    indices: np.ndarray
+    y: np.ndarray
+    attr: np.ndarray
+    stratum: np.ndarray
+    group: np.ndarray
 
 #: name -> fn(SamplerInput, batch_size, rng) -> iterator of index arrays (one epoch)
 SAMPLERS: Registry[Callable[..., Iterator[np.ndarray]]] = Registry("sampler")

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fairray.methods import SamplerInput
-from fairray.train import SAMPLERS
+from fairray.methods import SAMPLERS, SamplerInput
 
 
 def _data(n=103, seed=0):

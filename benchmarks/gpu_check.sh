@@ -15,7 +15,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible'; print(torch.__version__, torch.cuda.get_device_name(0))"
 "$py" -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -20 | tee "$out/gpu_tests.txt"
-"$py" benchmarks/loop.py --device cuda --precision bf16 --epochs 10 --repeats 3 --json "$out/loop_cuda_bf16.json" \
+"$py" benchmarks/loop.py --device cuda --precision bf16 --epochs 10 --wave-epochs 5 --repeats 3 --json "$out/loop_cuda_bf16.json" \
   | tee "$out/loop_cuda_bf16.txt"
-"$py" benchmarks/loop.py --device cuda --precision fp32 --epochs 10 --repeats 3 --json "$out/loop_cuda_fp32.json" \
+"$py" benchmarks/loop.py --device cuda --precision fp32 --epochs 10 --wave-epochs 5 --repeats 3 --json "$out/loop_cuda_fp32.json" \
   | tee "$out/loop_cuda_fp32.txt"

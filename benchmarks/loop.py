@@ -1,7 +1,8 @@
 """fairray's training loop against a plain hand-written PyTorch loop, side by side in one run.
 
-Both train the same model on the same rows with the same optimiser, batch size and epochs, and evaluate
-the dev split after every epoch keeping the best state (what a plain loop for model selection does):
+Both train the same model on the same rows with the same optimiser, batch size and epochs, evaluate the
+dev split after every epoch keeping the best state, and evaluate that state on dev and test at the end
+(what a plain loop for model selection does):
 
   * ``plain``: ``for x, y in batches: loss = CE(model(x), y); backward; step`` and a dev forward per epoch;
   * ``fairray``: :func:`fairray.train.run_trial` with ERM in a :class:`LocalSession` (no MLflow) — its
@@ -11,10 +12,12 @@ the dev split after every epoch keeping the best state (what a plain loop for mo
 Two workloads: the built-in data's MLP over 88 eGeMAPS features, and a tiny waveform CNN (``wav_cnn``)
 over 0.5 s of 16 kHz audio per clip (synthetic tones: throughput does not depend on the signal).
 Samples/s counts training samples (epochs x training rows) over the whole wall time of each loop; the
-ratio is fairray / plain (target >= 0.9). ``--device cuda --precision bf16`` runs the same on a GPU
+ratio is fairray / plain (target >= 0.9). The training steps alone are also timed side by side (``steps only``),
+which separates the loop's mechanics (named inputs, hooks, accumulation-ready step) from its per-epoch services
+(per-group dev report, checkpoint), reported as milliseconds added per epoch. ``--device cuda --precision bf16`` runs the same on a GPU
 (``benchmarks/gpu_check.sh``), with peak GPU memory.
 
-    python benchmarks/loop.py [--epochs 30] [--repeats 3] [--device cpu] [--precision fp32]
+    python benchmarks/loop.py [--epochs 30] [--wave-epochs 3] [--repeats 3] [--device cpu] [--precision fp32]
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def _data(kind: str):
     return dataclasses.replace(data, X=np.zeros((n, 0), np.float32), extra_inputs={"audio": store})
 
 
-def plain_loop(data, raw: dict, device: torch.device, precision: str) -> float:
+def plain_loop(data, raw: dict, device: torch.device, precision: str, evaluate: bool = True) -> float:
     """What a user would write by hand: same model, batches of shuffled rows, dev loss each epoch, best state."""
     from fairray.config import build_spec
     from fairray.inputs import specs_of, take_inputs
@@ -76,9 +79,22 @@ def plain_loop(data, raw: dict, device: torch.device, precision: str) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=spec.train.lr, weight_decay=spec.train.weight_decay)
     train, dev = data.indices("train"), data.indices("dev")
     stores = data.inputs
-    y = torch.as_tensor(data.y)
+    y = torch.from_numpy(np.array(data.y))
     dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
     best, best_state = float("inf"), None
+
+    def evaluate_split(rows: np.ndarray) -> float:
+        model.eval()
+        with torch.no_grad():
+            losses = []
+            for i in range(0, len(rows), spec.train.eval_batch_size):
+                idx = rows[i:i + spec.train.eval_batch_size]
+                inputs = {k: v.to(device) for k, v in take_inputs(stores, idx).items()}
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = model(inputs).float()
+                losses.append(torch.nn.functional.cross_entropy(logits, y[idx].to(device), reduction="sum"))
+        return float(sum(losses)) / len(rows)
+
     t0 = time.perf_counter()
     for epoch in range(spec.train.epochs):
         model.train()
@@ -91,18 +107,15 @@ def plain_loop(data, raw: dict, device: torch.device, precision: str) -> float:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        model.eval()
-        with torch.no_grad():
-            losses = []
-            for i in range(0, len(dev), spec.train.eval_batch_size):
-                idx = dev[i:i + spec.train.eval_batch_size]
-                inputs = {k: v.to(device) for k, v in take_inputs(stores, idx).items()}
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = model(inputs).float()
-                losses.append(torch.nn.functional.cross_entropy(logits, y[idx].to(device), reduction="sum"))
-            dev_loss = float(sum(losses)) / len(dev)
+        if not evaluate:
+            best_state = best_state or {}
+            continue
+        dev_loss = evaluate_split(dev)
         if dev_loss < best:
             best, best_state = dev_loss, copy.deepcopy(model.state_dict())
+    if evaluate:  # the selected model on dev and test, as fairray's final report does
+        model.load_state_dict(best_state)
+        evaluate_split(dev), evaluate_split(data.indices("test"))
     if device.type == "cuda":
         torch.cuda.synchronize()
     assert best_state is not None
@@ -122,9 +135,43 @@ def fairray_loop(data, raw: dict, device: torch.device) -> float:
     return wall
 
 
+def fairray_steps(data, raw: dict, device: torch.device) -> float:
+    """The training steps alone, as ``run_trial`` takes them (its sampler, batches of named inputs moved to the
+    device, the method's loss and ``on_step``, :func:`train_step`), without evaluation and checkpoints: what the
+    loop's mechanics cost against the plain loop's steps."""
+    from fairray.config import resolve_trial
+    from fairray.inputs import specs_of
+    from fairray.methods import METHODS, SamplerInput
+    from fairray.train.loop import Precision, _batch, _steps, model_builder, param_groups, train_context, train_step
+
+    spec = resolve_trial(raw, {}).spec
+    t0 = time.perf_counter()
+    ctx = train_context(data, spec.train.epochs)
+    method = METHODS.get("erm")(spec.method.params, ctx)
+    module = method.build_model(model_builder(spec, specs_of(data.inputs))).to(device)
+    opt = torch.optim.AdamW(param_groups(module, spec.train.lr), lr=spec.train.lr, weight_decay=spec.train.weight_decay)
+    precision = Precision(spec.train.precision, device)
+    inp = SamplerInput(data.indices("train"), data.y, data.attr, data.stratum, data.group)
+    stores = data.inputs
+    for epoch in range(spec.train.epochs):
+        module.train()
+        rng, crops = np.random.default_rng([0, epoch]), np.random.default_rng([0, epoch, 1])
+        for step in _steps(method.batches(inp, spec.train.batch_size, rng, epoch, "uniform"), spec.train.accumulate):
+            train_step(module, method, [_batch(data, idx, stores, crops).to(device) for idx in step], opt, precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def plain_steps(data, raw: dict, device: torch.device, precision: str) -> float:
+    """The plain loop's training steps alone (no dev evaluation)."""
+    return plain_loop(data, raw, device, precision, evaluate=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=30, help="epochs per run (30: the default sweep's)")
+    ap.add_argument("--wave-epochs", type=int, default=3, help="epochs per run of the waveform workload")
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each loop; the median is shown")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -134,20 +181,23 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(1)  # one thread for both: what a Tune trial gets with cpus_per_worker: 1
     workloads = {
-        "vector MLP (ser3, 88 features)": ("vector", {"name": "mlp", "hidden": 128, "depth": 2, "dropout": 0.2}, 64),
+        "vector MLP (ser3, 88 features)": ("vector", {"name": "mlp", "hidden": 128, "depth": 2, "dropout": 0.2}, 64,
+                                           args.epochs),
         f"waveform CNN ({WAVE_SECONDS} s @ 16 kHz)": ("waveform", {"name": "wav_cnn", "channels": 32, "layers": 5,
-                                                                 "hidden": 32}, 32),
+                                                                 "hidden": 32}, 32, args.wave_epochs),
     }
     rows = []
-    for label, (kind, model, batch_size) in workloads.items():
+    for label, (kind, model, batch_size, epochs) in workloads.items():
         data = _data(kind)
-        raw = _raw(model, args.epochs, batch_size, args.device, args.precision)
-        n = args.epochs * len(data.indices("train"))
-        plain, ours, peaks = [], [], {}
+        raw = _raw(model, epochs, batch_size, args.device, args.precision)
+        n = epochs * len(data.indices("train"))
+        plain, ours, plain_s, ours_s, peaks = [], [], [], [], {}
         fairray_loop(data, _raw(model, 1, batch_size, args.device, args.precision), device)  # warm-up (imports)
         for _ in range(args.repeats):  # alternate, so drift hits both alike
             runs = (("plain", lambda d=data, r=raw: plain_loop(d, r, device, args.precision), plain),
-                    ("fairray", lambda d=data, r=raw: fairray_loop(d, r, device), ours))
+                    ("fairray", lambda d=data, r=raw: fairray_loop(d, r, device), ours),
+                    ("plain steps", lambda d=data, r=raw: plain_steps(d, r, device, args.precision), plain_s),
+                    ("fairray steps", lambda d=data, r=raw: fairray_steps(d, r, device), ours_s))
             for name, fn, out in runs:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
@@ -155,16 +205,22 @@ def main() -> None:
                 if device.type == "cuda":
                     peaks[name] = torch.cuda.max_memory_allocated() / 2**20
         p, f = float(np.median(plain)), float(np.median(ours))
+        ps, fs = float(np.median(plain_s)), float(np.median(ours_s))
         rows.append({"workload": label, "train_samples": n, "plain_samples_per_s": n / p,
                      "fairray_samples_per_s": n / f, "ratio": p / f, "plain_s": p, "fairray_s": f,
+                     "steps_ratio": ps / fs, "per_epoch_extra_ms": 1e3 * ((f - fs) - (p - ps)) / epochs,
                      **({f"peak_mib_{k}": v for k, v in peaks.items()} if peaks else {})})
-    print(f"device {args.device}, precision {args.precision}, {args.epochs} epochs, median of {args.repeats}")
-    print(f"{'workload':<36} {'plain samples/s':>16} {'fairray samples/s':>18} {'ratio':>7}")
+    print(f"device {args.device}, precision {args.precision}, {args.epochs} epochs (waveform {args.wave_epochs}), "
+          f"median of {args.repeats}")
+    print(f"{'workload':<36} {'plain samples/s':>16} {'fairray samples/s':>18} {'ratio':>7} {'steps only':>11} "
+          f"{'+ms/epoch':>10}")
     for r in rows:
         extra = (f"   peak GPU MiB plain {r['peak_mib_plain']:.0f} / fairray {r['peak_mib_fairray']:.0f}"
                  if "peak_mib_plain" in r else "")
         print(f"{r['workload']:<36} {r['plain_samples_per_s']:>16.0f} {r['fairray_samples_per_s']:>18.0f} "
-              f"{r['ratio']:>7.2f}{extra}")
+              f"{r['ratio']:>7.2f} {r['steps_ratio']:>11.2f} {r['per_epoch_extra_ms']:>10.1f}{extra}")
+    print("ratio: whole loops (fairray / plain samples/s); steps only: the training steps alone; +ms/epoch: what "
+          "fairray's per-epoch dev report, method hooks and checkpoint add beyond the plain loop's dev pass")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

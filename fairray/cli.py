@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from fairray.config import load_spec
     from fairray.sweep import prepare_data, storage_root, tracking_uri
-    from fairray.sweep.runner import require_local_gpus
+    from fairray.sweep.runner import require_local_gpus, warn_thin_dev_cells
     from fairray.tracking import ensure_experiment
     from fairray.train import LocalSession, TrialTracking, run_trial
 
@@ -126,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     require_local_gpus(spec, loaded.source)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     data = prepare_data(spec)
+    warn_thin_dev_cells([data], spec.train.s_min)
     tracking = None
     if not args.no_mlflow:
         uri = tracking_uri(spec)
@@ -243,39 +244,69 @@ def _noise_json(entry: dict | None) -> dict:
     return out
 
 
-def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None = None) -> str:
+def _front_metrics(f, budgets: dict | None) -> tuple[list, list, object]:
+    """Per trial of front ``f``: its DTO and its util_at_tau (None where not computed), and the front's budget."""
+    budget = (budgets or {}).get(f.title)
+    dto = f.dto.tolist() if f.dto is not None else [None] * len(f.trials)
+    at_tau = budget.values.tolist() if budget is not None else [None] * len(f.trials)
+    return dto, at_tau, budget
+
+
+def _plain(v):
+    return None if v is None or v != v else v
+
+
+def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None = None,
+                   budgets: dict | None = None) -> str:
+    """The fronts as a table, CSV or JSON; ``budgets`` ({front title: GapBudget}) adds util_at_tau (``--tau``)."""
     import csv
     import io
 
     if fmt == "json":
-        return json.dumps([{
-            "front": f.title, "restriction": f.restriction, "objectives": list(f.objectives),
-            "directions": [d.value for d in f.directions], "hypervolume": f.hypervolume,
-            "reference": list(f.reference),
-            "trials": [{"trial_id": t.trial_id, "run_id": t.run_id, "pareto": bool(on),
-                        "values": [None if v != v else v for v in vals], "params": t.params,
-                        **_noise_json((noise or {}).get(f.title, {}).get(t.trial_id))}
-                       for t, on, vals in zip(f.trials, f.on_front, f.values.tolist(), strict=True)
-                       if on or show_all]} for f in fronts_], indent=1)
+        out = []
+        for f in fronts_:
+            dto, at_tau, budget = _front_metrics(f, budgets)
+            extra = {} if budget is None else {
+                "tau": budget.tau, "best_at_tau": None if budget.best is None else f.trials[budget.best].trial_id}
+            out.append({
+                "front": f.title, "restriction": f.restriction, "objectives": list(f.objectives),
+                "directions": [d.value for d in f.directions], "hypervolume": f.hypervolume,
+                "reference": list(f.reference), **extra,
+                "trials": [{"trial_id": t.trial_id, "run_id": t.run_id, "pareto": bool(on),
+                            "values": [_plain(v) for v in vals], "dto": _plain(d),
+                            **({} if budget is None else {"util_at_tau": _plain(u)}), "params": t.params,
+                            **_noise_json((noise or {}).get(f.title, {}).get(t.trial_id))}
+                           for t, on, vals, d, u in zip(f.trials, f.on_front, f.values.tolist(), dto, at_tau,
+                                                        strict=True)
+                           if on or show_all]})
+        return json.dumps(out, indent=1)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
         params = sorted({k for t in sweep.trials for k in t.params})
-        w.writerow(["front", "trial_id", "run_id", "pareto", "objective", "direction", "value", *params])
+        tau_column = ["util_at_tau"] if budgets else []
+        w.writerow(["front", "trial_id", "run_id", "pareto", "objective", "direction", "value", "dto", *tau_column,
+                    *params])
         for f in fronts_:
-            for t, on, vals in zip(f.trials, f.on_front, f.values, strict=True):
+            dto, at_tau, _ = _front_metrics(f, budgets)
+            for t, on, vals, d, u in zip(f.trials, f.on_front, f.values, dto, at_tau, strict=True):
                 if on or show_all:
-                    for key, d, v in zip(f.objectives, f.directions, vals, strict=True):
-                        w.writerow([f.title, t.trial_id, t.run_id, int(on), key, d.value, v,
+                    for key, direction, v in zip(f.objectives, f.directions, vals, strict=True):
+                        w.writerow([f.title, t.trial_id, t.run_id, int(on), key, direction.value, v,
+                                    "" if d is None else d, *(["" if u is None else u] if budgets else []),
                                     *[t.params.get(p, "") for p in params]])
         return buf.getvalue()
     out = [f"sweep {sweep.experiment!r} (MLflow run {sweep.run_id}): {len(sweep.trials)} finished trials, "
            f"{sweep.n_failed} failed or unfinished"]
     for f in fronts_:
+        dto, at_tau, budget = _front_metrics(f, budgets)
+        no_dto = "" if f.dto is not None else "; no DTO: an objective lies outside [0, 1]"
         out.append(f"\nfront [{f.title}]  hypervolume {f.hypervolume:.4f}  (reference point "
                    f"{', '.join(f'{r:g}' for r in f.reference)}; {sum(f.on_front)} of {len(f.trials)} trials "
-                   "non-dominated)")
+                   f"non-dominated{no_dto})")
         heads = [f"{k} ({d.value})" for k, d in zip(f.objectives, f.directions, strict=True)]
+        extra_heads = (["dto"] if f.dto is not None else []) + ([f"util@tau={budget.tau:g}"] if budget else [])
+        heads += [f"{h:>8}" for h in extra_heads]
         out.append("  " + "  ".join(["pareto", f"{'trial':<16}", *heads, "params"]))
         short = _short_names(sorted({k for t in sweep.trials for k in t.params}))
         order = sorted(range(len(f.trials)), key=lambda i: (not f.on_front[i], -f.values[i][0]
@@ -284,12 +315,21 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None 
             if not (f.on_front[i] or show_all):
                 continue
             t = f.trials[i]
-            vals = [f"{v:>{len(h)}.4f}" for v, h in zip(f.values[i], heads, strict=True)]
+            row = [*f.values[i], *([dto[i]] if f.dto is not None else []), *([at_tau[i]] if budget else [])]
+            vals = [f"{v:>{len(h)}.4f}" for v, h in zip(row, heads, strict=True)]
             params = " ".join(f"{short[k]}={_short(v)}" for k, v in sorted(t.params.items()))
             out.append("  " + "  ".join([f"{'*' if f.on_front[i] else ' ':^6}", f"{t.trial_id:<16}", *vals, params]))
             text = _noise_text((noise or {}).get(f.title, {}).get(t.trial_id), f.objectives)
             if text:
                 out.append(" " * 26 + text)
+        if budget is not None:
+            if budget.best is None:
+                out.append(f"  no trial has {budget.gap} <= {budget.tau:g} (util@tau = -1 for every valid trial)")
+            else:
+                b = budget.best
+                u, g = (f.values[b][f.objectives.index(k)] for k in (budget.utility, budget.gap))
+                out.append(f"  best with {budget.gap} <= {budget.tau:g}: trial {f.trials[b].trial_id} "
+                           f"({budget.utility} {u:.4f}, gap {g:.4f})")
     if noise:
         out.append("\n95% CI: speaker bootstrap of the trial's logged predictions; ~ : the gap difference to the "
                    "next Pareto-optimal trial is within noise (paired speaker bootstrap, 95%)")
@@ -331,7 +371,12 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         from fairray.frontier.query import neighbour_noise
 
         noise = {f.title: neighbour_noise(sweep, f, n_boot=args.n_boot) for f in result}
-    print(_format_fronts(sweep, result, args.format, args.all, noise))
+    budgets = None
+    if args.tau is not None:
+        from fairray.frontier.query import gap_budget
+
+        budgets = {f.title: gap_budget(f, args.tau) for f in result}
+    print(_format_fronts(sweep, result, args.format, args.all, noise, budgets))
     if args.plot:
         from fairray.frontier.plot import FrontPanel, FrontPoint, write_frontier_html
 
@@ -339,8 +384,11 @@ def cmd_frontier(args: argparse.Namespace) -> int:
             title=f.title, objectives=f.objectives, directions=tuple(d.value for d in f.directions),
             points=tuple(FrontPoint(trial=t.trial_id, values=tuple(map(float, v)), on_front=bool(on),
                                     params=t.params, extra={"run_id": t.run_id, **_noise_extra(noise, f.title,
-                                                                                               t.trial_id)})
-                         for t, on, v in zip(f.trials, f.on_front, f.values, strict=True)),
+                                                                                               t.trial_id),
+                                                            **({} if f.dto is None or d != d else {"dto": d})})
+                         for t, on, v, d in zip(f.trials, f.on_front, f.values,
+                                                f.dto if f.dto is not None else [None] * len(f.trials),
+                                                strict=True)),
             hypervolume=f.hypervolume, reference=f.reference) for f in result]
         write_frontier_html(args.plot, panels, title=f"fairray — Pareto fronts of {experiment}",
                             subtitle=f"split {args.split}; MLflow run {sweep.run_id}; by {args.by or 'all'}")
@@ -411,7 +459,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     df = pd.read_csv(args.predictions, dtype=str, keep_default_na=False)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     try:
-        report = evaluate_frame(df, group=args.group, stratum=args.stratum, classes=classes)
+        report = evaluate_frame(df, group=args.group, stratum=args.stratum, classes=classes, s_min=args.s_min)
     except DataError as exc:
         raise DataError(f"{args.predictions}: {exc}") from None
     print(format_report(report, split=args.split_name, fmt=args.format))
@@ -507,6 +555,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _gap_budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a gap in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a gap in [0, 1], got {value:g}")
+    return value
+
+
 def _add_sweep_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="MLflow experiment of the sweep (the spec's name) or the spec file itself")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
@@ -576,12 +634,15 @@ def build_parser() -> argparse.ArgumentParser:
         to each language and/or gender: a utility becomes the subgroup's utility, a gap becomes the gap
         inside that language (a gap restricted to one gender stays the enclosing gap). Hypervolume is
         computed against a stated reference point (default: 0 for maximised, 1 for minimised metrics).
+        Each trial's dto is its distance to the utopia point (utility 1, gap 0): sqrt((1 - U)^2 + Gap^2);
+        --tau GAP adds util_at_tau (U where Gap <= GAP, else -1) and the best trial within that gap.
 
         examples:
           fairray frontier minmaxgap
           fairray frontier minmaxgap --by language --plot fronts.html
           fairray frontier minmaxgap --by language,gender --split test --format csv
           fairray frontier minmaxgap --objectives dev/macro_f1:max,dev/avg_gap/gender/mean:language:min
+          fairray frontier minmaxgap --tau 0.1 --by language
         """)
     _add_sweep_target(p)
     p.add_argument("--objectives", help="comma-separated METRIC:max|min (default: the sweep's objectives)")
@@ -596,6 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="95%% speaker-bootstrap CIs of the Pareto-optimal trials' objectives, and ~ where a gap "
                         "differs from the next Pareto-optimal trial's only within noise (paired bootstrap)")
     p.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap replicates for --noise (default 200)")
+    p.add_argument("--tau", type=_gap_budget, metavar="GAP",
+                   help="gap budget: add util_at_tau (the utility where the gap is <= GAP, else -1) and name the best "
+                        "trial under it; needs one utility and one gap objective")
 
     p = add("report", cmd_report, "IDI Table 1-style report of an ablation: mean over seeds with CIs", """\
         Reads the ablation's trials and their logged test predictions from MLflow and prints, per
@@ -640,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated class names (default: p_<class> columns or labels seen)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--split-name", default="test", help="split prefix of the metric names (default test)")
+    p.add_argument("--s-min", type=int, default=1,
+                   help="minimum support of a per-group rate (the trial's train.s_min reproduces its logged metrics; "
+                        "5 for specs that search on a gap and set none)")
 
     p = add("ui", cmd_ui, "open the MLflow UI on the sweep store")
     p.add_argument("--tracking-uri")

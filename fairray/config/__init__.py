@@ -27,7 +27,7 @@ from fairray.config._spec import (
     TrackingConfig,
     TrainConfig,
 )
-from fairray.config._typed import to_plain
+from fairray._typed import to_plain
 
 __all__ = [
     "AblationConfig",

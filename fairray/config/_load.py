@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import re
@@ -14,10 +15,14 @@ from typing import Any
 import yaml
 
 from fairray.config._spec import ParamSpec, PluginConfig, SweepSpec
-from fairray.config._typed import Where, build
+from fairray._typed import Where, build
 from fairray.errors import ConfigError, FairrayError
 
 _PLUGIN_SECTIONS = ("method", "model")
+GAP_OBJECTIVE_S_MIN = 5
+"""``train.s_min`` of a spec that searches on a gap and sets no ``train.s_min`` (METHODS §2.6.5: a dev gap
+used as a search objective needs s_min >= 5, else 1-4 clip cells decide the selection); other specs keep
+the :class:`TrainConfig` default 1. An explicit ``train.s_min`` (file, ``--set`` or search space) always wins."""
 _DEFAULT_PLUGIN = {"model": "mlp"}  # a section without `name` uses this plugin (method has no default)
 
 
@@ -116,12 +121,24 @@ def build_spec(raw: Mapping[str, Any], source: str, *, check_space: bool = True)
     data.update(plugins)
     spec = build(SweepSpec, data, where)
     _check_dataset(spec, source)
-    _check_model(spec, source)
-    if check_space:
+    if check_space:  # a trial (or predict) builds its model from the prepared data's inputs, checked there
+        _check_model(spec, source)
         _check_space(spec, raw, source)
         _check_ablations(spec, raw, source)
     _check_objectives(spec, source)
-    return spec
+    return _default_s_min(spec, raw)
+
+
+def _default_s_min(spec: SweepSpec, raw: Mapping[str, Any]) -> SweepSpec:
+    """``spec`` with ``train.s_min = GAP_OBJECTIVE_S_MIN`` when a search objective is a gap and ``raw`` sets none."""
+    train = raw.get("train")
+    if isinstance(train, Mapping) and "s_min" in train:
+        return spec
+    from fairray.metrics import MetricKey
+
+    if not any(MetricKey.parse(o.metric).is_gap for o in spec.search.objectives):
+        return spec
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, s_min=GAP_OBJECTIVE_S_MIN))
 
 
 def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str = "--set") -> None:
@@ -322,6 +339,7 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
             adapter = CORPORA.get(corpus.adapter)
         except FairrayError as exc:
             raise where.child("corpora").child(i).child("adapter").error(str(exc)) from None
+        adapter.from_options(corpus.options, where.child("corpora").child(i).child("options"))
         if ds.targets == "multi" and adapter.has_votes is False:
             raise where.child("corpora").child(i).child("adapter").error(
                 f"targets: multi needs per-clip soft labels from rater votes (soft_<class> columns); {corpus.adapter!r} "

@@ -98,7 +98,7 @@ class PluginConfig:
 
     def to_plain(self) -> dict[str, Any]:
         """The YAML layout: ``{name: ..., <param>: ...}``."""
-        from fairray.config._typed import to_plain
+        from fairray._typed import to_plain
 
         return {"name": self.name, **(to_plain(self.params) if self.params is not None else {})}
 

@@ -12,15 +12,19 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from fairray._registry import Registry
-from fairray.config import DatasetConfig, to_plain
+from fairray._typed import to_plain
 from fairray.errors import DataError
 from fairray.inputs import FEATURES, InputSpec, InputStore, VectorStore
+
+if TYPE_CHECKING:  # the dataset section's type only: data sits below the spec loader, which imports it
+    from fairray.config import DatasetConfig
+from fairray.metrics import is_missing
 
 SPLITS = ("train", "dev", "test")
 
@@ -58,7 +62,7 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
 
     Clips the audio scan skips (corrupt, empty, silent ...) are dropped and listed, never silently.
     """
-    from fairray.config._typed import Where, build
+    from fairray._typed import Where, build
     from fairray.data.corpora import CORPORA
     from fairray.data.features import EXTRACTORS, FeatureCache, make_extractor
     from fairray.data.groups import aux_extractors
@@ -79,7 +83,7 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
                   *(make_extractor(name, **params) for name, params in aux_specs.values())]
     tables, blocks, keys = [], [], []
     for source in cfg.corpora:
-        adapter = CORPORA.get(source.adapter)(**dict(source.options))
+        adapter = CORPORA.get(source.adapter).from_options(source.options)
         if extractor is None and not hasattr(adapter, "features"):
             raise DataError(f"dataset.extractor is null, but corpus adapter {source.adapter!r} ships no features; "
                             "name an extractor (e.g. opensmile_egemaps)")
@@ -309,7 +313,8 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     else:
         y = meta["emotion"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
         soft = np.eye(len(classes), dtype=np.float32)[y]
-    attr_values = tuple(sorted(v for v in meta[cfg.attribute].dropna().astype(str).unique() if v not in ("U", "")))
+    # unknown values (U, "", Unspecified ...: fairray.metrics.MISSING_VALUES, the set the metrics exclude) get code -1
+    attr_values = tuple(sorted(v for v in meta[cfg.attribute].dropna().astype(str).unique() if not is_missing(v)))
     attr = meta[cfg.attribute].astype(str).map({v: i for i, v in enumerate(attr_values)}).fillna(-1)
     strata_values = tuple(v for v in cfg.languages)
     stratum = meta[cfg.stratum].astype(str).map({v: i for i, v in enumerate(strata_values)})
@@ -344,7 +349,7 @@ def declared_inputs(cfg: DatasetConfig) -> dict[str, InputSpec]:
     until it is prepared): what the spec loader checks the model against."""
     meta: dict[str, Any] = {}
     if cfg.name == "corpora" and cfg.extractor is not None:
-        from fairray.config._typed import Where, build
+        from fairray._typed import Where, build
         from fairray.data.features import EXTRACTORS
 
         extractor_cls = EXTRACTORS.get(cfg.extractor.name)

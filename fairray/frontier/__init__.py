@@ -2,11 +2,14 @@
 
 from fairray.frontier.pareto import (
     Direction,
+    best_at_gap,
     default_reference,
     hypervolume,
     non_dominated_mask,
     pareto_ranks,
     to_minimization,
+    utility_at_gap,
+    utopia_distance,
 )
 from fairray.frontier.plot import FrontPanel, FrontPoint, render_frontier_html, write_frontier_html
 
@@ -14,11 +17,14 @@ __all__ = [
     "Direction",
     "FrontPanel",
     "FrontPoint",
+    "best_at_gap",
     "default_reference",
     "hypervolume",
     "non_dominated_mask",
     "pareto_ranks",
     "render_frontier_html",
     "to_minimization",
+    "utility_at_gap",
+    "utopia_distance",
     "write_frontier_html",
 ]

@@ -11,6 +11,10 @@ Semantics shared by every function here (in minimisation space, after :func:`to_
 * ``+inf`` / ``-inf`` are ordinary ordered values: an objective stuck at the worst infinity is
   dominated by any finite value there, the best infinity dominates every finite value.
 
+Front metrics (METHODS §2.7) read the same normalisation: :func:`utopia_distance` (DTO, the distance to
+the best corner of the objectives' bounds) and :func:`utility_at_gap` / :func:`best_at_gap` (the utility
+under a gap budget ``tau``).
+
 Example
 -------
 >>> import numpy as np
@@ -30,11 +34,14 @@ import numpy as np
 
 __all__ = [
     "Direction",
+    "best_at_gap",
     "default_reference",
     "hypervolume",
     "non_dominated_mask",
     "pareto_ranks",
     "to_minimization",
+    "utility_at_gap",
+    "utopia_distance",
 ]
 
 
@@ -261,3 +268,119 @@ def default_reference(
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"bounds must be finite with lower < upper; got {tuple(bounds)!r}")
     return [lo if d is Direction.MAX else hi for d in _parse_directions(directions)]
+
+
+# --- front metrics: distance to the utopia point, utility under a gap budget (METHODS §2.7) -----------------
+
+
+def _shortfall(
+    values: np.ndarray, directions: Sequence[Direction | str], bounds: tuple[float, float], what: str
+) -> np.ndarray:
+    """Each value's distance from its objective's best bound, as a fraction of ``hi - lo``: 0 = best, 1 = worst.
+
+    ``hi - v`` for MAX, ``v - lo`` for MIN (through :func:`to_minimization`, so "better" means what it means for
+    dominance). NaN stays NaN; a value outside ``bounds`` (infinities included) is a ``ValueError``.
+    """
+    lo, hi = (float(b) for b in bounds)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"bounds must be finite with lower < upper; got {tuple(bounds)!r}")
+    dirs = _parse_directions(directions)
+    loss = to_minimization(values, dirs)
+    arr = np.array(values, dtype=float).reshape(loss.shape)
+    outside = ~np.isnan(arr) & ((arr < lo) | (arr > hi))
+    if outside.any():
+        row, col = (int(i) for i in np.argwhere(outside)[0])
+        raise ValueError(
+            f"{what} needs every objective in [{lo:g}, {hi:g}]; got {arr[row, col]!r} in objective "
+            f"{col} ({dirs[col].value}) of row {row}"
+        )
+    utopia = to_minimization(np.array([[hi if d is Direction.MAX else lo for d in dirs]]), dirs)[0]
+    return (loss - utopia) / (hi - lo)
+
+
+def utopia_distance(
+    values: np.ndarray,
+    directions: Sequence[Direction | str],
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """DTO: the Euclidean distance of each row to the utopia point, the best corner of ``bounds``.
+
+    For a maximised utility ``U`` and a minimised gap in ``[0, 1]`` this is METHODS §2.7's
+    ``dto = sqrt((1 - U)^2 + Gap^2)``; other directions use the same normalisation as dominance
+    (:func:`to_minimization`), and more objectives add their terms. Lower is better. NaN rows give NaN.
+
+    Raises
+    ------
+    ValueError
+        When a value lies outside ``bounds`` (DTO is a distance on that box), or for bad shapes.
+
+    >>> utopia_distance(np.array([[0.6, 0.3], [1.0, 0.0], [np.nan, 0.1]]), ["max", "min"]).round(4).tolist()
+    [0.5, 0.0, nan]
+    """
+    return np.sqrt((_shortfall(values, directions, bounds, "utopia_distance") ** 2).sum(axis=1))
+
+
+def utility_at_gap(
+    values: np.ndarray,
+    directions: Sequence[Direction | str],
+    tau: float,
+    *,
+    utility: int = 0,
+    gap: int = 1,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """``util_at_tau`` (METHODS §2.7): ``U`` where ``Gap <= tau``, else ``-1``; NaN for rows with a NaN in either.
+
+    ``U`` and ``Gap`` are the columns ``utility`` and ``gap`` of ``values``, normalised within ``bounds`` so that
+    ``U`` is higher-is-better and ``Gap`` lower-is-better (:func:`to_minimization`): with the default bounds, a
+    maximised utility and a minimised gap are used as they are, and ``tau`` is in the gap's units.
+
+    >>> utility_at_gap(np.array([[0.7, 0.12], [0.6, 0.05], [0.5, 0.10]]), ["max", "min"], 0.1).tolist()
+    [-1.0, 0.6, 0.5]
+    """
+    u, g = _utility_and_gap(values, directions, tau, utility, gap, bounds, "utility_at_gap")
+    return np.where(np.isnan(u) | np.isnan(g), np.nan, np.where(g <= tau, u, -1.0))
+
+
+def best_at_gap(
+    values: np.ndarray,
+    directions: Sequence[Direction | str],
+    tau: float,
+    *,
+    utility: int = 0,
+    gap: int = 1,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> int | None:
+    """Index of the row with the highest ``U`` among those with ``Gap <= tau`` (see :func:`utility_at_gap`), or
+    None when no valid row meets the budget.
+
+    Ties in ``U`` go to the smaller gap, then to the first row, so the row returned is Pareto-optimal in
+    ``(U, Gap)``: the best point of the front under the gap budget.
+
+    >>> best_at_gap(np.array([[0.7, 0.12], [0.6, 0.05], [0.6, 0.02]]), ["max", "min"], 0.1)
+    2
+    """
+    u, g = _utility_and_gap(values, directions, tau, utility, gap, bounds, "best_at_gap")
+    ok = np.flatnonzero(~np.isnan(u) & ~np.isnan(g) & (g <= tau))
+    if ok.size == 0:
+        return None
+    order = np.lexsort((ok, g[ok], -u[ok]))  # last key first: highest U, then smallest gap, then first row
+    return int(ok[order[0]])
+
+
+def _utility_and_gap(values, directions, tau, utility, gap, bounds, what) -> tuple[np.ndarray, np.ndarray]:
+    if (
+        isinstance(tau, bool)
+        or not isinstance(tau, (int, float, np.integer, np.floating))
+        or not np.isfinite(tau)
+        or tau < 0
+    ):
+        raise ValueError(f"{what}: tau must be a finite number >= 0 (a gap budget); got {tau!r}")
+    short = _shortfall(values, directions, bounds, what)
+    n_obj = short.shape[1]
+    for name, index in (("utility", utility), ("gap", gap)):
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not 0 <= index < n_obj:
+            raise ValueError(f"{what}: {name} must be an objective index in 0..{n_obj - 1}; got {index!r}")
+    if utility == gap:
+        raise ValueError(f"{what}: utility and gap must be different objectives; got {utility} for both")
+    return 1.0 - short[:, utility], short[:, gap]

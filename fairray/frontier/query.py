@@ -19,8 +19,16 @@ from typing import Any
 import numpy as np
 
 from fairray.config import DatasetConfig
-from fairray.errors import TrackingError
-from fairray.frontier.pareto import Direction, default_reference, hypervolume, non_dominated_mask
+from fairray.errors import ConfigError, TrackingError
+from fairray.frontier.pareto import (
+    Direction,
+    best_at_gap,
+    default_reference,
+    hypervolume,
+    non_dominated_mask,
+    utility_at_gap,
+    utopia_distance,
+)
 from fairray.metrics import MetricKey, restrict
 from fairray.tracking import TAG_OBJECTIVES, TAG_TRIAL, find_sweep_run, trial_runs
 
@@ -49,9 +57,17 @@ class Sweep:
     base_params: dict[str, str] = field(default_factory=dict)
 
 
+DTO_BOUNDS = (0.0, 1.0)
+"""The box DTO and the gap budget are measured in (METHODS §2.7: utilities and gaps are fractions in [0, 1])."""
+
+
 @dataclass(frozen=True)
 class Front:
-    """One panel: trials x objectives, which are non-dominated, and the hypervolume."""
+    """One panel: trials x objectives, which are non-dominated, the hypervolume and each trial's DTO.
+
+    ``dto`` is :func:`~fairray.frontier.pareto.utopia_distance` of each trial's objectives (NaN for an invalid
+    trial), or None when some objective value lies outside :data:`DTO_BOUNDS` (no utopia point to measure from).
+    """
 
     title: str
     objectives: tuple[str, ...]
@@ -62,6 +78,36 @@ class Front:
     hypervolume: float
     reference: tuple[float, ...]
     restriction: dict[str, str] = field(default_factory=dict)
+    dto: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class GapBudget:
+    """A front under a gap budget: ``util_at_tau`` of each trial and the best trial with ``gap <= tau``."""
+
+    tau: float
+    utility: str
+    gap: str
+    values: np.ndarray
+    best: int | None
+
+
+def gap_budget(front: Front, tau: float) -> GapBudget:
+    """``util_at_tau`` (METHODS §2.7) of every trial of ``front``, which must have one utility and one gap objective.
+
+    ``values[i]`` is trial ``i``'s utility when its gap is at most ``tau``, else -1 (NaN for an invalid trial);
+    ``best`` indexes the trial with the highest utility under the budget (Pareto-optimal), None if none meets it.
+    """
+    kinds = [MetricKey.parse(k).is_gap for k in front.objectives]
+    if len(kinds) != 2 or sorted(kinds) != [False, True]:
+        raise ConfigError(f"--tau needs a front of one utility and one gap objective; got {list(front.objectives)}")
+    gap, utility = kinds.index(True), kinds.index(False)
+    try:
+        values = utility_at_gap(front.values, front.directions, tau, utility=utility, gap=gap, bounds=DTO_BOUNDS)
+        best = best_at_gap(front.values, front.directions, tau, utility=utility, gap=gap, bounds=DTO_BOUNDS)
+    except ValueError as exc:
+        raise ConfigError(f"--tau {tau!r} on front [{front.title}]: {exc}") from None
+    return GapBudget(float(tau), front.objectives[utility], front.objectives[gap], values, best)
 
 
 def load_sweep(tracking_uri: str, experiment: str, run_id: str | None = None, ablation: str | None = None) -> Sweep:
@@ -131,8 +177,12 @@ def fronts(sweep: Sweep, *, by: Sequence[str] = (), split: str = "dev",
         values = np.array([[t.metrics.get(key, math.nan) for key in keys] for t in sweep.trials], dtype=float)
         mask = non_dominated_mask(values, directions)
         hv = hypervolume(values, directions, ref)
+        try:
+            dto = utopia_distance(values, directions, DTO_BOUNDS)
+        except ValueError:  # an objective outside [0, 1] (e.g. a loss): no utopia point to measure from
+            dto = None
         title = ", ".join(f"{c}={v}" for c, v in combo.items()) or "all"
-        out.append(Front(title, tuple(keys), directions, sweep.trials, values, mask, hv, ref, combo))
+        out.append(Front(title, tuple(keys), directions, sweep.trials, values, mask, hv, ref, combo, dto))
     return out
 
 

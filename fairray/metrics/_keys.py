@@ -31,6 +31,13 @@ STRATUM_COLUMNS = ("language", "modality_cfg", "corpus", "ood")
 KEY_FORMAT = "{split}/{metric}[/{attr}][/{stratum}:{value}]"
 TASKS = ("single", "multi")
 """Label tasks a report can be of: single-label (one class per sample) or multi-label (multi-hot, §2.1–2.2)."""
+MISSING_VALUES = frozenset({"", "U", "Unspecified", "unspecified", "Unknown", "unknown"})
+"""Attribute/stratum values that mean "unknown" (besides NaN/None), compared after stripping whitespace.
+
+The one definition (METHODS §1.3): the dataset leaves such samples out of the attribute's groups
+(code -1) and :class:`~fairray.metrics.GroupReport` excludes them from that column's groups and
+counts them in ``n_excluded``. Test a value with :func:`is_missing`.
+"""
 
 Kind = Literal["utility", "gap", "count"]
 Layout = Literal["partition", "attribute"]
@@ -55,6 +62,28 @@ class MetricSpec:
     aggregates: bool
     doc: str
     tasks: tuple[Task, ...] = TASKS
+    #: For a gap-operator variant (see :data:`GAP_OP_VARIANTS`): the class-wise gap it is a variant of and
+    #: the §2.4 operator it always uses; ``None`` for every other metric (the report's own ``gap_op``).
+    base: str | None = None
+    gap_op: str | None = None
+
+
+CLASSWISE_GAPS = ("tpr_gap", "fpr_gap", "dp_gap")
+"""Gaps of a per-class rate over groups (§2.4): the ones a gap operator applies to."""
+GAP_OP_VARIANTS = ("range",)
+"""§2.4 operators reported beside the report's own ``gap_op`` (default ``sum_abs_dev``) for every class-wise
+gap, as ``{gap}_{op}`` (``tpr_gap_range`` = max_g r_gc - min_g r_gc, aggregated over classes like
+``tpr_gap``). ``range`` and ``sum_abs_dev`` both reduce to the pairwise gap for two groups and differ
+for three or more (IDI's G = 3 attributes: METHODS §2.4 reports both)."""
+
+
+def _variant_specs(base: MetricSpec) -> tuple[MetricSpec, ...]:
+    return tuple(
+        MetricSpec(f"{base.name}_{op}", base.kind, base.layout, base.direction, base.aggregates,
+                   f"{base.name} with the {op} operator whatever the report's gap_op (§2.4)", base.tasks,
+                   base=base.name, gap_op=op)
+        for op in GAP_OP_VARIANTS
+    )  # fmt: skip
 
 
 _SPECS = (
@@ -80,6 +109,13 @@ _SPECS = (
     MetricSpec("hamming_acc", "utility", "partition", "max", False,
                "mean per-class agreement 1[ŷ_c = y_c] over samples and classes (§2.2, IDI ACC)", ("multi",)),
 )  # fmt: skip
+# The gap-operator variants are generated, and listed right after the class-wise gaps they vary.
+_at = max(i for i, spec in enumerate(_SPECS) if spec.name in CLASSWISE_GAPS) + 1
+_SPECS = (
+    *_SPECS[:_at],
+    *(v for spec in _SPECS if spec.name in CLASSWISE_GAPS for v in _variant_specs(spec)),
+    *_SPECS[_at:],
+)
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}
 
 
@@ -103,6 +139,18 @@ GAP_METRICS = task_metrics("single", "gap")
 """Gaps of a single-label report (every gap); ``task_metrics('multi', 'gap')`` for a multi-label one."""
 COUNT_METRICS = task_metrics("single", "count")
 """Counts (the same for both tasks)."""
+
+
+def is_missing(value: object) -> bool:
+    """True for None, NaN and the :data:`MISSING_VALUES` (after stripping whitespace).
+
+    >>> [is_missing(v) for v in ("F", " U ", None, float("nan"), "unknown")]
+    [False, True, True, True, True]
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    return str(value).strip() in MISSING_VALUES
+
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\- ]+$")
 

@@ -19,6 +19,11 @@ Which metrics a report carries depends on its ``task`` (``MetricSpec.tasks``):
   ranges over groups of the per-group ``uar``, mean FPR and ``weighted_f1`` — per-class quantities,
   the same formulas on binary class columns — and are reported for both tasks.
 
+Each class-wise gap (``tpr_gap``, ``fpr_gap``, ``dp_gap``) uses the report's ``gap_op`` (default
+``sum_abs_dev``) and is reported beside its ``range`` variant (``tpr_gap_range`` ...: max_g r_gc - min_g r_gc,
+same class aggregation; :data:`~fairray.metrics.GAP_OP_VARIANTS`), so either can be a search objective
+(METHODS §2.4: the two agree for two groups and differ for three or more).
+
 Absent metrics are absent keys (``get`` raises ``KeyError`` naming the task), never NaN stand-ins.
 All values are fractions in [0, 1] (MMG tables print them in %). Undefined values are NaN, never 0.
 """
@@ -38,6 +43,7 @@ from fairray.errors import ConfigError, DataError
 from fairray.metrics._keys import (
     COUNT_METRICS,
     METRICS,
+    MISSING_VALUES,
     SPLITS,
     STRATUM_AGGREGATES,
     TASKS,
@@ -46,8 +52,6 @@ from fairray.metrics._keys import (
     task_metrics,
 )
 
-MISSING_VALUES = frozenset({"", "U", "Unspecified", "unspecified", "Unknown", "unknown"})
-"""Attribute/stratum values treated as missing (besides NaN/None): excluded and counted in ``n_excluded``."""
 GAP_OPS = ("sum_abs_dev", "range", "mad")
 CLASS_AGGS = ("rms", "mean", "max")
 TABLE_COLUMNS = (
@@ -253,6 +257,34 @@ class GroupReport:
         """Names of the metrics this report holds (they depend on ``task``)."""
         return task_metrics(self.task)
 
+    def supports(self) -> pd.DataFrame:
+        """Support of every per-group rate cell (§2.3, §2.6.5), read from ``counts``.
+
+        One row per known group x stratum value (or group alone without strata) x class, in the
+        order of ``strata``, ``groups`` and ``classes``: columns ``stratum_value`` (None without
+        strata), ``group``, ``class``, ``positives`` (``P_gc``, TPR's support), ``negatives``
+        (``Q_gc``, FPR's) and ``n`` (``n_g``, PPR's). Samples with a missing attribute or stratum
+        are in no row.
+        """
+        n_g, n_s = len(self.groups), len(self.strata)
+        binary = _one_vs_rest(self.counts) if self.task == "single" else self.counts
+        if n_s:
+            cells = binary[:n_g, :n_s].transpose(1, 0, 2, 3, 4)  # [S, G, C, 2, 2]
+            strata: tuple[str | None, ...] = self.strata
+        else:
+            cells, strata = binary[:n_g].sum(1)[None], (None,)  # no strata: the group's every sample
+        r = _rates(cells)
+        index = pd.MultiIndex.from_product([strata, self.groups, self.classes],
+                                           names=["stratum_value", "group", "class"])
+        frame = pd.DataFrame({"positives": r["pos"].reshape(-1), "negatives": r["neg"].reshape(-1),
+                              "n": np.broadcast_to(r["n"][..., None], r["pos"].shape).reshape(-1)}, index=index)
+        return frame.reset_index().astype({"positives": int, "negatives": int, "n": int})
+
+    def thin_cells(self) -> pd.DataFrame:
+        """The rows of :meth:`supports` whose TPR is undefined: ``positives < s_min`` (§2.3), left out of gaps."""
+        frame = self.supports()
+        return frame[frame["positives"] < self.s_min].reset_index(drop=True)
+
     def table(self) -> pd.DataFrame:
         """The long per-group table, one row per key (a copy).
 
@@ -441,6 +473,28 @@ def _check_inputs(classes, y_true, y_pred, groups: pd.DataFrame, labels, s_min: 
     if len(y_true) != len(y_pred) or len(groups) != len(y_true):
         raise DataError(f"length mismatch: y_true {len(y_true)}, y_pred {len(y_pred)}, groups {len(groups)} rows")
     return classes, y_true, y_pred
+
+
+def format_thin_cells(report: GroupReport, split: str = "dev", limit: int = 10) -> str | None:
+    """One line naming the cells of ``report`` whose TPR is undefined (:meth:`GroupReport.thin_cells`), or None.
+
+    ``stratum/group/class (positives)``, the first ``limit`` of them and a count of the rest:
+
+    >>> r = GroupReport.compute([0, 0, 1, 0, 0], [0, 0, 1, 0, 0], ["anger", "fear"],
+    ...                         pd.DataFrame({"gender": list("FFFMM"), "language": ["de"] * 5}), s_min=2)
+    >>> format_thin_cells(r)
+    'dev cells below s_min=2 (their TPR is undefined and left out of gaps): de/F/fear (1), de/M/fear (0)'
+    """
+    if not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"format_thin_cells: limit must be an integer >= 1; got {limit!r}")
+    thin = report.thin_cells()
+    if thin.empty:
+        return None
+    names = ["/".join(str(v) for v in (s, g, c) if v is not None) + f" ({p})"
+             for s, g, c, p in zip(thin["stratum_value"], thin["group"], thin["class"], thin["positives"], strict=True)]
+    more = f", ... and {len(names) - limit} more" if len(names) > limit else ""
+    return (f"{split} cells below s_min={report.s_min} (their TPR is undefined and left out of gaps): "
+            f"{', '.join(names[:limit])}{more}")
 
 
 def format_report(report: GroupReport, split: str = "test", fmt: str = "table") -> str:
@@ -669,8 +723,10 @@ def _gaps(
     }
     gaps = {}
     n_classes = {name: np.full(len(gcm), np.nan) for name in _GAPS[task]}
-    for name, (num, den, defined) in rates.items():
-        gaps[name], n_classes[name] = _classwise_gap(num, den, defined, gap_op, class_agg)
+    for name in (n for n in _GAPS[task] if (METRICS[n].base or n) in rates):  # class-wise gaps and their variants
+        spec = METRICS[name]  # a variant (tpr_gap_range ...) fixes its operator, the others take gap_op
+        num, den, defined = rates[spec.base or name]
+        gaps[name], n_classes[name] = _classwise_gap(num, den, defined, spec.gap_op or gap_op, class_agg)
     util = _utilities(gcm, s_min, task)
     fpr_defined = r["neg"] >= s_min
     common = np.all(fpr_defined | ~present[..., None], axis=1, keepdims=True)  # classes defined for all groups

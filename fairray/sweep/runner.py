@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,38 @@ def prepare_data(spec: SweepSpec) -> SERData:
     return prepare(spec.dataset, cache_root=f"{storage_root(spec).rstrip('/')}/features")
 
 
+def thin_dev_cells(data: SERData, s_min: int) -> str | None:
+    """The one-line warning naming the dev split's stratum x attribute x class cells whose TPR is undefined
+    (positives below ``s_min``, METHODS §2.3, §2.6.5), or None when there are none.
+
+    The cells come from a :class:`~fairray.metrics.GroupReport` of the dev targets and the groups the training
+    loop's reports read (supports do not depend on predictions), so they are exactly the cells every trial's dev
+    gaps leave out.
+    """
+    from fairray.metrics import GroupReport, format_thin_cells, multi_hot
+
+    dev = data.indices("dev")
+    groups = data.groups_frame("dev")
+    if data.task == "multi":
+        targets = multi_hot(data.soft[dev])
+        report = GroupReport.compute_multilabel(targets, targets, data.classes, groups, data.attribute,
+                                                data.stratum_name, s_min=s_min)
+    else:
+        report = GroupReport.compute(data.y[dev], data.y[dev], data.classes, groups, data.attribute,
+                                     data.stratum_name, s_min=s_min)
+    return format_thin_cells(report, "dev")
+
+
+def warn_thin_dev_cells(datasets: Iterable[SERData], s_min: int) -> None:
+    """Log :func:`thin_dev_cells` of each prepared dataset once (identical lines once) on the ``fairray`` logger."""
+    seen = set()
+    for data in datasets:
+        text = thin_dev_cells(data, s_min)
+        if text is not None and text not in seen:
+            seen.add(text)
+            logging.getLogger("fairray").warning(text)
+
+
 def _is_dataset_path(path: str) -> bool:
     return path.startswith("dataset.")
 
@@ -98,6 +131,19 @@ class DataVariants:
 
             base = ray.get(base)
         return dataclasses.replace(base, **groups) if groups else base
+
+    def datasets(self) -> list[SERData]:
+        """Each distinct prepared dataset once (variants that differ only in their groups share one)."""
+        seen, out = set(), []
+        for base, _ in self.items.values():
+            if id(base) not in seen:
+                seen.add(id(base))
+                if not isinstance(base, SERData):
+                    import ray
+
+                    base = ray.get(base)
+                out.append(base)
+        return out
 
     @classmethod
     def prepare(cls, loaded: LoadedSpec, assignments: list[dict[str, Any]], verbose: bool = True) -> DataVariants:
@@ -289,6 +335,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         # once per sweep, before any trial: feature extraction (as Ray tasks with dataset.extract_workers > 1)
         # or the cache; trials get the result through the object store
         data = DataVariants.prepare(loaded, dataset_assignments(spec, points), verbose=bool(verbose))
+        warn_thin_dev_cells(data.datasets(), spec.train.s_min)
         backend = spec.resources.resolved_backend
         threads = _threads(spec)
         if backend == "function":

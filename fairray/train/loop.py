@@ -438,6 +438,8 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             precision.load_state_dict(state.pop("scaler", {}))
             if (Path(ckpt) / BEST_FILE).is_file():
                 shutil.copyfile(Path(ckpt) / BEST_FILE, best_file)
+            elif state.get("best") and "model" in state["best"]:  # written before best.pt: an in-memory copy
+                torch.save(state["best"].pop("model"), best_file)
     if state.get("failure"):
         shutil.rmtree(workdir, ignore_errors=True)
         raise TrialError(state["failure"])  # a deterministic failure: do not redo the work on retry
@@ -458,8 +460,10 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
         tags = {"fairray.kind": "trial" if tracking.parent_run_id else "train", "fairray.sweep": tracking.sweep,
                 "fairray.method": spec.method.name, "fairray.dataset": spec.dataset.name,
                 "fairray.searched_params": json.dumps(sorted(params))}
+        # the raw spec, plus the values the loader derived (s_min defaults to 5 for gap objectives)
+        logged = {**flatten({k: v for k, v in trial_raw.items() if k != "search"}), "train.s_min": str(tcfg.s_min)}
         run = TrialRun.open(tracking.uri, tracking.experiment_id, tracking.parent_run_id, tracking.trial_id,
-                            tags, flatten({k: v for k, v in trial_raw.items() if k != "search"}))
+                            tags, logged)
         n_train = sum(p.numel() for p in unwrap(module).parameters() if p.requires_grad)
         run.log({"model/trainable_params": float(n_train),
                  "model/total_params": float(sum(p.numel() for p in unwrap(module).parameters()))}, step=0)

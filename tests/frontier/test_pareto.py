@@ -338,3 +338,93 @@ def test_default_reference_is_the_worst_corner() -> None:
 def test_default_reference_rejects_bad_bounds(bounds: tuple[float, float]) -> None:
     with pytest.raises(ValueError, match="lower < upper"):
         default_reference(["max"], bounds=bounds)
+
+
+# --- front metrics: DTO and utility under a gap budget (METHODS §2.7) ----------------------------------
+
+
+def test_utopia_distance_by_hand() -> None:
+    # (U, Gap): dto = sqrt((1 - U)^2 + Gap^2): 0.5 (3-4-5 triangle scaled by 0.1), 0, 1, sqrt(2), NaN.
+    values = np.array([[0.6, 0.3], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [NAN, 0.1]])
+    got = pareto.utopia_distance(values, ["max", "min"])
+    np.testing.assert_allclose(got[:4], [0.5, 0.0, 1.0, np.sqrt(2)])
+    assert np.isnan(got[4])
+
+
+def test_utopia_distance_follows_the_directions() -> None:
+    # The same points with the columns swapped, or with the utility stored as an error rate (1 - U, minimised),
+    # are the same distances: the utopia point is the best corner of [0, 1] in each objective's direction.
+    values = np.array([[0.6, 0.3], [0.9, 0.05], [0.2, 0.0]])
+    base = pareto.utopia_distance(values, ["max", "min"])
+    np.testing.assert_allclose(pareto.utopia_distance(values[:, ::-1], ["min", "max"]), base)
+    np.testing.assert_allclose(pareto.utopia_distance(np.c_[1 - values[:, 0], values[:, 1]], ["min", "min"]), base)
+    # Three objectives add their terms: a second gap of 0.4 on the first point gives sqrt(0.25 + 0.16).
+    three = pareto.utopia_distance(np.array([[0.6, 0.3, 0.4]]), ["max", "min", "min"])
+    assert three[0] == pytest.approx(np.sqrt(0.41))
+    # Other bounds: U in [0, 100] (percent), gap in [0, 100]: (60, 30) is 50 points away, scaled to 0.5.
+    assert pareto.utopia_distance(np.array([[60.0, 30.0]]), ["max", "min"], (0, 100))[0] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("bad", [1.2, -0.1, INF, -INF])
+def test_utopia_distance_refuses_values_outside_the_bounds(bad: float) -> None:
+    with pytest.raises(ValueError, match=r"needs every objective in \[0, 1\]; got .* in objective 1 \(min\) of row 1"):
+        pareto.utopia_distance(np.array([[0.5, 0.1], [0.5, bad]]), ["max", "min"])
+    with pytest.raises(ValueError, match="bounds"):
+        pareto.utopia_distance(np.array([[0.5, 0.1]]), ["max", "min"], (1.0, 0.0))
+
+
+VALUES = np.array([
+    [0.70, 0.12],   # best utility, over the budget
+    [0.60, 0.05],
+    [0.60, 0.02],   # ties 0.60 with a smaller gap: the best under tau = 0.1
+    [0.50, 0.10],   # exactly on the budget: counts
+    [NAN, 0.00],    # invalid trial: NaN, never a number
+    [0.65, NAN],
+])  # fmt: skip
+
+
+def test_utility_at_gap_by_hand() -> None:
+    got = pareto.utility_at_gap(VALUES, ["max", "min"], 0.1)
+    np.testing.assert_array_equal(got[:4], [-1.0, 0.6, 0.6, 0.5])
+    assert np.isnan(got[4:]).all()
+    np.testing.assert_array_equal(pareto.utility_at_gap(VALUES, ["max", "min"], 0.2)[:4], VALUES[:4, 0])
+    np.testing.assert_array_equal(pareto.utility_at_gap(VALUES, ["max", "min"], 0.0)[:4], [-1, -1, -1, -1])
+    # Columns in the other order: name them.
+    swapped = pareto.utility_at_gap(VALUES[:, ::-1], ["min", "max"], 0.1, utility=1, gap=0)
+    np.testing.assert_array_equal(swapped[:4], [-1.0, 0.6, 0.6, 0.5])
+
+
+def test_best_at_gap_by_hand() -> None:
+    assert pareto.best_at_gap(VALUES, ["max", "min"], 0.1) == 2    # 0.60 twice: the smaller gap wins
+    assert pareto.best_at_gap(VALUES, ["max", "min"], 0.12) == 0   # the budget now admits 0.70
+    assert pareto.best_at_gap(VALUES, ["max", "min"], 0.03) == 2
+    assert pareto.best_at_gap(VALUES, ["max", "min"], 0.01) is None
+    assert pareto.best_at_gap(VALUES[[1, 1, 3]], ["max", "min"], 0.1) == 0  # identical rows: the first
+    # The best point under any budget is on the front.
+    mask = non_dominated_mask(VALUES, ["max", "min"])
+    for tau in (0.02, 0.05, 0.1, 0.12, 1.0):
+        assert mask[pareto.best_at_gap(VALUES, ["max", "min"], tau)], tau
+
+
+def test_best_at_gap_matches_a_brute_force_search() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        values = np.round(rng.random((12, 2)), 1)  # many ties
+        values[rng.random(12) < 0.2, 0] = NAN
+        for tau in (0.0, 0.2, 0.5, 1.0):
+            ok = [i for i in range(12) if not np.isnan(values[i]).any() and values[i, 1] <= tau]
+            want = min(ok, key=lambda i: (-values[i, 0], values[i, 1], i)) if ok else None
+            assert pareto.best_at_gap(values, ["max", "min"], tau) == want
+
+
+@pytest.mark.parametrize("tau", [-0.1, NAN, INF, "0.1", True])
+def test_gap_budget_must_be_a_finite_non_negative_number(tau) -> None:
+    with pytest.raises(ValueError, match="tau must be a finite number >= 0"):
+        pareto.utility_at_gap(VALUES[:4], ["max", "min"], tau)
+
+
+def test_utility_and_gap_must_be_two_objectives() -> None:
+    with pytest.raises(ValueError, match="different objectives"):
+        pareto.best_at_gap(VALUES[:4], ["max", "min"], 0.1, utility=1, gap=1)
+    with pytest.raises(ValueError, match=r"gap must be an objective index in 0..1; got 2"):
+        pareto.utility_at_gap(VALUES[:4], ["max", "min"], 0.1, gap=2)

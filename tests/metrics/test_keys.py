@@ -116,7 +116,8 @@ def test_key_fields_are_checked() -> None:
 def test_metric_tables() -> None:
     assert UTILITY_METRICS == ("acc", "weighted_f1", "macro_f1", "uar", "fpr")
     assert GAP_METRICS == (
-        "tpr_gap", "fpr_gap", "dp_gap", "uar_gap", "mfpr_gap", "weighted_f1_gap", "acc_gap", "avg_gap",
+        "tpr_gap", "fpr_gap", "dp_gap", "tpr_gap_range", "fpr_gap_range", "dp_gap_range",
+        "uar_gap", "mfpr_gap", "weighted_f1_gap", "acc_gap", "avg_gap",
     )  # fmt: skip
     assert COUNT_METRICS == ("n", "n_undefined_f1", "n_excluded", "n_groups_eff")
 
@@ -149,7 +150,7 @@ def _report() -> GroupReport:
 @pytest.mark.parametrize("split", ["train", "dev", "test"])
 def test_every_report_key_validates_and_is_mlflow_safe(split: str) -> None:
     keys = list(_report().flat(split))
-    assert len(keys) == 7 * (1 + 2 + 2 + 4) + 2 * 3 + 8 * (3 + 2)
+    assert len(keys) == 7 * (1 + 2 + 2 + 4) + 2 * 3 + 11 * (3 + 2)
     for key in keys:
         assert re.fullmatch(r"[A-Za-z0-9_\-.:/ ]+", key), key
         assert validate_metric_name(key).format() == key
@@ -237,7 +238,10 @@ def test_hamming_acc_spec_and_task_tables() -> None:
     assert task_metrics("single", "utility") == UTILITY_METRICS
     assert task_metrics("multi", "utility") == ("hamming_acc", "weighted_f1", "macro_f1", "uar", "fpr")
     assert task_metrics("single", "gap") == GAP_METRICS
-    assert task_metrics("multi", "gap") == ("tpr_gap", "fpr_gap", "dp_gap", "uar_gap", "mfpr_gap", "weighted_f1_gap")
+    assert task_metrics("multi", "gap") == (
+        "tpr_gap", "fpr_gap", "dp_gap", "tpr_gap_range", "fpr_gap_range", "dp_gap_range",
+        "uar_gap", "mfpr_gap", "weighted_f1_gap",
+    )  # fmt: skip
     assert task_metrics("multi", "count") == task_metrics("single", "count") == COUNT_METRICS
     assert set(task_metrics("single")) | set(task_metrics("multi")) == set(METRICS)
     with pytest.raises(ValueError, match="task must be one of single, multi"):
@@ -273,6 +277,6 @@ def test_every_multilabel_report_key_validates() -> None:
         rng.integers(0, 2, (60, 3)), rng.integers(0, 2, (60, 3)), ["a", "b", "c"], groups
     )
     keys = list(report.flat("dev"))
-    assert len(keys) == 7 * (1 + 2 + 2 + 4) + 2 * 3 + 6 * (3 + 2)
+    assert len(keys) == 7 * (1 + 2 + 2 + 4) + 2 * 3 + 9 * (3 + 2)
     for key in keys:
         assert validate_metric_name(key).format() == key

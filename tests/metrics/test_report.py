@@ -235,6 +235,70 @@ def test_three_group_gap_operators_by_hand(gap_op: str, expected: float) -> None
     assert row["n_classes"] == 1
 
 
+# Three groups, one stratum, classes a, b (two samples each per group):
+#   A: a -> (a, b), b -> (b, b)    TPR (.5, 1)   FPR (0, .5)   PPR (1/4, 3/4)
+#   B: a -> (a, a), b -> (b, a)    TPR (1, .5)   FPR (.5, 0)   PPR (3/4, 1/4)
+#   C: a -> (b, b), b -> (b, b)    TPR (0, 1)    FPR (0, 1)    PPR (0, 1)
+THREE = [(g, "x", t, p) for g, pairs in (("A", [(0, 0), (0, 1), (1, 1), (1, 1)]),
+                                          ("B", [(0, 0), (0, 0), (1, 1), (1, 0)]),
+                                          ("C", [(0, 1), (0, 1), (1, 1), (1, 1)])) for t, p in pairs]
+
+
+@pytest.mark.parametrize(
+    ("class_agg", "tpr", "fpr", "dp"),
+    [
+        # range per class: TPR (1 - 0, 1 - .5), FPR (.5 - 0, 1 - 0), PPR (3/4 - 0, 1 - 1/4)
+        ("rms", math.sqrt((1 + 0.25) / 2), math.sqrt((0.25 + 1) / 2), 0.75),
+        ("mean", 0.75, 0.75, 0.75),
+        ("max", 1.0, 1.0, 0.75),
+    ],
+)
+def test_range_variants_by_hand(class_agg: str, tpr: float, fpr: float, dp: float) -> None:
+    frame = pd.DataFrame(THREE, columns=["gender", "language", "y_true", "y_pred"])
+    report = GroupReport.compute(frame["y_true"].to_numpy(), frame["y_pred"].to_numpy(), ["a", "b"], frame,
+                                 class_agg=class_agg)
+    assert report.get("dev/tpr_gap_range/gender") == pytest.approx(tpr)
+    assert report.get("dev/fpr_gap_range/gender") == pytest.approx(fpr)
+    assert report.get("dev/dp_gap_range/gender") == pytest.approx(dp)
+    for key in ("dev/tpr_gap_range/gender/language:x", "dev/tpr_gap_range/gender/worst:language",
+                "dev/tpr_gap_range/gender/mean:language"):
+        assert report.get(key) == pytest.approx(tpr), key  # one stratum: per stratum = worst = mean = pooled
+    if class_agg == "rms":
+        # Beside it, tpr_gap keeps the default sum_abs_dev: pooled TPR (1/2, 5/6); class a |0| + |.5| + |.5| = 1,
+        # class b 1/6 + 1/3 + 1/6 = 2/3.
+        assert report.gap_op == "sum_abs_dev"
+        assert report.get("dev/tpr_gap/gender") == pytest.approx(math.sqrt((1 + 4 / 9) / 2))
+    table = report.table()
+    row = table[(table["metric"] == "tpr_gap_range") & table["stratum"].isna()].iloc[0]
+    assert row["n_classes"] == 2 and row["support"] == 12
+
+
+@pytest.mark.parametrize("gap_op", ["sum_abs_dev", "range", "mad"])
+def test_range_variants_do_not_depend_on_the_reports_gap_op(gap_op: str) -> None:
+    y_true, y_pred, classes, groups = _random(21, n_groups=3)
+    fixed = GroupReport.compute(y_true, y_pred, classes, groups, gap_op="range")
+    report = GroupReport.compute(y_true, y_pred, classes, groups, gap_op=gap_op)
+    for gap in ("tpr_gap", "fpr_gap", "dp_gap"):
+        for suffix in ("", "/language:en", "/worst:language", "/mean:language"):
+            key = f"dev/{gap}_range/gender{suffix}"
+            assert report.get(key) == pytest.approx(fixed.get(f"dev/{gap}/gender{suffix}")), key
+            if gap_op == "range":
+                assert report.get(key) == report.get(f"dev/{gap}/gender{suffix}"), key
+
+
+@pytest.mark.parametrize(("seed", "n_groups"), [(6, 3), (7, 2)])
+def test_range_variants_match_fairlearn_difference(seed: int, n_groups: int) -> None:
+    y_true, y_pred, classes, groups = _random(seed, n=900, n_groups=n_groups)
+    report = GroupReport.compute(y_true, y_pred, classes, groups)  # default gap_op: sum_abs_dev
+    known = (groups["gender"] != "U").to_numpy()
+    gender = groups.loc[known, "gender"]
+    for gap, rate in (("tpr_gap", true_positive_rate), ("fpr_gap", false_positive_rate), ("dp_gap", selection_rate)):
+        expected = _fairlearn_classwise(rate, y_true[known], y_pred[known], gender, groups.loc[known, "language"],
+                                        len(classes), "range")
+        for stratum, value in expected.items():
+            assert report.get(f"dev/{gap}_range/gender/language:{stratum}") == pytest.approx(value), (gap, stratum)
+
+
 def test_overall_rate_pools_only_the_defined_groups() -> None:
     # As above plus D with one positive (TPR 1) below s_min=2: D is left out of the gap and of the
     # pooled TPR (5/8, not 6/9), so the gap is the same 1.125.
@@ -464,6 +528,63 @@ def test_format_report_table() -> None:
     assert any(line.startswith("avg_gap") for line in lines)
     with pytest.raises(ConfigError, match="'yaml'"):
         format_report(GroupReport.compute(y_true, y_pred, classes, groups), fmt="yaml")
+
+
+# --- cell supports and the cells left out of gaps (§2.3, §2.6.5) ------------------------------------
+
+# de/F empty; de/M one b; en/F (a, a, b); en/M one a; U and the missing language are in no cell.
+SUPPORT_ROWS = [("F", "en", 0, 0), ("F", "en", 0, 1), ("F", "en", 1, 1), ("M", "en", 0, 0), ("M", "de", 1, 1),
+                ("U", "de", 1, 0), ("F", None, 1, 1)]
+
+
+def test_supports_by_hand() -> None:
+    supports = _report(SUPPORT_ROWS, s_min=2).supports()
+    assert list(supports.columns) == ["stratum_value", "group", "class", "positives", "negatives", "n"]
+    got = {(s, g, c): (p, q, n) for s, g, c, p, q, n in supports.itertuples(index=False)}
+    assert got == {
+        ("de", "F", "a"): (0, 0, 0), ("de", "F", "b"): (0, 0, 0), ("de", "F", "c"): (0, 0, 0),
+        ("de", "M", "a"): (0, 1, 1), ("de", "M", "b"): (1, 0, 1), ("de", "M", "c"): (0, 1, 1),
+        ("en", "F", "a"): (2, 1, 3), ("en", "F", "b"): (1, 2, 3), ("en", "F", "c"): (0, 3, 3),
+        ("en", "M", "a"): (1, 0, 1), ("en", "M", "b"): (0, 1, 1), ("en", "M", "c"): (0, 1, 1),
+    }  # fmt: skip
+    assert list(supports["stratum_value"].unique()) == ["de", "en"]  # the report's order: strata, groups, classes
+    # Without strata a group's cell holds every sample of it, the one with a missing language too.
+    pooled = _report(SUPPORT_ROWS, stratum=None).supports()
+    assert pooled["stratum_value"].isna().all()
+    assert pooled["positives"].tolist() == [2, 2, 0, 1, 1, 0]  # F: a a b b; M: a b
+
+
+def test_thin_cells_are_the_cells_whose_tpr_is_undefined() -> None:
+    report = _report(SUPPORT_ROWS, s_min=2)
+    thin = report.thin_cells()
+    assert len(thin) == 11 and (thin["positives"] < 2).all()
+    assert ("en", "F", "a") not in set(zip(thin["stratum_value"], thin["group"], thin["class"], strict=True))
+    # en: class a is defined for F only (M has 1 positive < 2), so no class has two defined groups in en.
+    assert report.get("dev/tpr_gap/gender/language:en") != report.get("dev/tpr_gap/gender/language:en")  # NaN
+    assert _report(SUPPORT_ROWS, s_min=1).thin_cells()["positives"].eq(0).all()
+
+
+def test_format_thin_cells() -> None:
+    from fairray.metrics import format_thin_cells
+
+    report = _report(SUPPORT_ROWS, s_min=2)
+    assert format_thin_cells(report, limit=3) == (
+        "dev cells below s_min=2 (their TPR is undefined and left out of gaps): "
+        "de/F/a (0), de/F/b (0), de/F/c (0), ... and 8 more"
+    )
+    assert format_thin_cells(report).endswith("en/M/a (1), en/M/b (0), ... and 1 more")  # 10 by default
+    text = format_thin_cells(report, split="test", limit=11)
+    assert text.startswith("test cells below s_min=2") and text.endswith("en/M/b (0), en/M/c (0)")
+    assert text.count("(") == 1 + 11 and "\n" not in text
+    rows = [("F", "en", 0, 0), ("F", "en", 1, 1), ("M", "en", 0, 0), ("M", "en", 1, 1)] * 2
+    assert format_thin_cells(_report(rows, s_min=2)) == (
+        "dev cells below s_min=2 (their TPR is undefined and left out of gaps): "
+        "en/F/c (0), en/M/c (0)"
+    )
+    assert format_thin_cells(_report([r for r in rows if r[2] < 2] + [("F", "en", 2, 2), ("M", "en", 2, 2)] * 2,
+                                     s_min=2)) is None
+    with pytest.raises(ConfigError, match="limit"):
+        format_thin_cells(report, limit=0)
 
 
 def test_get_unknown_key() -> None:

@@ -26,7 +26,8 @@ from fairray.metrics import (
 from fairray.metrics import _report as report_module
 
 CLASSES = ["ang", "dis", "fea", "hap", "neu"]
-MULTI_GAPS = ("tpr_gap", "fpr_gap", "dp_gap", "uar_gap", "mfpr_gap", "weighted_f1_gap")
+MULTI_GAPS = ("tpr_gap", "fpr_gap", "dp_gap", "tpr_gap_range", "fpr_gap_range", "dp_gap_range",
+              "uar_gap", "mfpr_gap", "weighted_f1_gap")
 CLASSWISE = (("tpr_gap", true_positive_rate), ("fpr_gap", false_positive_rate), ("dp_gap", selection_rate))
 
 
@@ -560,3 +561,14 @@ def test_race_groups_of_fold1_test_and_a_fairlearn_cross_check(fold1) -> None:
     expected = _fairlearn_classwise(true_positive_rate, y_true, y_pred, test["age_group"],
                                     pd.Series("all", index=test.index, name="pool"), "sum_abs_dev")  # fmt: skip
     assert age.get("test/tpr_gap/age_group") == pytest.approx(expected["all"])
+
+
+def test_multilabel_supports_count_every_positive_column() -> None:
+    # F: "110", "100" -> a 2 positives, b 1, c 0; M: "011" -> b 1, c 1. Each row counts for every class.
+    report = _report([("F", "en", "110", "000"), ("F", "en", "100", "100"), ("M", "en", "011", "001")], s_min=2)
+    supports = report.supports()
+    assert supports["positives"].tolist() == [2, 1, 0, 0, 1, 1]
+    assert supports["negatives"].tolist() == [0, 1, 2, 1, 0, 0]
+    assert supports["n"].tolist() == [2, 2, 2, 1, 1, 1]
+    assert report.thin_cells()[["group", "class"]].values.tolist() == [["F", "b"], ["F", "c"], ["M", "a"],
+                                                                       ["M", "b"], ["M", "c"]]

@@ -227,7 +227,8 @@ def test_trial_is_multi_label_end_to_end(cremad, cache, data, tmp_path, method, 
     # ... and `fairray evaluate` on that CSV reproduces every logged test metric
     csv = tmp_path / "preds.csv"
     frame.to_csv(csv, index=False)
-    assert main(["evaluate", str(csv), "--group", "gender", "--stratum", "language", "--format", "json"]) == 0
+    assert main(["evaluate", str(csv), "--group", "gender", "--stratum", "language", "--format", "json",
+                 "--s-min", str(build_spec(spec, "t").train.s_min)]) == 0  # the trial's threshold (5: gap objectives)
     evaluated = json.loads(capsys.readouterr().out)
     logged = {k: v for k, v in run.data.metrics.items() if k.startswith("test/") and k != "test/loss"}
     assert set(evaluated) == set(logged)

@@ -14,15 +14,21 @@ Every adapter documents its expected directory layout in its class docstring (sh
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
+import types
+import typing
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pandas as pd
 
 from fairray._registry import Registry
-from fairray.errors import DataError
+from fairray._typed import Where, build
+from fairray.errors import ConfigError, DataError
 
 REQUIRED_COLUMNS = ("uid", "corpus", "path", "speaker", "gender", "language", "emotion")
 #: Harmonised emotion names across corpora (a corpus uses a subset).
@@ -51,6 +57,50 @@ class CorpusAdapter(ABC):
     @classmethod
     def layout(cls) -> str:
         return inspect.cleandoc(cls.__doc__ or "")
+
+    @classmethod
+    def options_type(cls) -> type:
+        """The adapter's options as a typed frozen dataclass, made from its ``__init__`` signature (one source
+        of truth): what ``dataset.corpora[i].options`` is validated against when a spec is loaded."""
+        return _options_type(cls)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], where: Where | None = None) -> CorpusAdapter:
+        """An adapter from YAML options, typed and checked like method parameters; errors name ``where``."""
+        where = where or Where(f"corpus {cls.name}", "options")
+        typed = build(cls.options_type(), dict(options), where)
+        try:
+            return cls(**{f.name: getattr(typed, f.name) for f in dataclasses.fields(typed)})
+        except ConfigError as exc:
+            raise where.error(str(exc)) from None
+
+
+def _yaml_type(t: Any) -> Any:
+    """A signature's annotation as a type the typed builder reads: paths are strings, sequences tuples."""
+    if t is Path:
+        return str
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        members = tuple(dict.fromkeys(_yaml_type(a) for a in args))
+        return functools.reduce(lambda a, b: a | b, members)
+    if origin in (Sequence, tuple, list) and args:
+        return tuple[_yaml_type(args[0]), ...]
+    return t
+
+
+@functools.cache
+def _options_type(cls: type) -> type:
+    hints = typing.get_type_hints(cls.__init__)
+    fields = []
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = param.default
+        if isinstance(default, list):
+            default = tuple(default)
+        spec = (name, _yaml_type(hints.get(name, Any)))
+        fields.append(spec if default is inspect.Parameter.empty else (*spec, dataclasses.field(default=default)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Options", fields, frozen=True)
 
 
 CORPORA: Registry[type[CorpusAdapter]] = Registry("corpus")

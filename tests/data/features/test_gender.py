@@ -239,7 +239,7 @@ def test_label_map_errors_name_the_key_and_value(tiny_age_gender, tiny_auto, cli
 
 
 def test_params_from_a_yaml_spec_are_plain_and_picklable(tiny_age_gender):
-    from fairray.config._typed import Where, build
+    from fairray._typed import Where, build
 
     params = build(HFVoiceGender.Params, {"model_path": tiny_age_gender, "label_map": {"female": "F", "male": "M",
                                                                                         "child": None}},

@@ -184,10 +184,10 @@ class Batch:
         return replace(self, inputs={}, x=None)
 
 
-def _pad(rows: Sequence[np.ndarray], length: int, dtype: torch.dtype, pad_value: float = 0.0
-         ) -> tuple[torch.Tensor, torch.Tensor]:
-    first = rows[0] if rows else np.zeros((0,))
-    values = torch.full((len(rows), length, *first.shape[1:]), pad_value, dtype=dtype)
+def _pad(rows: Sequence[np.ndarray], length: int, dtype: torch.dtype, pad_value: float = 0.0,
+         frame: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` padded to ``length`` positions of shape ``frame`` (``()`` for samples and tokens)."""
+    values = torch.full((len(rows), length, *frame), pad_value, dtype=dtype)
     mask = torch.zeros((len(rows), length), dtype=torch.bool)
     for i, row in enumerate(rows):
         n = min(len(row), length)
@@ -279,7 +279,7 @@ class SequenceStore(InputStore):
                 stop = start + cap
             parts.append(self.flat[start:stop])
         length = max((len(p) for p in parts), default=0)
-        values, mask = _pad(parts, max(length, 1), torch.float32)
+        values, mask = _pad(parts, max(length, 1), torch.float32, frame=tuple(self.flat.shape[1:]))
         return Padded(values, mask)
 
 

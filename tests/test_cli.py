@@ -318,3 +318,26 @@ def test_train_runs_one_trial_in_process_and_prints_its_metrics(capsys, tmp_path
     printed = json.loads(out)
     assert printed["selected_epoch"] in (0, 1)
     assert 0 <= printed["test/macro_f1"] <= 1 and "test/acc" in printed
+
+
+@pytest.mark.parametrize("command", ["sweep", "train"])
+def test_a_gpu_spec_on_a_machine_without_cuda_exits_2_before_anything_runs(capsys, tmp_path, monkeypatch, command):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = Path(__file__).resolve().parents[1] / "search_spaces" / "minmaxgap.yaml"
+    code, out, err = run_cli(capsys, command, str(spec), "--set", "resources.gpus_per_worker=1",
+                             "--set", f"storage.path={tmp_path}")
+    assert code == 2 and out == ""
+    line = one_error_line(err)
+    assert f"{spec}: resources.gpus_per_worker: 1 asks for a GPU per worker, but this machine has no CUDA device" in line
+    assert not list(tmp_path.iterdir())  # no MLflow store, no Ray folder: nothing started
+
+
+def test_models_lists_each_models_accepted_inputs(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    assert "wav_cnn: " in out and "accepts: waveform inputs" in out and "model.frontend_lr_scale" in out
+    code, out, _ = run_cli(capsys, "models", "--format", "json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["mlp"]["accepts"] == ["vector"] and rows["seq_pool"]["accepts"] == ["sequence"]

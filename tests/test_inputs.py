@@ -106,3 +106,9 @@ def test_x_builds_the_features_input():
     with pytest.raises(ValueError, match="pass either x= .* or inputs="):
         Batch(x=x, y=b.y, attr=b.attr, stratum=b.stratum, index=b.index, group=b.group, group_prob=b.group_prob,
               inputs={"other": torch.randn(2, 3)})
+
+
+def test_an_empty_take_keeps_the_frame_shape():
+    store = SequenceStore.from_rows("lld", "sequence", [np.ones((3, 4), np.float32)])
+    empty = store.take(np.array([], dtype=np.int64))
+    assert empty.values.shape == (0, 1, 4) and empty.mask.shape == (0, 1)

@@ -1,5 +1,6 @@
 """Typed, frozen sweep specs loaded from YAML and validated at load time."""
 
+from fairray._typed import to_plain
 from fairray.config._load import (
     LoadedSpec,
     ablation_points,
@@ -27,7 +28,6 @@ from fairray.config._spec import (
     TrackingConfig,
     TrainConfig,
 )
-from fairray._typed import to_plain
 
 __all__ = [
     "AblationConfig",

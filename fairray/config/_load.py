@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from fairray.config._spec import ParamSpec, PluginConfig, SweepSpec
 from fairray._typed import Where, build
+from fairray.config._spec import ParamSpec, PluginConfig, SweepSpec
 from fairray.errors import ConfigError, FairrayError
 
 _PLUGIN_SECTIONS = ("method", "model")

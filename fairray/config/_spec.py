@@ -114,7 +114,8 @@ class TrainConfig:
     #: Which epoch's model a trial keeps: lowest dev base loss (IDI, ES) or the last one.
     selection: Literal["best_dev_loss", "last"] = "best_dev_loss"
     seed: int = 0
-    #: Minimum support for a per-group rate to be defined (METHODS 2.3, 2.6).
+    #: Minimum support for a per-group rate to be defined (METHODS 2.3, 2.6). A spec that searches on a gap
+    #: and sets none gets 5 (config._load.GAP_OBJECTIVE_S_MIN, METHODS 2.6.5); otherwise 1.
     s_min: int = field(default=1, metadata={"ge": 1})
     #: Abort a trial whose training loss is not finite (it ends FAILED with the reason); false skips the
     #: step instead (on every worker), counts it and logs the count as train/skipped_steps.
@@ -122,7 +123,7 @@ class TrainConfig:
     #: Autocast precision of forward and loss: fp32 (none), bf16, or fp16 (with a gradient scaler).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     #: Micro-batches of batch_size per optimiser step (gradient accumulation; effective batch =
-    #: batch_size x accumulate x workers). Batch statistics (group means, gaps) cover the whole step.
+    #: batch_size x accumulate, split across the workers). Batch statistics (group means, gaps) cover the step.
     accumulate: int = field(default=1, metadata={"ge": 1})
     #: Clip the gradient norm to this value before each step (null = no clipping; the norm is logged).
     grad_clip: float | None = field(default=None, metadata={"gt": 0})

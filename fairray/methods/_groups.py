@@ -14,15 +14,23 @@ import torch.nn.functional as F
 from fairray.methods._reduce import batch_sum
 
 
+def _fp32(t: torch.Tensor):
+    """Autocast off for a group-sum matmul: in bf16 its rounding (~1e-2 of a loss) is as large as the gaps and
+    q steps it feeds."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def group_means(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of ``values`` per group id and the group counts.
 
     ``groups`` holds ids in ``0..n_groups-1``; negative ids (unknown group) are ignored. An empty
     group has mean 0 and count 0 — callers decide presence from the counts.
     """
+    values = values.float()  # sums and counts in float32, also under bf16/fp16 autocast (see _fp32)
     known = (groups >= 0).to(values.dtype)
     one_hot = F.one_hot(groups.clamp(min=0), n_groups).to(values.dtype) * known[:, None]
-    sums = batch_sum(one_hot.T @ values)
+    with _fp32(values):
+        sums = batch_sum(one_hot.T @ values)
     counts = batch_sum(one_hot.sum(dim=0))
     return sums / counts.clamp(min=1), counts
 
@@ -64,7 +72,9 @@ def worst_stratum_gap(values: torch.Tensor, attr: torch.Tensor, stratum: torch.T
 
 def soft_group_means(values: torch.Tensor, prob: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``L_g = Σ_i π_ig v_i / Σ_i π_ig`` and the soft counts ``Σ_i π_ig`` (PGDRO; all-reduced under DDP)."""
-    sums = batch_sum(prob.T @ values)
+    values, prob = values.float(), prob.float()
+    with _fp32(values):
+        sums = batch_sum(prob.T @ values)
     mass = batch_sum(prob.sum(dim=0))
     return sums / mass.clamp(min=1e-12), mass
 

@@ -7,7 +7,7 @@ differentiable all-reduce so every worker's samples receive the gradient of the 
 without gradients while :func:`recording`, then each micro-batch with gradients while :func:`replaying`:
 the ``k``-th ``batch_sum`` of micro-batch ``m`` then returns
 
-    S = s_m + sum_{m' != m} sg(s_m')      (the whole step's sum: the value of the big batch)
+    S = s_m + (1/w_m - 1) (s_m - sg(s_m)) + sum_{m' != m} sg(s_m')   (the value of the whole step's sum)
 
 with the gradient of ``s_m`` scaled by ``1 / w_m``, where ``w_m = n_m / N`` is the weight the loop gives the
 micro-batch's loss. Summed over the micro-batches, the gradients of ``f(S)`` and of per-sample means are
@@ -49,7 +49,8 @@ class Accumulation:
             raise RuntimeError("a batch sum in the accumulated step does not match the recorded pass (a loss whose "
                                "reductions depend on the micro-batch); set train.accumulate: 1")
         rest = torch.stack(others).sum(dim=0) if others else torch.zeros_like(t)
-        return self.scale * t - (self.scale - 1.0) * t.detach() + rest.to(t.dtype)
+        # value exactly t + rest (t - sg(t) is exactly 0, so counts stay integers), gradient scale * dt
+        return t + (self.scale - 1.0) * (t - t.detach()) + rest.to(t.dtype)
 
 
 _ACTIVE: contextvars.ContextVar[Accumulation | None] = contextvars.ContextVar("fairray_accumulation", default=None)
@@ -98,7 +99,8 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def batch_sum(t: torch.Tensor) -> torch.Tensor:
     """``t`` (a sum over this worker's samples of the current micro-batch) as the sum over the whole step:
-    all workers and, under accumulation, all micro-batches. Differentiable."""
+    all workers and, under accumulation, all micro-batches. Differentiable. Compute ``t`` in float32 (see
+    :func:`fairray.methods._groups.group_means`): group sums in bf16 would move gaps and q by their own size."""
     reason = _FORBIDDEN.get()
     if reason is not None:
         raise RuntimeError(reason)

@@ -60,7 +60,12 @@ def load_trainable_state(module: nn.Module, state: Mapping[str, torch.Tensor], s
     if missing or unexpected:
         raise ValueError(f"{source}: the saved weights do not fit the model (missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}); was it written by another model or method configuration?")
-    module.load_state_dict(dict(state), strict=False)
+    try:
+        module.load_state_dict(dict(state), strict=False)
+    except RuntimeError as exc:  # shape mismatches: torch's message spans lines
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ValueError(f"{source}: the saved weights do not fit the model ({first}); was it written by another "
+                         "model configuration?") from None
 
 
 def _save(obj: Any, path: Path) -> None:

@@ -277,7 +277,7 @@ def resolve_device(gpus_per_worker: float, session: Session) -> torch.device:
 
 
 def _non_finite(value: torch.Tensor, device: torch.device) -> str | None:
-    """None when the loss is finite on every worker; else ``"nan"`` (this process) or ``"nan on worker 1 of 2"``
+    """None when the loss is finite on every worker; else ``"nan"`` (this process) or ``"nan (first seen on worker 1 of 2)"``
     (the first worker with a non-finite loss) on every worker alike: one all-gather of two numbers under DDP."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -288,8 +288,8 @@ def _non_finite(value: torch.Tensor, device: torch.device) -> str | None:
     bad = [(rank, float(p[1])) for rank, p in enumerate(parts) if p[0] > 0]
     if not bad:
         return None
-    rank, v = bad[0]
-    return f"{v} on worker {rank} of {len(parts)}"
+    rank, v = bad[0]  # batch statistics spread a NaN to every worker's loss: the first is where it was seen
+    return f"{v} (first seen on worker {rank} of {len(parts)})"
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -373,10 +373,14 @@ def train_step(module: torch.nn.Module, method: Method, micro: list[Batch], opti
     return StepResult(outputs, grad_norm=norm)
 
 
-def _steps(batches: Iterator[np.ndarray], accumulate: int) -> Iterator[list[np.ndarray]]:
-    """Consecutive sampler batches, ``accumulate`` per optimiser step (the last step may have fewer)."""
+def _steps(batches: Iterator[np.ndarray], accumulate: int, world_size: int = 1) -> Iterator[list[np.ndarray]]:
+    """Consecutive sampler batches, ``accumulate`` per optimiser step (the last step may have fewer). Under data
+    parallelism a batch with fewer rows than workers is left out on every worker alike (a worker without rows
+    has no loss), so every worker takes the same steps and collectives."""
     step: list[np.ndarray] = []
     for idx in batches:
+        if len(idx) < world_size:
+            continue
         step.append(idx)
         if len(step) == accumulate:
             yield step
@@ -422,9 +426,8 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
     precision = Precision(tcfg.precision, device)
     meta = model_meta(spec, data, ctx)
     objectives = [o.metric for o in spec.search.objectives]  # in every report: Tune checks they are there
-    n_batches = sum(1 for _ in method.batches(sampler_input, tcfg.batch_size, np.random.default_rng([tcfg.seed, 0]),
-                                              0, sampler))
-    steps_per_epoch = math.ceil(n_batches / tcfg.accumulate)
+    epoch0 = method.batches(sampler_input, tcfg.batch_size, np.random.default_rng([tcfg.seed, 0]), 0, sampler)
+    steps_per_epoch = sum(1 for _ in _steps(epoch0, tcfg.accumulate, session.world_size))
 
     workdir = Path(tempfile.mkdtemp(prefix="fairray-trial-"))  # this worker's best-epoch weights, on local disk
     best_file = workdir / BEST_FILE
@@ -493,7 +496,7 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             module.train()
             losses, logs, norms, skipped = [], _EpochLogs(), [], 0
             batches = method.batches(sampler_input, tcfg.batch_size, rng, epoch, sampler)
-            for step, step_idx in enumerate(_steps(batches, tcfg.accumulate)):
+            for step, step_idx in enumerate(_steps(batches, tcfg.accumulate, session.world_size)):
                 micro = [_batch(data, idx[session.world_rank::session.world_size], stores, crop_rng).to(device)
                          for idx in step_idx]
                 try:

@@ -126,7 +126,7 @@ def test_two_gloo_workers_match_one_worker_and_agree_on_non_finite_steps(tmp_pat
             # group statistics are all-reduced, so rank 1's NaN reaches rank 0's loss too; ERM's stays on rank 1
             first = "1" if name == "erm" else "0"
             assert r["failure"] is not None and r["failure"].startswith(
-                f"training loss is nan on worker {first} of 2 at epoch 0, step 2;"), r["failure"]
+                f"training loss is nan (first seen on worker {first} of 2) at epoch 0, step 2;"), r["failure"]
         # the step really changed the weights (the comparison above is not of two untouched copies)
         method0, module0 = _setup(name)
         assert max(abs(a - b) for pa, pb in zip(_params(module0), single, strict=True)

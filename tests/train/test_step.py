@@ -55,19 +55,25 @@ def grads(module) -> list[torch.Tensor]:
     return [p.grad.clone() for p in module.parameters()]
 
 
+@pytest.mark.parametrize("cuts", [(0, 16, 32, 48, 64), (0, 3, 5, 29, 64)], ids=["4x16", "3+2+24+35"])
 @pytest.mark.parametrize("name,params", [("erm", {}), ("minmaxgap", {"m_min": 3}), ("gdro", {"eta_q": 0.5}),
-                                         ("rw", {})])
-def test_accumulating_four_batches_of_16_gives_the_gradient_of_the_batch_of_64(name, params):
+                                         ("rw", {}), ("pgdro", {"eta_q": 0.5})])
+def test_accumulating_micro_batches_gives_the_gradient_of_the_whole_batch(name, params, cuts):
+    """Four micro-batches of 16 (or of unequal sizes, whose weights n_m / N are not 1/k) against one of 64."""
     batch = big_batch()
     method, module, opt = setup(name, **params)
     whole = train_step(module, method, [batch], opt, Precision("fp32", torch.device("cpu")))
     g_whole, loss_whole = grads(module), float(whole.outputs[0].loss.detach())
     method, module, opt = setup(name, **params)
-    micro = [rows(batch, range(i, i + 16)) for i in range(0, 64, 16)]
+    micro = [rows(batch, range(a, b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
     acc = train_step(module, method, micro, opt, Precision("fp32", torch.device("cpu")))
     for a, b in zip(grads(module), g_whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert len(acc.outputs) == 4
+    if hasattr(method, "q"):  # the committed q is the whole batch's step
+        method_whole, module_whole, opt_whole = setup(name, **params)
+        train_step(module_whole, method_whole, [batch], opt_whole, Precision("fp32", torch.device("cpu")))
+        torch.testing.assert_close(method.q, method_whole.q, rtol=1e-6, atol=1e-7)
     # every micro-batch sees the whole batch's statistics: MinMaxGAP's gap, GDRO's q-weighted group losses
     for out in acc.outputs:
         if name == "minmaxgap":
@@ -236,3 +242,42 @@ def test_a_gpu_spec_trains_on_cuda(tmp_path, precision):
         METHODS.get("minmaxgap").loss = original
     assert seen and set(seen) == {("cuda", "cuda")}
     assert math.isfinite(final["dev/loss"]) and 0 <= final["test/weighted_f1"] <= 1
+
+
+def test_group_sums_stay_float32_under_bf16_autocast():
+    from fairray.methods import group_means
+
+    g = torch.Generator().manual_seed(0)
+    values, groups = torch.rand(64, generator=g) * 3, torch.randint(0, 2, (64,), generator=g)
+    exact, _ = group_means(values, groups, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under, counts = group_means(values.bfloat16().float(), groups, 2)
+    exact_of_rounded, _ = group_means(values.bfloat16().float(), groups, 2)
+    assert under.dtype == torch.float32 and counts.dtype == torch.float32
+    torch.testing.assert_close(under, exact_of_rounded, rtol=1e-6, atol=1e-6)  # no bf16 matmul in between
+    assert (exact - under).abs().max() < 2e-2
+
+
+def test_batches_smaller_than_the_worker_count_are_left_out_on_every_worker():
+    from fairray.train.loop import _steps
+
+    batches = [np.arange(8), np.arange(8, 10), np.arange(10, 18)]
+    assert [len(s) for s in _steps(iter(batches), 1, world_size=3)] == [1, 1]  # the 2-row batch is dropped
+    assert [[len(b) for b in s] for s in _steps(iter(batches), 2, world_size=1)] == [[8, 2], [8]]
+
+
+def test_a_group_seen_once_stays_present_when_micro_batch_weights_are_not_round():
+    """Micro-batches of 3 and 2 rows (weights 3/5, 2/5) with a group that has one sample in the whole batch:
+    the accumulated counts must stay exact integers, or the group drops out of GDRO's step (count 0.99999994)."""
+    batch = rows(big_batch(n=5), range(5))
+    batch = Batch(x=batch.x, y=batch.y, attr=batch.attr, stratum=batch.stratum, index=batch.index,
+                  group=torch.tensor([0, 0, 1, 0, 0]), group_prob=batch.group_prob, target=batch.target)
+    method, module, opt = setup("gdro", eta_q=0.5)
+    train_step(module, method, [batch], opt, Precision("fp32", torch.device("cpu")))
+    g_whole, q_whole = grads(module), method.q.clone()
+    method, module, opt = setup("gdro", eta_q=0.5)
+    train_step(module, method, [rows(batch, range(0, 3)), rows(batch, range(3, 5))], opt,
+               Precision("fp32", torch.device("cpu")))
+    torch.testing.assert_close(method.q, q_whole, rtol=1e-6, atol=1e-7)
+    for a, b in zip(grads(module), g_whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -158,52 +158,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_methods(args: argparse.Namespace) -> int:
+def _plugin_listing(args: argparse.Namespace, registry, section: str, describe) -> int:
+    """``fairray methods`` / ``models``: each registered plugin, a line about it, its typed parameters."""
     import dataclasses
 
-    from fairray.methods import METHODS
-
     rows = []
-    for name in METHODS:
-        cls = METHODS.get(name)
-        params = []
-        for f in dataclasses.fields(cls.Params):
-            default = f.default if f.default is not dataclasses.MISSING else "(required)"
-            params.append({"name": f.name, "type": str(f.type), "default": default})
-        rows.append({"name": name, "summary": cls.summary, "needs": cls.requires, "sampler": cls.sampler,
-                     "params": params})
-    if args.format == "json":
-        print(json.dumps(rows, indent=1, default=str))
-        return 0
-    width = max(len(p["name"]) for r in rows for p in r["params"])
-    for r in rows:
-        print(f"{r['name']}: {r['summary']}\n  needs: {r['needs']}; default sampler: {r['sampler']}")
-        for p in r["params"]:
-            print(f"    method.{p['name']:<{width}} {p['type']:<28} default {json.dumps(p['default'])}")
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from fairray.models import MODELS
-
-    rows = []
-    for name in MODELS:
-        cls = MODELS.get(name)
+    for name in registry:
+        cls = registry.get(name)
         params = [{"name": f.name, "type": str(f.type),
                    "default": f.default if f.default is not dataclasses.MISSING else "(required)"}
                   for f in dataclasses.fields(cls.Params)]
-        rows.append({"name": name, "summary": cls.summary, "accepts": list(cls.accepts), "params": params})
+        rows.append({"name": name, "summary": cls.summary, **describe(cls), "params": params})
     if args.format == "json":
         print(json.dumps(rows, indent=1, default=str))
         return 0
     width = max(len(p["name"]) for r in rows for p in r["params"])
     for r in rows:
-        print(f"{r['name']}: {r['summary']}\n  accepts: {', '.join(r['accepts'])} inputs")
+        extra = (f"needs: {r['needs']}; default sampler: {r['sampler']}" if "needs" in r
+                 else f"accepts: {', '.join(r['accepts'])} inputs")
+        print(f"{r['name']}: {r['summary']}\n  {extra}")
         for p in r["params"]:
-            print(f"    model.{p['name']:<{width}} {p['type']:<28} default {json.dumps(p['default'])}")
+            print(f"    {section}.{p['name']:<{width}} {p['type']:<28} default {json.dumps(p['default'])}")
     return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from fairray.methods import METHODS
+
+    return _plugin_listing(args, METHODS, "method", lambda cls: {"needs": cls.requires, "sampler": cls.sampler})
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from fairray.models import MODELS
+
+    return _plugin_listing(args, MODELS, "model", lambda cls: {"accepts": list(cls.accepts)})
 
 
 def _noise_text(entry: dict | None, objectives) -> str:

@@ -58,8 +58,7 @@ _FORBIDDEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("fairray
 
 
 @contextlib.contextmanager
-def recording(acc: Accumulation, micro: int) -> Iterator[None]:
-    acc.mode, acc.micro = "record", micro
+def _active(acc: Accumulation) -> Iterator[None]:
     token = _ACTIVE.set(acc)
     try:
         yield
@@ -67,15 +66,16 @@ def recording(acc: Accumulation, micro: int) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-@contextlib.contextmanager
-def replaying(acc: Accumulation, micro: int, weight: float) -> Iterator[None]:
+def recording(acc: Accumulation, micro: int) -> contextlib.AbstractContextManager[None]:
+    """Micro-batch ``micro`` without gradients: its batch sums are recorded."""
+    acc.mode, acc.micro = "record", micro
+    return _active(acc)
+
+
+def replaying(acc: Accumulation, micro: int, weight: float) -> contextlib.AbstractContextManager[None]:
     """Micro-batch ``micro`` with gradients; its loss enters the step with ``weight`` (``n_m / N``)."""
     acc.mode, acc.micro, acc.scale, acc.calls = "replay", micro, 1.0 / weight, 0
-    token = _ACTIVE.set(acc)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
+    return _active(acc)
 
 
 @contextlib.contextmanager

@@ -431,64 +431,63 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
 
     workdir = Path(tempfile.mkdtemp(prefix="fairray-trial-"))  # this worker's best-epoch weights, on local disk
     best_file = workdir / BEST_FILE
-    state: dict[str, Any] = {"epoch": 0, "best": None, "failure": None, "step": 0, "skipped_steps": 0}
-    with session.latest_checkpoint() as ckpt:
-        if ckpt is not None:
-            load_trainable_state(module, load_state(Path(ckpt) / MODEL_FILE), source=str(ckpt))
-            state = {**state, **read_trainer_state(ckpt)}
-            optimizer.load_state_dict(state.pop("optimizer"))
-            method.load_state_dict(state.pop("method"))
-            precision.load_state_dict(state.pop("scaler", {}))
-            if (Path(ckpt) / BEST_FILE).is_file():
-                shutil.copyfile(Path(ckpt) / BEST_FILE, best_file)
-            elif state.get("best") and "model" in state["best"]:  # written before best.pt: an in-memory copy
-                torch.save(state["best"].pop("model"), best_file)
-    if state.get("failure"):
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise TrialError(state["failure"])  # a deterministic failure: do not redo the work on retry
-    method.to(device)
-    method.on_train_start(steps_per_epoch)
-    module = session.prepare_model(module)
-    evaluate = _Evaluator(data, method, tcfg.s_min, tcfg.eval_batch_size, device, precision)
-    round_rows = None
-    if method.round_steps:
-        dev_input = SamplerInput(data.indices("dev"), data.y, data.attr, data.stratum, data.group)
-        round_rows = np.asarray(method.round_rows(dev_input, np.random.default_rng([tcfg.seed, 7])))
-        round_labels = _batch(data, round_rows, stores={}).to(device)
-
     run = None
-    if tracking is not None and session.world_rank == 0:
-        from fairray.tracking import TrialRun, flatten
+    try:  # from here on the trial's folder is removed and its MLflow run ended, whatever happens
+        state: dict[str, Any] = {"epoch": 0, "best": None, "failure": None, "step": 0, "skipped_steps": 0}
+        with session.latest_checkpoint() as ckpt:
+            if ckpt is not None:
+                load_trainable_state(module, load_state(Path(ckpt) / MODEL_FILE), source=str(ckpt))
+                state = {**state, **read_trainer_state(ckpt)}
+                optimizer.load_state_dict(state.pop("optimizer"))
+                method.load_state_dict(state.pop("method"))
+                precision.load_state_dict(state.pop("scaler", {}))
+                if (Path(ckpt) / BEST_FILE).is_file():
+                    shutil.copyfile(Path(ckpt) / BEST_FILE, best_file)
+                elif state.get("best") and "model" in state["best"]:  # written before best.pt: an in-memory copy
+                    torch.save(state["best"].pop("model"), best_file)
+        if state.get("failure"):
+            raise TrialError(state["failure"])  # a deterministic failure: do not redo the work on retry
+        method.to(device)
+        method.on_train_start(steps_per_epoch)
+        module = session.prepare_model(module)
+        evaluate = _Evaluator(data, method, tcfg.s_min, tcfg.eval_batch_size, device, precision)
+        round_rows = None
+        if method.round_steps:
+            dev_input = SamplerInput(data.indices("dev"), data.y, data.attr, data.stratum, data.group)
+            round_rows = np.asarray(method.round_rows(dev_input, np.random.default_rng([tcfg.seed, 7])))
+            round_labels = _batch(data, round_rows, stores={}).to(device)
 
-        tags = {"fairray.kind": "trial" if tracking.parent_run_id else "train", "fairray.sweep": tracking.sweep,
-                "fairray.method": spec.method.name, "fairray.dataset": spec.dataset.name,
-                "fairray.searched_params": json.dumps(sorted(params))}
-        # the raw spec, plus the values the loader derived (s_min defaults to 5 for gap objectives)
-        logged = {**flatten({k: v for k, v in trial_raw.items() if k != "search"}), "train.s_min": str(tcfg.s_min)}
-        run = TrialRun.open(tracking.uri, tracking.experiment_id, tracking.parent_run_id, tracking.trial_id,
-                            tags, logged)
-        n_train = sum(p.numel() for p in unwrap(module).parameters() if p.requires_grad)
-        run.log({"model/trainable_params": float(n_train),
-                 "model/total_params": float(sum(p.numel() for p in unwrap(module).parameters()))}, step=0)
+        if tracking is not None and session.world_rank == 0:
+            from fairray.tracking import TrialRun, flatten
 
-    def trainer_state() -> dict[str, Any]:
-        return {**state, "optimizer": optimizer.state_dict(), "method": method.state_dict(),
-                "scaler": precision.state_dict()}
+            tags = {"fairray.kind": "trial" if tracking.parent_run_id else "train", "fairray.sweep": tracking.sweep,
+                    "fairray.method": spec.method.name, "fairray.dataset": spec.dataset.name,
+                    "fairray.searched_params": json.dumps(sorted(params))}
+            # the raw spec, plus the values the loader derived (s_min defaults to 5 for gap objectives)
+            logged = {**flatten({k: v for k, v in trial_raw.items() if k != "search"}), "train.s_min": str(tcfg.s_min)}
+            run = TrialRun.open(tracking.uri, tracking.experiment_id, tracking.parent_run_id, tracking.trial_id,
+                                tags, logged)
+            n_train = sum(p.numel() for p in unwrap(module).parameters() if p.requires_grad)
+            run.log({"model/trainable_params": float(n_train),
+                     "model/total_params": float(sum(p.numel() for p in unwrap(module).parameters()))}, step=0)
 
-    texts = checkpoint_texts(meta, trial_raw)
+        def trainer_state() -> dict[str, Any]:
+            return {**state, "optimizer": optimizer.state_dict(), "method": method.state_dict(),
+                    "scaler": precision.state_dict()}
 
-    def checkpoint_and_report(metrics: dict[str, Any]) -> None:
-        if session.world_rank != 0:
-            session.report(metrics, None)
-            return
-        d = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
-        try:
-            write_checkpoint(d, module, trainer_state(), texts, best=best_file)
-            session.report(metrics, str(d))  # Tune copies the folder; a LocalSession moves it
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
+        texts = checkpoint_texts(meta, trial_raw)
 
-    try:
+        def checkpoint_and_report(metrics: dict[str, Any]) -> None:
+            if session.world_rank != 0:
+                session.report(metrics, None)
+                return
+            d = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
+            try:
+                write_checkpoint(d, module, trainer_state(), texts, best=best_file)
+                session.report(metrics, str(d))  # Tune copies the folder; a LocalSession moves it
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+
         for epoch in range(state["epoch"], tcfg.epochs):
             torch.manual_seed(tcfg.seed * 100_003 + epoch)
             rng = np.random.default_rng([tcfg.seed, epoch])

@@ -4,6 +4,8 @@ from fairray.models._base import MODELS, ModelPlugin, as_specs, build_model, che
 from fairray.models.layer_weighted import LayerWeighted, LayerWeightedSum
 from fairray.models.mlp import MLP, VectorMLP
 from fairray.models.sequence import PooledHead, SequencePool, WaveformCNN, WaveformModel
+from fairray.models.text import TextEncoder, TextModel
 
 __all__ = ["MLP", "MODELS", "LayerWeighted", "LayerWeightedSum", "ModelPlugin", "PooledHead", "SequencePool",
-           "VectorMLP", "WaveformCNN", "WaveformModel", "as_specs", "build_model", "check_model", "select_input"]
+           "TextEncoder", "TextModel", "VectorMLP", "WaveformCNN", "WaveformModel", "as_specs", "build_model",
+           "check_model", "select_input"]

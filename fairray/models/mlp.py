@@ -21,15 +21,36 @@ def mlp_layers(width: int, hidden: int, depth: int, dropout: float, n_out: int) 
     return layers
 
 
+def head_embed(head: nn.Sequential, x):
+    """What the head's final linear layer reads: ``x`` through every layer but the last (the embedding an
+    encoder gives :mod:`fairray.models.fusion`)."""
+    for layer in list(head)[:-1]:
+        x = layer(x)
+    return x
+
+
+def drop_classifier(head: nn.Sequential) -> None:
+    """Replace the head's final linear layer by the identity (early fusion puts its own head on top)."""
+    head[len(head) - 1] = nn.Identity()
+
+
 class VectorMLP(nn.Sequential):
-    """The MLP over the vector input ``key`` of the batch's input mapping (or a bare ``[B, D]`` tensor)."""
+    """The MLP over the vector input ``key`` of the batch's input mapping (or a bare ``[B, D]`` tensor).
+    An encoder of :mod:`fairray.models.fusion`: ``embed`` is the last hidden layer (the input with depth 0)."""
 
     def __init__(self, key: str, layers: list[nn.Module]) -> None:
         super().__init__(*layers)
         self.key = key
+        self.embed_dim = layers[-1].in_features
 
     def forward(self, inputs):
         return super().forward(vector_input(inputs, self.key))
+
+    def embed(self, inputs):
+        return head_embed(self, vector_input(inputs, self.key))
+
+    def drop_classifier(self) -> None:
+        drop_classifier(self)
 
 
 @MODELS.register("mlp")

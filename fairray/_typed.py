@@ -1,7 +1,8 @@
 """Build frozen dataclasses from plain YAML data, with errors that name file, key and value.
 
 Supported field types: ``bool``, ``int``, ``float``, ``str``, ``X | None``, ``tuple[X, ...]``,
-``Literal[...]``, ``Enum`` subclasses, ``Mapping[str, X]`` and nested dataclasses. Numeric bounds
+``Literal[...]``, ``Enum`` subclasses, ``Mapping[str, X]``, nested dataclasses and classes with a
+``from_plain(data, where)`` classmethod (the inverse of their ``to_plain()``). Numeric bounds
 come from field metadata (``ge``, ``gt``, ``le``, ``lt``); a field without a default is required.
 """
 
@@ -114,6 +115,8 @@ def convert(tp: Any, value: Any, where: Where) -> Any:
         if not isinstance(value, Mapping):
             raise where.error(f"expected a mapping, got {value!r}")
         return types.MappingProxyType({str(k): convert(val_tp, v, where.child(str(k))) for k, v in value.items()})
+    if isinstance(tp, type) and hasattr(tp, "from_plain"):  # a section that builds itself (e.g. a named plugin)
+        return value if isinstance(value, tp) else tp.from_plain(value, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value

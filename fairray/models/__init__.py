@@ -1,11 +1,12 @@
 """Model plugins: registered ``nn.Module`` factories with typed ``Params``, built from input specs."""
 
 from fairray.models._base import MODELS, ModelPlugin, as_specs, build_model, check_model, select_input
+from fairray.models.fusion import Encoder, Fusion, FusionModel
 from fairray.models.layer_weighted import LayerWeighted, LayerWeightedSum
 from fairray.models.mlp import MLP, VectorMLP
 from fairray.models.sequence import PooledHead, SequencePool, WaveformCNN, WaveformModel
 from fairray.models.text import TextEncoder, TextModel
 
-__all__ = ["MLP", "MODELS", "LayerWeighted", "LayerWeightedSum", "ModelPlugin", "PooledHead", "SequencePool",
-           "TextEncoder", "TextModel", "VectorMLP", "WaveformCNN", "WaveformModel", "as_specs", "build_model",
-           "check_model", "select_input"]
+__all__ = ["MLP", "MODELS", "Encoder", "Fusion", "FusionModel", "LayerWeighted", "LayerWeightedSum", "ModelPlugin",
+           "PooledHead", "SequencePool", "TextEncoder", "TextModel", "VectorMLP", "WaveformCNN", "WaveformModel",
+           "as_specs", "build_model", "check_model", "select_input"]

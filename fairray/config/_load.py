@@ -322,6 +322,14 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
         aux = aux_extractors(ds.groups.name, dict(ds.groups.params))
     except FairrayError as exc:
         raise where.child("groups").error(str(exc)) from None
+    for name, icfg in ds.inputs.items():  # a tokenizer folder must exist and load (cached per process)
+        if icfg.kind == "tokens":
+            from fairray.data._inputs import tokenizer_facts
+
+            try:
+                tokenizer_facts(icfg.tokenizer)
+            except FairrayError as exc:
+                raise where.child("inputs").child(name).child("tokenizer").error(str(exc)) from None
     if ds.name != "corpora":
         # the built-in data ships resemblyzer speaker embeddings; anything else needs the audio
         audio_only = sorted(f"{a} ({extractor})" for a, (extractor, _) in aux.items()
@@ -339,7 +347,8 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
             adapter = CORPORA.get(corpus.adapter)
         except FairrayError as exc:
             raise where.child("corpora").child(i).child("adapter").error(str(exc)) from None
-        adapter.from_options(corpus.options, where.child("corpora").child(i).child("options"))
+        instance = adapter.from_options(corpus.options, where.child("corpora").child(i).child("options"))
+        _check_corpus_inputs(ds, i, corpus, instance, where)
         if ds.targets == "multi" and adapter.has_votes is False:
             raise where.child("corpora").child(i).child("adapter").error(
                 f"targets: multi needs per-clip soft labels from rater votes (soft_<class> columns); {corpus.adapter!r} "
@@ -351,6 +360,23 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
     except FairrayError as exc:
         raise where.child("extractor").child("name").error(str(exc)) from None
     build(extractor.Params, dict(ds.extractor.params), where.child("extractor").child("params"))
+
+
+def _check_corpus_inputs(ds, i: int, corpus, adapter, where: Where) -> None:
+    """Each named input must be something corpus ``i`` can give: audio for a waveform, transcripts for tokens."""
+    from fairray.data._inputs import missing_transcripts, transcript_corpora
+
+    for name, icfg in ds.inputs.items():
+        at = where.child("inputs").child(name)
+        if icfg.kind == "waveform" and getattr(adapter, "metadata_only", False):
+            raise at.error(f"kind waveform reads audio, but corpus {corpus.adapter!r} (dataset.corpora[{i}]) is "
+                           "loaded with metadata_only: true (no audio); drop the option or this input")
+        if icfg.kind == "tokens":
+            why = missing_transcripts(corpus.adapter, corpus.root, icfg.text_column)
+            if why:
+                raise at.error(f"kind tokens reads transcripts, but corpus {corpus.adapter!r} at {corpus.root} "
+                               f"(dataset.corpora[{i}]) has none: {why}; corpora with transcripts: "
+                               f"{', '.join(transcript_corpora())}")
 
 
 def _check_model(spec: SweepSpec, source: str) -> None:

@@ -32,6 +32,62 @@ class NamedParams:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
+#: Fields each input kind reads; giving one of another kind is an error, never ignored.
+_INPUT_FIELDS = {"waveform": ("max_seconds", "eval", "dtype"), "tokens": ("tokenizer", "max_length", "column")}
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """One named input besides (or, with ``extractor: null``, instead of) the extractor's ``features``
+    vector: ``dataset.inputs.<name>``, e.g. ``{audio: {kind: waveform, max_seconds: 4.0}}``.
+
+    ``kind: waveform``: each clip's 16 kHz mono samples, decoded once into the cache (``waveform/`` beside
+    the features). Training takes a random crop of ``max_seconds`` (null: whole clips); evaluation takes
+    whole clips (``eval: whole``, the default) or the first ``max_seconds`` (``eval: crop``). ``dtype:
+    float16`` halves the cache and the memory of the samples (batches are float32 either way).
+
+    ``kind: tokens``: the transcript column (``column``, default ``text``) tokenised with the tokenizer in
+    the local folder ``tokenizer`` (``AutoTokenizer.from_pretrained(folder)``, never downloaded), truncated
+    to ``max_length`` tokens (default 128). Only corpora with transcripts (MELD, MELD-ST, IEMOCAP) have one.
+    """
+
+    kind: Literal["waveform", "tokens"]
+    max_seconds: float | None = field(default=None, metadata={"gt": 0})
+    eval: Literal["whole", "crop"] | None = None
+    dtype: Literal["float32", "float16"] | None = None
+    tokenizer: str | None = None
+    max_length: int | None = field(default=None, metadata={"ge": 2})
+    column: str | None = None
+
+    def __post_init__(self) -> None:
+        foreign = [f for kind, names in _INPUT_FIELDS.items() if kind != self.kind for f in names
+                   if getattr(self, f) is not None]
+        if foreign:
+            raise ValueError(f"{foreign[0]} does not apply to kind {self.kind}, which takes "
+                             f"{', '.join(_INPUT_FIELDS[self.kind])}")
+        if self.kind == "tokens" and self.tokenizer is None:
+            raise ValueError("kind tokens needs `tokenizer`: a local folder holding a Hugging Face tokenizer "
+                             "(tokenizer.json or vocab files; nothing is downloaded)")
+        if self.eval == "crop" and self.max_seconds is None:
+            raise ValueError("eval: crop needs max_seconds (the length evaluation clips are cut to)")
+
+    @property
+    def eval_mode(self) -> str:
+        return self.eval or "whole"
+
+    @property
+    def sample_dtype(self) -> str:
+        return self.dtype or "float32"
+
+    @property
+    def text_column(self) -> str:
+        return self.column or "text"
+
+    @property
+    def token_limit(self) -> int:
+        return self.max_length or 128
+
+
 @dataclass(frozen=True)
 class DatasetConfig:
     """Which data a trial trains and is scored on.
@@ -48,8 +104,12 @@ class DatasetConfig:
     #: A protocol applied after the split that changes the training/dev composition only, e.g.
     #: ``{name: imbalance_1to20, params: {label: emotion}}`` (IDI's simulated 1:20 gender imbalance).
     resample: NamedParams | None = None
-    #: Feature extractor run on the audio; ``null`` uses the features the corpus ships (MOSI/MOSEI).
+    #: Feature extractor run on the audio; ``null`` uses the features the corpus ships (MOSI/MOSEI), or none
+    #: when ``inputs`` are given and the corpus ships no features (the dataset then has no ``features`` input).
     extractor: NamedParams | None = field(default_factory=lambda: NamedParams("opensmile_egemaps"))
+    #: Named inputs built from the corpora besides the ``features`` vector: waveforms, transcript tokens
+    #: (see :class:`InputConfig`), e.g. ``{audio: {kind: waveform, max_seconds: 4.0}}``.
+    inputs: Mapping[str, InputConfig] = field(default_factory=dict)
     cache: str | None = None
     #: Parallel feature extraction on a cache miss: Ray tasks when Ray runs (a sweep), else processes.
     extract_workers: int = field(default=1, metadata={"ge": 1})
@@ -83,6 +143,12 @@ class DatasetConfig:
         if (self.name == "corpora") != bool(self.corpora):
             raise ValueError("`corpora` (a list of {adapter, root}) is required with name: corpora and only there, "
                              f"got name={self.name!r} with {len(self.corpora)} corpora")
+        if self.inputs and self.name != "corpora":
+            raise ValueError(f"inputs {sorted(self.inputs)} are built from audio and transcripts, which dataset "
+                             f"{self.name!r} lacks; use name: corpora with the corpora's folders")
+        if "features" in self.inputs:
+            raise ValueError("inputs: the name 'features' is the extractor's vector input; name this input "
+                             "otherwise (e.g. audio, transcript)")
         if self.targets == "multi" and self.name == "ser3":
             raise ValueError("targets: multi needs per-clip soft labels from rater votes (soft_<class> columns), "
                              "which the built-in ser3 lacks; use name: corpora with a corpus that carries votes "

@@ -63,6 +63,7 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     Clips the audio scan skips (corrupt, empty, silent ...) are dropped and listed, never silently.
     """
     from fairray._typed import Where, build
+    from fairray.data._inputs import build_inputs, decode_waveforms, rows_with_transcripts
     from fairray.data.corpora import CORPORA
     from fairray.data.features import EXTRACTORS, FeatureCache, make_extractor
     from fairray.data.groups import aux_extractors
@@ -81,34 +82,46 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     aux_names = tuple(aux_specs)
     extractors = [*([extractor] if extractor else []),
                   *(make_extractor(name, **params) for name, params in aux_specs.values())]
-    tables, blocks, keys = [], [], []
-    for source in cfg.corpora:
-        adapter = CORPORA.get(source.adapter).from_options(source.options)
-        if extractor is None and not hasattr(adapter, "features"):
-            raise DataError(f"dataset.extractor is null, but corpus adapter {source.adapter!r} ships no features; "
-                            "name an extractor (e.g. opensmile_egemaps)")
+    adapters = [CORPORA.get(source.adapter).from_options(source.options) for source in cfg.corpora]
+    shipping = [hasattr(adapter, "features") for adapter in adapters]
+    if extractor is None and not all(shipping) and (not cfg.inputs or any(shipping)):
+        source = cfg.corpora[shipping.index(False)]
+        raise DataError(f"dataset.extractor is null, but corpus adapter {source.adapter!r} ships no features"
+                        + ("" if not cfg.inputs else " while another corpus does (their features cannot be "
+                           "stacked)") + "; name an extractor (e.g. opensmile_egemaps)"
+                        + ("" if cfg.inputs else ", or give dataset.inputs (waveform, tokens) and no features"))
+    tables, blocks, keys, decoded = [], [], [], []
+    for source, adapter in zip(cfg.corpora, adapters, strict=True):
         table = adapter.load(source.root)
         own = None
-        if extractor is None:
-            own = np.asarray(adapter.features(source.root, table), dtype=np.float32)
-            keys.append(hashlib.sha256(own.tobytes() + table["uid"].str.cat().encode()).hexdigest())
+        if extractor is None:  # the corpus's own features, or none (the dataset then has only its named inputs)
+            own = (np.asarray(adapter.features(source.root, table), dtype=np.float32) if hasattr(adapter, "features")
+                   else np.zeros((len(table), 0), dtype=np.float32))
+            if own.shape[1]:
+                keys.append(hashlib.sha256(own.tobytes() + table["uid"].str.cat().encode()).hexdigest())
         cached = [cache.get_or_compute(table, source.root, e, num_workers=cfg.extract_workers) for e in extractors]
         for c in cached:
             if c.report.skipped:  # never a silently shorter dataset: say which clips and why
                 logging.getLogger("fairray").warning("%s: %s", source.root, c.report.format())
-        kept = set.intersection(set(table["uid"]), *(set(c.uids) for c in cached))
-        keep_rows = table["uid"].isin(kept).to_numpy()
+        waves = decode_waveforms(cfg, cache, table, source.root)  # each clip decoded once, through the cache
+        kept = set.intersection(set(table["uid"]), *(set(c.uids) for c in cached),
+                                *(w.kept_uids for w in waves.waveforms.values()))
+        keep_rows = table["uid"].isin(kept).to_numpy() & rows_with_transcripts(cfg, table, source.root)
         table = table.loc[keep_rows].reset_index(drop=True)
         tables.append(table)
+        decoded.append(waves)
         block = [np.asarray(c.X, dtype=np.float32)[pd.Index(c.uids).get_indexer(table["uid"])] for c in cached]
         blocks.append([own[keep_rows], *block] if own is not None else block)
-        keys += [c.key for c in cached]
+        keys += [c.key for c in cached] + waves.keys
     meta = pd.concat(tables, ignore_index=True)
     X = np.concatenate([b[0] for b in blocks])
     aux = {name: np.concatenate([b[i + 1] for b in blocks]) for i, name in enumerate(aux_names)}
+    inputs, input_keys = build_inputs(cfg, tables, decoded)
+    keys += input_keys
     return meta, X, {"input_fingerprint": hashlib.sha256("".join(keys).encode()).hexdigest(),
                      "extractor": cfg.extractor.name if cfg.extractor else "shipped", "cache_keys": keys,
-                     "feature_meta": extractor.input_meta(extractor.params) if extractor else {}}, aux
+                     "feature_meta": extractor.input_meta(extractor.params) if extractor else {},
+                     "inputs": inputs}, aux
 
 
 @dataclass(frozen=True)
@@ -204,9 +217,10 @@ def speaker_split(meta: pd.DataFrame, attribute: str, stratum: str, dev_fraction
     return meta["speaker"].astype(str).map(assignment).to_numpy(dtype=object)
 
 
-def _apply_protocol(name: str, params: dict, meta: pd.DataFrame, X: np.ndarray, aux: dict
-                    ) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """Run a protocol on the prepared table and keep features and aux arrays aligned with its rows."""
+def _apply_protocol(name: str, params: dict, meta: pd.DataFrame, X: np.ndarray, aux: dict, extra: dict
+                    ) -> tuple[pd.DataFrame, np.ndarray, dict, dict]:
+    """Run a protocol on the prepared table and keep features, aux arrays and named inputs aligned with its rows."""
+    from fairray.data._inputs import subset_inputs
     from fairray.data.protocols import apply_protocol
 
     out = apply_protocol(name, meta, **params)
@@ -214,7 +228,7 @@ def _apply_protocol(name: str, params: dict, meta: pd.DataFrame, X: np.ndarray, 
     if not out.index.is_unique or (len(rows) and (rows.min() < 0 or rows.max() >= len(meta))):
         raise DataError(f"protocol {name!r} returned rows that are not a subset of its input's rows (it must keep "
                         "the input's index), so features could not stay aligned with them")
-    return out.reset_index(drop=True), X[rows], {k: v[rows] for k, v in aux.items()}
+    return out.reset_index(drop=True), X[rows], {k: v[rows] for k, v in aux.items()}, subset_inputs(extra, rows)
 
 
 def _soft_columns(meta: pd.DataFrame) -> set[str]:
@@ -256,7 +270,15 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     Runs once per sweep on the driver (features are extracted or read from the cache here, before any
     trial starts); trials receive the result through Ray's object store.
     """
+    from fairray.data._inputs import dialogue_context, subset_inputs
+    from fairray.data.protocols import PROTOCOLS
+
     meta, X, provenance, aux = DATASETS.get(cfg.name)(cfg, cache_root)
+    provenance = dict(provenance)
+    extra = dict(provenance.pop("inputs", {}))  # named inputs (waveform, tokens), row-aligned with meta
+    for name, store in extra.items():
+        if len(store) != len(meta):
+            raise DataError(f"dataset {cfg.name!r}: input {name!r} has {len(store)} rows for {len(meta)} utterances")
     multi = cfg.targets == "multi"
     for column in (cfg.attribute, cfg.stratum, "speaker") + (() if multi else ("emotion",)):
         if column not in meta.columns:
@@ -287,17 +309,20 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     meta = meta.loc[keep].reset_index(drop=True)
     X = X[keep.to_numpy()]
     aux = {k: v[keep.to_numpy()] for k, v in aux.items()}
+    extra = subset_inputs(extra, keep.to_numpy())
     if cfg.protocol is None:  # the default: whole speakers per stratum x attribute cell
         meta = meta.assign(split=speaker_split(meta, cfg.attribute, cfg.stratum, cfg.dev_fraction,
                                                cfg.test_fraction, cfg.split_seed))
     else:  # the protocol decides the split (emo_superb, speaker_kfold, speaker_split ...)
-        table = meta.drop(columns="split", errors="ignore")
-        meta, X, aux = _apply_protocol(cfg.protocol.name, dict(cfg.protocol.params), table, X, aux)
+        # a protocol decides the split from scratch, unless it is the corpus's own split (corpus_split)
+        keeps = getattr(PROTOCOLS.get(cfg.protocol.name), "reads_split", False)
+        table = meta if keeps else meta.drop(columns="split", errors="ignore")
+        meta, X, aux, extra = _apply_protocol(cfg.protocol.name, dict(cfg.protocol.params), table, X, aux, extra)
         if "split" not in meta.columns:
             raise DataError(f"dataset.protocol {cfg.protocol.name!r} assigns no split; a protocol that only "
                             "changes the training data belongs under dataset.resample")
     if cfg.resample is not None:  # e.g. imbalance_1to20: changes train/dev composition, never test
-        meta, X, aux = _apply_protocol(cfg.resample.name, dict(cfg.resample.params), meta, X, aux)
+        meta, X, aux, extra = _apply_protocol(cfg.resample.name, dict(cfg.resample.params), meta, X, aux, extra)
     split = meta["split"].astype(str).to_numpy(dtype=object)
     bad = sorted(set(split) - set(SPLITS))
     if bad:
@@ -341,13 +366,21 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
         strata_values=strata_values, mean=mean.astype(np.float32), std=std.astype(np.float32),
         fingerprint=digest.hexdigest()[:16], group=groups.ids, group_values=groups.values, group_prob=groups.prob,
         group_info=groups.info, soft=soft, task=cfg.targets, feature_meta=dict(provenance.get("feature_meta", {})),
+        extra_inputs=extra, context=dialogue_context(meta),
     )
 
 
 def declared_inputs(cfg: DatasetConfig) -> dict[str, InputSpec]:
     """The inputs a dataset section will provide, known before any data is read (dimensions may be None
-    until it is prepared): what the spec loader checks the model against."""
+    until it is prepared): what the spec loader checks the model against.
+
+    ``features`` (vector) unless ``extractor: null`` leaves a corpus dataset with its named inputs only
+    (no corpus ships features); then each of ``dataset.inputs`` (waveform: crop length and sample rate;
+    tokens: vocabulary size and pad id from the tokenizer folder)."""
+    from fairray.data._inputs import declared_specs
+
     meta: dict[str, Any] = {}
+    specs: dict[str, InputSpec] = {}
     if cfg.name == "corpora" and cfg.extractor is not None:
         from fairray._typed import Where, build
         from fairray.data.features import EXTRACTORS
@@ -355,4 +388,13 @@ def declared_inputs(cfg: DatasetConfig) -> dict[str, InputSpec]:
         extractor_cls = EXTRACTORS.get(cfg.extractor.name)
         meta = extractor_cls.input_meta(build(extractor_cls.Params, dict(cfg.extractor.params),
                                               Where("spec", "dataset.extractor.params")))
-    return {FEATURES: InputSpec(FEATURES, "vector", meta=meta)}
+    if not (cfg.name == "corpora" and cfg.extractor is None and cfg.inputs and not _ships_features(cfg)):
+        specs[FEATURES] = InputSpec(FEATURES, "vector", meta=meta)
+    return {**specs, **declared_specs(cfg)}
+
+
+def _ships_features(cfg: DatasetConfig) -> bool:
+    """Whether every corpus of ``cfg`` ships its own features (MOSI/MOSEI): what ``extractor: null`` reads."""
+    from fairray.data.corpora import CORPORA
+
+    return all(hasattr(CORPORA.get(c.adapter), "features") for c in cfg.corpora)

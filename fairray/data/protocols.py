@@ -203,6 +203,23 @@ def speaker_split(table: pd.DataFrame, *, attribute: str = "gender", stratum: st
     return table.assign(split=split)
 
 
+@PROTOCOLS.register("corpus_split")
+def corpus_split(table: pd.DataFrame) -> pd.DataFrame:
+    """The split the corpus ships (MELD's and MELD-ST's train/dev/test files, the ``split`` column of its
+    table), unchanged. It is speaker-independent only where the corpus's own split is: MELD's main cast speaks
+    in every split, as in the papers that report on it."""
+    _need_columns(table, ("split",), "corpus_split")
+    split = table["split"].astype(str)
+    bad = sorted(set(split) - {"train", "dev", "test"})
+    if bad:
+        raise DataError(f"protocol 'corpus_split': split value(s) {bad} are not train/dev/test; this corpus "
+                        "ships no usable split, use speaker_split or speaker_kfold")
+    return table.copy()
+
+
+corpus_split.reads_split = True  # prepare keeps the table's split column for it (other protocols start afresh)
+
+
 @PROTOCOLS.register("speaker_kfold")
 def speaker_kfold(table: pd.DataFrame, *, k: int = 5, fold: int = 1, attribute: str = "gender",
                   stratum: str = "language", seed: int = 0) -> pd.DataFrame:

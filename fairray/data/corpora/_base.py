@@ -49,6 +49,10 @@ class CorpusAdapter(ABC):
     #: Whether the table carries rater-vote soft labels (``soft_<class>`` columns, what ``targets: multi``
     #: trains on): True, False, or None when it depends on the files (a manifest may carry them).
     has_votes: ClassVar[bool | None] = False
+    #: Whether the ``text`` column holds transcripts of what was said, which a ``tokens`` input reads: True
+    #: (dialogue corpora: MELD, MELD-ST, IEMOCAP), False (acted corpora, whose text is one of a few scripted
+    #: sentences spoken in every emotion, or none), None when it depends on the files (a manifest).
+    transcripts: ClassVar[bool | None] = False
 
     @abstractmethod
     def load(self, root: str | Path) -> pd.DataFrame:

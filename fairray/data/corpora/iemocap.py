@@ -91,6 +91,7 @@ class IemocapAdapter(CorpusAdapter):
     """
 
     name = "iemocap"
+    transcripts = True
     languages = ("en",)
 
     def load(self, root: str | Path) -> pd.DataFrame:

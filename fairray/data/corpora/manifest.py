@@ -61,6 +61,7 @@ class ManifestAdapter(CorpusAdapter):
 
     has_votes = None
     name = "manifest"
+    transcripts = None
     languages = ()
     verified_on_real_data = True
 

@@ -116,6 +116,7 @@ class Meld(CorpusAdapter):
     """
 
     name = "meld"
+    transcripts = True
     languages = ("en",)
     verified_on_real_data = True
 
@@ -216,6 +217,7 @@ class MeldST(CorpusAdapter):
     """
 
     name = "meld_st"
+    transcripts = True
     languages = ("en", "de", "ja")
 
     def __init__(self, metadata_only: bool = False, gender_map: str | Path | None = None,

@@ -5,8 +5,9 @@ from fairray.models.fusion import Encoder, Fusion, FusionModel
 from fairray.models.layer_weighted import LayerWeighted, LayerWeightedSum
 from fairray.models.mlp import MLP, VectorMLP
 from fairray.models.sequence import PooledHead, SequencePool, WaveformCNN, WaveformModel
+from fairray.models.ssl import SSLClassifier, SSLModel
 from fairray.models.text import TextEncoder, TextModel
 
 __all__ = ["MLP", "MODELS", "Encoder", "Fusion", "FusionModel", "LayerWeighted", "LayerWeightedSum", "ModelPlugin",
-           "PooledHead", "SequencePool", "TextEncoder", "TextModel", "VectorMLP", "WaveformCNN", "WaveformModel",
+           "PooledHead", "SSLClassifier", "SSLModel", "SequencePool", "TextEncoder", "TextModel", "VectorMLP", "WaveformCNN", "WaveformModel",
            "as_specs", "build_model", "check_model", "select_input"]

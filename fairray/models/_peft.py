@@ -13,6 +13,8 @@ The one place the backbone model plugins (``ssl``, ``text``, ``qwen2_audio``, fu
   folders (``adapter_config.json`` + ``adapter_model.safetensors``, what
   ``peft.PeftModel.from_pretrained(base, folder)`` loads); :func:`adapter_state` gives one adapter's
   weights and ``LoraConfig``. :mod:`fairray.train.checkpoint` writes the folders beside ``model.pt``.
+* :func:`unreached_adapters`: LoRA modules a forward pass never calls (a model that reads a target's
+  weight directly instead of calling it); a plugin refuses those targets instead of training dead adapters.
 
 Only ``requires_grad`` parameters are optimised and checkpointed by the loop, so what this module leaves
 trainable is exactly what a checkpoint holds (adapters + head for LoRA).
@@ -28,7 +30,7 @@ from __future__ import annotations
 import re
 import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -118,6 +120,31 @@ def apply_lora(module: nn.Module, *, r: int, alpha: float, dropout: float, targe
         if p.requires_grad and "lora_" not in name:
             p.requires_grad_(False)
     return wrapped
+
+
+def unreached_adapters(model: nn.Module, run: Callable[[], Any]) -> list[str]:
+    """The LoRA-wrapped modules of ``model`` whose adapters ``run()`` (one forward pass) never calls.
+
+    peft adapts a module by wrapping its ``forward``; a model that reads the module's ``weight`` directly
+    (transformers' WavLM attention passes ``q_proj.weight`` to ``F.multi_head_attention_forward``) would
+    train adapters that change nothing. A plugin calls this once on a tiny input and refuses such targets.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    called: set[str] = set()
+    hooks = []
+    for name, sub in model.named_modules():
+        if isinstance(sub, LoraLayer):
+            for a in sub.lora_A.values():
+                hooks.append(a.register_forward_hook(lambda *_, n=name: called.add(n)))
+    wrapped = {name for name, sub in model.named_modules() if isinstance(sub, LoraLayer)}
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return sorted(wrapped - called)
 
 
 def set_finetune(backbone: nn.Module, mode: str, *, who: str, layers: Sequence[nn.Module] | None = None,

@@ -7,9 +7,14 @@ A checkpoint folder holds::
     trainer.pt    epoch, selection record, optimiser / grad-scaler / method state, skipped-step count
     fairray.json  what predict needs besides weights (classes, input specs, normalisation, fingerprint)
     config.yaml   the resolved trial spec
+    adapters/     one peft adapter folder per LoRA-wrapped backbone (``adapters/backbone``: adapter_config.json
+                  + adapter_model.safetensors, what ``peft.PeftModel.from_pretrained(base, folder)`` loads)
 
 Only trainable state is saved: a model that freezes a backbone (a LoRA adapter over a speech LLM)
 saves its adapters and head, never the frozen weights, which are rebuilt from the model's own folder.
+A module's ``get_extra_state`` (e.g. the base model's folder and content hash, see
+:class:`fairray.models.ssl.SSLClassifier`) is saved with it, and its ``set_extra_state`` may refuse a
+checkpoint on load (a base model whose hash differs).
 Files are written to a temporary name and renamed into place, so a reader never sees half a file.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,9 @@ BEST_FILE = "best.pt"
 TRAINER_FILE = "trainer.pt"
 META_FILE = "fairray.json"
 CONFIG_FILE = "config.yaml"
+ADAPTERS_DIR = "adapters"
+#: The state-dict key of a module's ``get_extra_state`` (torch's ``_EXTRA_STATE_KEY_SUFFIX``).
+EXTRA_STATE = "_extra_state"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -39,17 +48,20 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def trainable_names(module: nn.Module) -> set[str]:
-    """State-dict keys that are trained: parameters with ``requires_grad`` and (persistent) buffers."""
+    """State-dict keys that are trained: parameters with ``requires_grad``, (persistent) buffers and the
+    modules' extra state (``get_extra_state``)."""
     module = unwrap(module)
     names = {n for n, p in module.named_parameters() if p.requires_grad}
     buffers = {n for n, _ in module.named_buffers()}
-    return names | (buffers & set(module.state_dict()))
+    keys = set(module.state_dict())
+    return names | (buffers & keys) | {k for k in keys if k.rsplit(".", 1)[-1] == EXTRA_STATE}
 
 
 def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """The trainable entries of the module's state dict, on the CPU (detached copies)."""
     keep = trainable_names(module)
-    return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(module).state_dict().items() if k in keep}
+    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
+            for k, v in unwrap(module).state_dict().items() if k in keep}
 
 
 def load_trainable_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -102,9 +114,34 @@ def write_checkpoint(d: str | Path, module: nn.Module, trainer_state: Mapping[st
         except OSError:
             shutil.copyfile(best, d / BEST_FILE)
     _save(dict(trainer_state), d / TRAINER_FILE)
+    write_adapters(module, d)
     meta_text, config_text = meta if isinstance(meta, tuple) else checkpoint_texts(meta, raw or {})
     (d / META_FILE).write_text(meta_text)
     (d / CONFIG_FILE).write_text(config_text)
+
+
+def write_adapters(module: nn.Module, d: str | Path) -> list[Path]:
+    """The peft adapter folders of ``module`` under ``d/adapters`` (none for a model without LoRA), each
+    staged and renamed into place."""
+    from fairray.models._peft import peft_models, save_adapters
+
+    module = unwrap(module)
+    if not peft_models(module):
+        return []
+    root = Path(d) / ADAPTERS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=".adapters.", dir=root))
+    try:
+        out = []
+        for name, folder in save_adapters(module, staged).items():
+            final = root / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(folder, final)
+            out.append(final)
+        return out
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def read_trainer_state(d: str | Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from fairray.models._peft import (
     peft_models,
     save_adapters,
     set_finetune,
+    unreached_adapters,
 )
 
 
@@ -141,3 +142,16 @@ def test_adapter_folder_loads_with_peft_and_gives_the_same_outputs(tmp_path):
 
 def test_plain_models_have_no_adapters(tmp_path):
     assert peft_models(Toy()) == {} and save_adapters(Toy(), tmp_path) == {}
+
+
+def test_adapters_a_forward_never_calls_are_found():
+    class ReadsWeights(Toy):
+        def forward(self, x):  # uses q_proj's weight, never calls q_proj
+            h = self.embed(x)
+            return h @ self.layers[0].q_proj.weight.T + self.layers[0].v_proj(h)
+
+    model = apply_lora(ReadsWeights(), r=2, alpha=4.0, dropout=0.0, target_modules=("q_proj", "v_proj"), who="toy")
+    dead = unreached_adapters(model, lambda: model(torch.randn(2, 4)))
+    # blocks 1 and 2 are not used at all; block 0 calls v_proj but reads q_proj's weight
+    assert dead == ["base_model.model.layers.0.q_proj"] + [f"base_model.model.layers.{i}.{m}"
+                                                            for i in (1, 2) for m in ("q_proj", "v_proj")]

@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fairray"
 FORBIDDEN = {
     "inputs.py": {"*"},  # the inputs contract is a leaf
     "_typed.py": {"*"},
+    "_local_model.py": {"*"},  # the one local-model loader, shared by data (extractors) and models
     "data": {"config", "sweep", "train", "export", "frontier", "report", "tracking"},
     "methods": {"train", "sweep", "config", "data", "export"},
     "models": {"train", "sweep", "config", "data", "methods", "export"},

@@ -7,9 +7,11 @@ plugin's own typed parameters next to ``name``.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from fairray.frontier.pareto import Direction
 
@@ -195,6 +197,10 @@ class TrainConfig:
     grad_clip: float | None = field(default=None, metadata={"gt": 0})
     #: Rows per forward pass when evaluating dev/test (peak memory does not grow with the split).
     eval_batch_size: int = field(default=256, metadata={"ge": 1})
+    #: Seconds of training between two checkpoints (Lightning's ``train_time_interval``): after an epoch, a
+    #: checkpoint is written once this long has passed since the last one, and always after the last epoch or
+    #: a failure; 0 = after every epoch. A trial resumed after a crash redoes at most this much training.
+    checkpoint_interval_s: float = field(default=30.0, metadata={"ge": 0})
 
 
 @dataclass(frozen=True)
@@ -219,11 +225,87 @@ class Objective:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """A feasibility condition on one metric every trial reports: ``METRIC >= BOUND`` or ``METRIC <= BOUND``.
+
+    Written in YAML as that text (``search.constraints: ["dev/weighted_f1 >= 0.40"]``) and parsed once, at load
+    time (:meth:`parse`). Optuna reads its :meth:`violation` (> 0: infeasible, the size of the miss).
+    """
+
+    metric: str
+    op: Literal["<=", ">="]
+    bound: float
+
+    OPERATORS: ClassVar[tuple[str, ...]] = ("<=", ">=")
+
+    @classmethod
+    def parse(cls, text: str) -> Constraint:
+        """``"dev/weighted_f1 >= 0.40"`` -> Constraint; ValueError naming the expected form otherwise."""
+        match = re.fullmatch(r"\s*(\S+?)\s*(<=|>=)\s*(\S+)\s*", text) if isinstance(text, str) else None
+        bound = None
+        if match:
+            try:
+                bound = float(match.group(3))
+            except ValueError:
+                bound = None
+        if bound is None or not math.isfinite(bound):
+            raise ValueError(f"expected 'METRIC >= NUMBER' or 'METRIC <= NUMBER' (e.g. 'dev/weighted_f1 >= 0.40', "
+                             f"'dev/f1_gap/gender <= 0.1'), got {text!r}")
+        return cls(match.group(1), match.group(2), bound)
+
+    def violation(self, value: float) -> float:
+        """How far ``value`` misses the bound (<= 0: satisfied); a missing or NaN value misses by ``inf``."""
+        if value is None or not math.isfinite(float(value)):
+            return math.inf
+        return float(value) - self.bound if self.op == "<=" else self.bound - float(value)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    """Multi-objective successive halving (MOASHA) over the per-epoch dev report.
+
+    Rungs lie at ``grace * reduction**k`` epochs below ``train.epochs``; at each, a trial is ranked among the
+    trials that reached it (non-dominated rank, then hypervolume contribution) and stopped unless it is in the
+    top ``1/reduction``. A stopped trial is PRUNED in Optuna and tagged ``fairray.pruned`` in MLflow.
+    """
+
+    type: Literal["moasha"] = "moasha"
+    #: Epochs every trial trains before its first comparison.
+    grace: int = field(default=5, metadata={"ge": 1})
+    #: 1/reduction of the trials reaching a rung go on; the next rung lies reduction times further.
+    reduction: float = field(default=3.0, metadata={"gt": 1})
+    #: What the rungs rank on: metrics the loop reports every epoch; default: ``search.objectives``.
+    objectives: tuple[Objective, ...] = ()
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     #: Dotted config paths (``method.lambda_max``, ``train.lr`` ...) to their distribution.
     space: Mapping[str, ParamSpec] = field(default_factory=dict)
     objectives: tuple[Objective, ...] = ()
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    #: Stop dominated trials early (``{type: moasha, grace: 5, reduction: 3}``); null trains every trial fully.
+    early_stopping: EarlyStoppingConfig | None = None
+    #: Feasibility conditions on dev metrics (``"dev/weighted_f1 >= 0.40"``), given to the sampler; the default
+    #: front holds feasible trials only.
+    constraints: tuple[Constraint, ...] = ()
+
+    def max_epochs(self, epochs: int) -> int:
+        """The most epochs a trial can train: the top of a searched ``train.epochs``, else ``epochs``."""
+        dim = self.space.get("train.epochs")
+        if dim is None:
+            return epochs
+        return int(dim.high) if dim.high is not None else max(int(c) for c in dim.choices or (epochs,))
+
+    @property
+    def stopping_objectives(self) -> tuple[Objective, ...]:
+        """What early stopping ranks on: its own ``objectives`` or else the search objectives."""
+        if self.early_stopping is None:
+            return ()
+        return self.early_stopping.objectives or self.objectives
 
 
 @dataclass(frozen=True)

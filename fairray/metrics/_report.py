@@ -31,7 +31,8 @@ All values are fractions in [0, 1] (MMG tables print them in %). Undefined value
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
@@ -57,6 +58,7 @@ CLASS_AGGS = ("rms", "mean", "max")
 TABLE_COLUMNS = (
     "scope", "metric", "attr", "group", "stratum", "stratum_value", "value", "support", "n_classes", "n_strata",
 )  # fmt: skip
+_NUMERIC_COLUMNS = ("value", "support", "n_classes", "n_strata")
 _PARTITION_METRICS = {task: (*task_metrics(task, "utility"), "n", "n_undefined_f1") for task in TASKS}
 _GAPS = {task: task_metrics(task, "gap") for task in TASKS}
 
@@ -74,7 +76,8 @@ class GroupReport:
         missing (or no) stratum. Single-label: int array ``[G+1, S+1, C, C]`` of (true, predicted)
         counts. Multi-label: ``[G+1, S+1, C, 2, 2]``, per class the binary (true, predicted) counts,
         i.e. ``[..., c, 0, 0]`` = TN, ``[0, 1]`` = FP, ``[1, 0]`` = FN, ``[1, 1]`` = TP.
-    frame : the long table (see :meth:`table`), one row per metric key.
+    columns : the long table (see :meth:`table`) as ``{column: list}``, one entry per metric key; the
+        pandas ``frame`` is built from it on first use (an epoch's report is read as a dict, not a frame).
     task : ``"single"`` (:meth:`compute`) or ``"multi"`` (:meth:`compute_multilabel`); fixes the
         layout of ``counts`` and which metrics the table holds (see the module docstring).
 
@@ -95,8 +98,16 @@ class GroupReport:
     gap_op: str
     class_agg: str
     counts: np.ndarray = field(repr=False)
-    frame: pd.DataFrame = field(repr=False)
+    columns: Mapping[str, list] = field(repr=False)
     task: str = "single"
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """The long table as a DataFrame (see :meth:`table`), built once on first use."""
+        frame = pd.DataFrame({c: self.columns[c] for c in TABLE_COLUMNS})
+        for col in _NUMERIC_COLUMNS:
+            frame[col] = frame[col].astype(float)
+        return frame
 
     @classmethod
     def compute(
@@ -204,21 +215,20 @@ class GroupReport:
             per_class = counts.sum((-2, -1))
             if not (per_class == per_class[..., :1]).all():
                 raise DataError("multi-label counts: every class's 2x2 table of a cell must sum to the cell's samples")
-        frame = _build_frame(
+        columns = _build_columns(
             counts, attribute, stratum, tuple(groups), tuple(strata), s_min, gap_op, class_agg, task
         )  # fmt: skip
         return cls(
             tuple(classes), attribute, stratum, tuple(groups), tuple(strata),
-            s_min, gap_op, class_agg, counts, frame, task,
+            s_min, gap_op, class_agg, counts, columns, task,
         )  # fmt: skip
 
     @cached_property
     def _index(self) -> dict[str, float]:
-        """``{key without split: value}``, built once from the frame."""
-        names = self.frame[list(TABLE_COLUMNS[1:6])].to_numpy(dtype=object)
-        names[pd.isna(names)] = None
-        keys = [_suffix(*row) for row in names.tolist()]
-        return dict(zip(keys, self.frame["value"].astype(float).tolist(), strict=True))
+        """``{key without split: value}``, built once from the columns."""
+        c = self.columns
+        keys = map(_suffix, *(map(_none_if_missing, c[name]) for name in TABLE_COLUMNS[1:6]))
+        return dict(zip(keys, map(float, c["value"]), strict=True))
 
     @property
     def n_excluded(self) -> int:
@@ -322,14 +332,13 @@ class GroupReport:
         if task not in TASKS:
             raise DataError(f"GroupReport JSON has task {task!r}; expected one of {', '.join(TASKS)}")
         try:
-            frame = pd.DataFrame(data["rows"], columns=list(TABLE_COLUMNS))
-            numeric = ["value", "support", "n_classes", "n_strata"]
-            frame[numeric] = frame[numeric].astype(float)
+            rows = data["rows"]
+            columns = {c: [_json_value(r.get(c), c) for r in rows] for c in TABLE_COLUMNS}
             counts = np.asarray(data["counts"], dtype=np.int64)
             return cls(
                 tuple(data["classes"]), data["attribute"], data["stratum"], tuple(data["groups"]),
                 tuple(data["strata"]), int(data["s_min"]), data["gap_op"], data["class_agg"],
-                counts, frame, task,
+                counts, columns, task,
             )  # fmt: skip
         except KeyError as err:
             raise DataError(f"GroupReport JSON lacks the field {err}") from None
@@ -740,7 +749,7 @@ def _gaps(
     return gaps, n_classes, present.sum(-1)
 
 
-def _build_frame(
+def _build_columns(
     counts: np.ndarray,
     attr: str,
     stratum: str | None,
@@ -751,7 +760,8 @@ def _build_frame(
     class_agg: str,
     task: str = "single",
 ) -> pd.DataFrame:
-    """The long table of every metric of ``task``, from the cell counts (see ``GroupReport.counts``)."""
+    """The long table of every metric of ``task`` as ``{column: list}``, from the cell counts (see
+    ``GroupReport.counts``); numeric columns hold floats."""
     n_g, n_s = len(groups), len(strata)
     samples = _sample_counts(counts, task)  # [G+1, S+1]
     counts = _one_vs_rest(counts) if task == "single" else counts  # [G+1, S+1, C, 2, 2] from here on
@@ -792,10 +802,20 @@ def _build_frame(
             mean = per_stratum[ok].mean() if ok.any() else np.nan
             for agg, value in (("worst", worst), ("mean", mean)):
                 add("gap", metric, attr, None, stratum, agg, value, support[1:][ok].sum(), np.nan, float(ok.sum()))
-    frame = pd.DataFrame(rows)
-    for col in ("value", "support", "n_classes", "n_strata"):
-        frame[col] = frame[col].astype(float)
-    return frame
+    for col in _NUMERIC_COLUMNS:
+        rows[col] = [float(v) for v in rows[col]]
+    return rows
+
+
+def _none_if_missing(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and value != value) else value
+
+
+def _json_value(value: Any, column: str) -> Any:
+    """A table cell read back from JSON: NaN was written as None in the numeric columns."""
+    if column in _NUMERIC_COLUMNS:
+        return math.nan if value is None else float(value)
+    return value
 
 
 @lru_cache(maxsize=65536)

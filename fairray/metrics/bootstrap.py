@@ -222,7 +222,7 @@ class _Reader:
         self.full = np.array([full.get(k) for k in self.keys], dtype=float)  # KeyError names a bad key now
         order = {k: i for i, k in enumerate(full.flat(_DUMMY_SPLIT))}
         self.rows = np.array([order[k.format()] for k in self.keys], dtype=np.int64)
-        self.layout = (full.groups, full.strata, full.frame["metric"].to_numpy())
+        self.layout = (full.groups, full.strata, list(full.columns["metric"]))
         self.checked = False
 
     def __len__(self) -> int:
@@ -233,9 +233,9 @@ class _Reader:
         if (
             report.groups == groups
             and report.strata == strata
-            and np.array_equal(report.frame["metric"].to_numpy(), metrics)
+            and report.columns["metric"] == metrics
         ):
-            fast = report.frame["value"].to_numpy(dtype=float)[self.rows]
+            fast = np.asarray(report.columns["value"], dtype=float)[self.rows]
             if self.checked:
                 return fast
             slow = self._slow(report)

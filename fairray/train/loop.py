@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import shutil
 import tempfile
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -66,14 +68,14 @@ class TrialTracking:
 
 def headline(flat: Mapping[str, float]) -> dict[str, float]:
     """Overall utilities and gaps (pooled, worst, mean) — what is shown and logged every epoch."""
-    out = {}
-    for key, value in flat.items():
-        k = MetricKey.parse(key)
-        if k.metric == "n":
-            continue
-        if k.scope == "overall" or (k.scope == "gap" and (k.stratum is None or k.is_aggregate)):
-            out[key] = value
-    return out
+    return {key: value for key, value in flat.items() if _is_headline(key)}
+
+
+@functools.lru_cache(maxsize=65536)
+def _is_headline(key: str) -> bool:
+    """Whether ``key`` is shown every epoch (cached: an epoch's report has the keys of the last one)."""
+    k = MetricKey.parse(key)
+    return k.metric != "n" and (k.scope == "overall" or (k.scope == "gap" and (k.stratum is None or k.is_aggregate)))
 
 
 def _batch(data: SERData, idx: np.ndarray, stores: Mapping[str, InputStore] | None = None,
@@ -477,8 +479,13 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
 
         texts = checkpoint_texts(meta, trial_raw)
 
-        def checkpoint_and_report(metrics: dict[str, Any]) -> None:
-            if session.world_rank != 0:
+        last_checkpoint = time.monotonic()
+
+        def checkpoint_and_report(metrics: dict[str, Any], force: bool = True) -> None:
+            """Report ``metrics``, with a checkpoint when ``force``d or ``checkpoint_interval_s`` has passed."""
+            nonlocal last_checkpoint
+            due = force or time.monotonic() - last_checkpoint >= tcfg.checkpoint_interval_s
+            if session.world_rank != 0 or not due:
                 session.report(metrics, None)
                 return
             d = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
@@ -487,6 +494,7 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
                 session.report(metrics, str(d))  # Tune copies the folder; a LocalSession moves it
             finally:
                 shutil.rmtree(d, ignore_errors=True)
+            last_checkpoint = time.monotonic()
 
         for epoch in range(state["epoch"], tcfg.epochs):
             torch.manual_seed(tcfg.seed * 100_003 + epoch)
@@ -539,7 +547,7 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
                 run.log(metrics, step=epoch)
             if on_epoch is not None and session.world_rank == 0:
                 on_epoch(metrics)
-            checkpoint_and_report(metrics)
+            checkpoint_and_report(metrics, force=epoch + 1 == tcfg.epochs)
 
         final = _final(spec, module, state, best_file, evaluate, run, method, meta, trial_raw)
         checkpoint_and_report(final)

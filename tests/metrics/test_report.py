@@ -477,7 +477,7 @@ def test_views_read_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args, **kwargs):
         raise AssertionError("recomputed")
 
-    for name in ("_utilities", "_gaps", "_classwise_gap", "_build_frame"):
+    for name in ("_utilities", "_gaps", "_classwise_gap", "_build_columns"):
         monkeypatch.setattr(report_module, name, boom)
     flat = report.flat("test")
     table = report.table()

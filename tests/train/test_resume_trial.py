@@ -14,9 +14,12 @@ from fairray.train import LocalSession, run_trial
 SPEC = Path(__file__).resolve().parents[2] / "search_spaces" / "minmaxgap.yaml"
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_a_resumed_trial_matches_an_uninterrupted_one(tmp_path, accumulate):
-    loaded = load_spec(SPEC, ["train.epochs=4", f"train.accumulate={accumulate}", "train.batch_size=32"])
+@pytest.mark.parametrize(("accumulate", "interval"), [(1, 0), (2, 0), (1, 1e9)])
+def test_a_resumed_trial_matches_an_uninterrupted_one(tmp_path, accumulate, interval):
+    """``checkpoint_interval_s: 0`` checkpoints every epoch (the cut trial resumes at epoch 2); a long interval
+    checkpoints only the last epoch, so the cut trial starts over, and still ends where the whole one does."""
+    loaded = load_spec(SPEC, ["train.epochs=4", f"train.accumulate={accumulate}", "train.batch_size=32",
+                              f"train.checkpoint_interval_s={interval}"])
     data = prepare_data(loaded.spec)
     whole = run_trial(loaded.raw, {}, data, LocalSession(tmp_path / "whole"))
 
@@ -32,7 +35,7 @@ def test_a_resumed_trial_matches_an_uninterrupted_one(tmp_path, accumulate):
     resumed_epochs = []
     resumed = run_trial(loaded.raw, {}, data, LocalSession(tmp_path / "cut"), on_epoch=lambda m: resumed_epochs.append(
         (m["epoch"], m["method/lambda"])))
-    assert seen == [0, 1, 2] and [e for e, _ in resumed_epochs] == [2, 3]
+    assert seen == [0, 1, 2] and [e for e, _ in resumed_epochs] == ([2, 3] if interval == 0 else [0, 1, 2, 3])
     assert resumed["selected_epoch"] == whole["selected_epoch"]
     for key in ("dev/loss", "test/loss", "dev/weighted_f1", "test/weighted_f1", "dev/tpr_gap/gender/worst:language"):
         assert resumed[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key

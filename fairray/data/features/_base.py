@@ -23,22 +23,24 @@ naming the parameter or environment variable to set and what the folder must hol
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib
-import os
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from fairray._local_model import (  # the one local-model loader, shared with the backbone models
+    FEATURES_EXTRA,
+    folder_digest,
+    hf_offline,
+    require,
+    resolve_device,
+    resolve_model_dir,
+)
 from fairray._registry import Registry
 from fairray.errors import ConfigError, DataError
 
-#: What the pip extra that carries the optional feature dependencies is called.
-FEATURES_EXTRA = "pip install 'fairray[features]'"
-#: Bytes hashed at each end of a large weight file for its fingerprint (size + head + tail).
-_EDGE_BYTES = 1 << 20
+__all__ = ["EXTRACTORS", "Extractor", "FEATURES_EXTRA", "folder_digest", "hf_offline", "make_extractor", "require",
+           "resolve_device", "resolve_model_dir"]
 
 
 class Extractor(ABC):
@@ -139,60 +141,3 @@ def make_extractor(name: str, **params: Any) -> Extractor:
     return cls(cls.Params(**params))
 
 
-# -- helpers shared by the extractors --------------------------------------------------------------
-
-def require(module: str, what: str, hint: str = FEATURES_EXTRA) -> Any:
-    """Import an optional dependency or fail with one line naming the install command."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise DataError(f"{what} needs the Python package {module!r} ({exc}); install it: {hint}") from None
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_model_dir(path: str, env_var: str, what: str, expected: str, required: tuple[str, ...]) -> Path:
-    """The local model folder from ``path`` or ``$env_var``; one DataError line when it is absent or incomplete.
-
-    ``expected`` says what to put there (e.g. a Hugging Face model id to save with ``save_pretrained``);
-    ``required`` are file names that must exist in the folder.
-    """
-    raw = path or os.environ.get(env_var, "")
-    if not raw:
-        raise DataError(f"{what}: no local model folder; set params.model_path or {env_var} to a folder holding "
-                        f"{expected} (models are never downloaded)")
-    folder = Path(raw).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"{what}: model folder {folder} does not exist; set params.model_path or {env_var} to a "
-                        f"folder holding {expected} (models are never downloaded)")
-    missing = [name for name in required if not (folder / name).exists()]
-    if missing:
-        raise DataError(f"{what}: model folder {folder} lacks {missing}; it must hold {expected}")
-    return folder
-
-
-def folder_digest(folder: Path) -> str:
-    """Digest of a model folder: every file's relative name, size, and the first/last MiB of its bytes."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(folder).as_posix()}:{size}\n".encode())
-        with open(file, "rb") as fh:
-            digest.update(fh.read(_EDGE_BYTES))
-            if size > _EDGE_BYTES:
-                fh.seek(max(_EDGE_BYTES, size - _EDGE_BYTES))
-                digest.update(fh.read())
-    return digest.hexdigest()
-
-
-def hf_offline() -> None:
-    """Make every Hugging Face load of this process local-only (respects an explicit user setting)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -18,21 +18,7 @@ from fairray.inputs import FEATURES, SAMPLE_RATE
 
 pytestmark = pytest.mark.corpora
 
-EMOTIONS = ("anger", "happiness", "neutral", "sadness")
-
-
-def ravdess_subset(corpora: Path, dst: Path, actors: int = 8, per_cell: int = 2) -> Path:
-    """``actors`` RAVDESS actors (half F, half M) x 4 emotions x ``per_cell`` real clips, as a manifest corpus."""
-    manifest = pd.read_csv(corpora / "ravdess" / "manifest.csv", dtype=str, keep_default_na=False)
-    speakers = {g: sorted(manifest.loc[manifest["gender"] == g, "speaker"].unique())[:actors // 2] for g in "FM"}
-    manifest = manifest[manifest["speaker"].isin(speakers["F"] + speakers["M"]) & manifest["emotion"].isin(EMOTIONS)]
-    manifest = manifest.groupby(["speaker", "emotion"]).head(per_cell)
-    dst.mkdir(parents=True)
-    for rel in manifest["path"]:
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dst / rel).symlink_to(corpora / "ravdess" / rel)
-    manifest.to_csv(dst / "manifest.csv", index=False)
-    return dst
+EMOTIONS = ("anger", "happiness", "neutral", "sadness")  # tests/data/conftest.py: SUBSET_EMOTIONS
 
 
 def waveform_cfg(root: Path, cache: Path, **kwargs) -> DatasetConfig:
@@ -43,8 +29,8 @@ def waveform_cfg(root: Path, cache: Path, **kwargs) -> DatasetConfig:
 
 
 @pytest.fixture(scope="module")
-def subset(corpora, tmp_path_factory) -> Path:
-    return ravdess_subset(corpora, tmp_path_factory.mktemp("ravdess") / "ravdess")
+def subset(ravdess_subset, tmp_path_factory) -> Path:
+    return ravdess_subset(tmp_path_factory.mktemp("ravdess") / "ravdess")
 
 
 @pytest.fixture

@@ -1,0 +1,251 @@
+"""The ``qwen2_audio`` model on a tiny random Qwen2-Audio saved to a temporary folder with a tiny tokenizer
+and the Whisper feature extractor as its processor, fed real RAVDESS clips: LoRA on the decoder only, the
+frozen base bit-identical after training, the prompt's audio tokens and transcript, both classifiers."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from fairray.errors import ConfigError, DataError
+from fairray.inputs import InputSpec, Padded
+from fairray.models import MODELS, build_model, check_model
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("peft")
+tokenizers = pytest.importorskip("tokenizers")
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|audio_eos|>"]
+WORDS = ["system", "user", "assistant", "you", "are", "a", "helpful", "audio", "1", ":", "which", "emotion",
+         "does", "the", "speaker", "express", "?", "answer", "with", "one", "word", ".", "transcript", "kids",
+         "dogs", "talking", "sitting", "by", "door", "neutral", "calm", "happy"]
+AUDIO_ID = 255  # the tiny config's audio_token_index, the last id of its 256-word vocabulary
+SPECS = {"audio": InputSpec("audio", "waveform"), "transcript": InputSpec("transcript", "tokens", vocab_size=256)}
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    """Qwen2-Audio with a 2-layer audio encoder (d_model 32, 50 positions = 1 s of audio) and a 2-layer Qwen2
+    decoder (hidden 32, vocabulary 256), and its processor: a WordLevel tokenizer with Qwen2-Audio's special
+    tokens and a WhisperFeatureExtractor with 128 mel bins over 1 s chunks (100 frames)."""
+    folder = tmp_path_factory.mktemp("tiny-qwen2-audio")
+    vocab = {t: i for i, t in enumerate(["[UNK]", *SPECIAL, *WORDS])}
+    vocab["<|AUDIO|>"] = AUDIO_ID
+    model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    model.normalizer = tokenizers.normalizers.Lowercase()
+    model.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=model, unk_token="[UNK]", pad_token=SPECIAL[0],
+                                                     additional_special_tokens=[*SPECIAL[1:], "<|AUDIO|>"])
+    features = transformers.WhisperFeatureExtractor(feature_size=128, chunk_length=1)
+    transformers.Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(folder)
+    config = transformers.Qwen2AudioConfig(
+        audio_config={"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                      "num_mel_bins": 128, "max_source_positions": 50},
+        text_config={"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 256},
+        audio_token_index=AUDIO_ID)
+    torch.manual_seed(0)
+    transformers.Qwen2AudioForConditionalGeneration(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def clips(corpora):
+    """Two real RAVDESS clips (16 kHz), cut to 1.0 s and 0.55 s, with their transcripts."""
+    from fairray.data.audio import load_audio
+
+    with open(corpora / "ravdess" / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))[:2]
+    waves = [load_audio(corpora / "ravdess" / r["path"]) for r in rows]
+    waves = [waves[0][:16_000], waves[1][:8_800]]
+    return waves, [r["text"] for r in rows]
+
+
+def _params(folder, **kw):
+    return MODELS.get("qwen2_audio").Params(model_path=folder, **kw)
+
+
+def _wave_batch(waves) -> Padded:
+    length = max(len(w) for w in waves)
+    values = torch.zeros(len(waves), length)
+    mask = torch.zeros(len(waves), length, dtype=torch.bool)
+    for i, w in enumerate(waves):
+        values[i, :len(w)] = torch.from_numpy(np.asarray(w))
+        mask[i, :len(w)] = True
+    return Padded(values, mask)
+
+
+def _inputs(folder, clips):
+    waves, texts = clips
+    tokenizer = transformers.AutoProcessor.from_pretrained(folder, local_files_only=True).tokenizer
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    length = max(len(r) for r in ids)
+    values = torch.zeros(len(ids), length, dtype=torch.long)
+    mask = torch.zeros(len(ids), length, dtype=torch.bool)
+    for i, r in enumerate(ids):
+        values[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), True
+    return {"audio": _wave_batch(waves), "transcript": Padded(values, mask)}, ids
+
+
+def _non_lora(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if "lora_" not in k}
+
+
+def test_lora_trains_the_decoder_only_and_the_base_stays_bit_identical(tiny_qwen, clips):
+    torch.manual_seed(0)
+    model = build_model("qwen2_audio", _params(tiny_qwen, lora_r=4, dropout=0.0), SPECS, 3)
+    inputs, _ = _inputs(tiny_qwen, clips)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    lora = [n for n in trained if "lora_" in n]
+    assert lora and all("language_model" in n and ("q_proj" in n or "v_proj" in n) for n in lora)
+    assert set(trained) - set(lora) == {"head.0.weight", "head.0.bias"}
+    base = _non_lora(model.backbone)
+    head = model.head[0].weight.detach().clone()
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    y = torch.tensor([0, 2])
+    model.train()
+    for _ in range(3):
+        logits = model(inputs)
+        assert logits.shape == (2, 3) and logits.dtype == torch.float32
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        optimiser.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        optimiser.step()
+    after = model.backbone.state_dict()
+    assert all(torch.equal(base[k], after[k]) for k in base)  # untouched, not merely close
+    assert not torch.equal(head, model.head[0].weight)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in after.items() if "lora_B" in k)
+
+
+def test_the_prompt_holds_exactly_n_audio_tokens_and_the_transcript(tiny_qwen, clips):
+    speech = build_model("qwen2_audio", _params(tiny_qwen), SPECS, 3)
+    both = build_model("qwen2_audio", _params(tiny_qwen, transcript="transcript"), SPECS, 3)
+    inputs, transcript_ids = _inputs(tiny_qwen, clips)
+    batch_s, batch_b = speech.model_inputs(inputs), both.model_inputs(inputs)
+    tower = speech.base().model.audio_tower
+    _, n_audio = tower._get_feat_extract_output_lengths(batch_s["feature_attention_mask"].sum(-1))
+    assert n_audio.tolist() == [25, 14]  # 100 mel frames (1.0 s) -> conv stride 2 -> 50 -> pool 2 -> 25; 55 -> 28 -> 14
+    assert batch_s["input_features"].shape == (2, 128, 100)
+    prefix = both.prompt.prefix
+    for i, expected in enumerate(transcript_ids):
+        ids_s = batch_s["input_ids"][i][batch_s["attention_mask"][i].bool()].tolist()
+        ids_b = batch_b["input_ids"][i][batch_b["attention_mask"][i].bool()].tolist()
+        for ids in (ids_s, ids_b):  # N consecutive audio tokens, nowhere else
+            start = ids.index(AUDIO_ID)
+            assert ids[start:start + int(n_audio[i])] == [AUDIO_ID] * int(n_audio[i]) and ids.count(AUDIO_ID) == n_audio[i]
+        assert len(expected) >= 5 and 0 not in expected  # the transcript's words are in the vocabulary
+        text = prefix + expected
+        at = [j for j in range(len(ids_b)) if ids_b[j:j + len(text)] == text]
+        assert len(at) == 1  # speech + text: "Transcript: kids are talking by the door" in the prompt
+        assert not any(ids_s[j:j + len(expected)] == expected for j in range(len(ids_s)))  # speech only: absent
+        assert len(ids_b) == len(ids_s) + len(text) + len(both.prompt.suffix)
+    assert speech(inputs).shape == both(inputs).shape == (2, 3)
+
+
+def test_label_words_are_the_language_models_own_logits(tiny_qwen, clips):
+    words = ("neutral", "calm", "happy")
+    model = build_model("qwen2_audio", _params(tiny_qwen, classifier="label_words", label_words=words), SPECS, 3)
+    assert model.head is None
+    inputs, _ = _inputs(tiny_qwen, clips)
+    model.eval()
+    with torch.no_grad():
+        logits = model(inputs)
+        batch = model.model_inputs(inputs)
+        full = model.base()(**batch, use_cache=False).logits
+    tokenizer = transformers.AutoProcessor.from_pretrained(tiny_qwen, local_files_only=True).tokenizer
+    ids = [tokenizer.convert_tokens_to_ids(w) for w in words]
+    last = batch["attention_mask"].sum(1) - 1
+    assert logits.shape == (2, 3)
+    torch.testing.assert_close(logits, full[torch.arange(2), last][:, ids], rtol=1e-4, atol=1e-5)
+    model.train()
+    model(inputs).sum().backward()  # the verbaliser trains the adapters through the LM head's rows
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="3 label_words for 4 classes"):
+        build_model("qwen2_audio", _params(tiny_qwen, classifier="label_words", label_words=words), SPECS, 4)
+
+
+def test_padding_does_not_change_a_clips_logits(tiny_qwen, clips):
+    torch.manual_seed(0)
+    model = build_model("qwen2_audio", _params(tiny_qwen, transcript="transcript"), SPECS, 3).eval()
+    inputs, _ = _inputs(tiny_qwen, clips)
+    short = {k: Padded(v.values[1:, :int(v.mask[1].sum())], v.mask[1:, :int(v.mask[1].sum())])
+             for k, v in inputs.items()}
+    with torch.no_grad():
+        torch.testing.assert_close(model(short)[0], model(inputs)[1], rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_weights_with_float32_adapters_and_head(tiny_qwen, clips):
+    model = build_model("qwen2_audio", _params(tiny_qwen, weights_dtype="bfloat16"), SPECS, 3)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" not in n and not n.startswith("head.")} == {torch.bfloat16}
+    assert {d for n, d in dtypes.items() if "lora_" in n or n.startswith("head.")} == {torch.float32}
+    inputs, _ = _inputs(tiny_qwen, clips)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(inputs)
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+    logits.float().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_an_unknown_target_module_is_one_line_listing_the_names(tiny_qwen):
+    params = _params(tiny_qwen, target_modules=("query", "v_proj"))
+    for call in (lambda: check_model("qwen2_audio", params, SPECS), lambda: build_model("qwen2_audio", params, SPECS, 3)):
+        with pytest.raises(ConfigError, match=r"model qwen2_audio: target_modules \['query'\] are not modules of "
+                                              r"Qwen2AudioForConditionalGeneration; its module names: .*q_proj") as err:
+            call()
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="target_modules regex 'nothing.*' matches no module"):
+        check_model("qwen2_audio", _params(tiny_qwen, target_modules="nothing.*"), SPECS)
+
+
+def test_load_time_errors_are_one_line(tiny_qwen, tmp_path):
+    with pytest.raises(DataError, match=r"model qwen2_audio: model folder .*absent does not exist"):
+        check_model("qwen2_audio", _params(str(tmp_path / "absent")), SPECS)
+    with pytest.raises(ConfigError, match="transcript 'words' must name a tokens input of the dataset"):
+        check_model("qwen2_audio", _params(tiny_qwen, transcript="words"), SPECS)
+    with pytest.raises(ConfigError, match="has token ids up to 999 but the model's vocabulary holds 256"):
+        check_model("qwen2_audio", _params(tiny_qwen, transcript="transcript"),
+                    {**SPECS, "transcript": InputSpec("transcript", "tokens", vocab_size=1000)})
+    with pytest.raises(ConfigError, match="do not start with distinct tokens"):
+        check_model("qwen2_audio", _params(tiny_qwen, classifier="label_words", label_words=("happy", "happy")), SPECS)
+    with pytest.raises(ConfigError, match="label word 'glad' starts with the unknown token"):
+        check_model("qwen2_audio", _params(tiny_qwen, classifier="label_words", label_words=("happy", "glad")), SPECS)
+    for bad, message in [({"prompt": "no audio here"}, r"prompt must hold \{audio\} exactly once"),
+                         ({"transcript": "transcript", "prompt": "{audio} only"}, "the transcript would be dropped"),
+                         ({"classifier": "label_words"}, "needs label_words")]:
+        with pytest.raises(ValueError, match=message):
+            _params(tiny_qwen, **bad)
+
+
+def test_embedding_protocol(tiny_qwen, clips):
+    model = build_model("qwen2_audio", _params(tiny_qwen, hidden=16, depth=1, dropout=0.0), SPECS, 3).eval()
+    inputs, _ = _inputs(tiny_qwen, clips)
+    with torch.no_grad():
+        emb = model.embed(inputs)
+        assert emb.shape == (2, model.embed_dim) == (2, 16)
+        torch.testing.assert_close(model.head[-1](emb), model(inputs))
+
+
+def test_the_trainable_state_is_small_and_reloads_into_a_fresh_model(tiny_qwen, clips):
+    from fairray.train.checkpoint import load_trainable_state, trainable_state
+
+    torch.manual_seed(0)
+    model = build_model("qwen2_audio", _params(tiny_qwen, lora_r=2, transcript="transcript"), SPECS, 3)
+    inputs, _ = _inputs(tiny_qwen, clips)
+    with torch.no_grad():  # adapters away from their zero init, so reloading them is visible
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    state = trainable_state(model)
+    total = sum(p.numel() for p in model.parameters())
+    assert sum(v.numel() for v in state.values()) < 0.05 * total
+    assert all("lora_" in k or k.startswith("head.") for k in state if k in dict(model.named_parameters()))
+    torch.manual_seed(1)
+    fresh = build_model("qwen2_audio", _params(tiny_qwen, lora_r=2, transcript="transcript"), SPECS, 3)
+    load_trainable_state(fresh, state)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(inputs), model.eval()(inputs), rtol=1e-5, atol=1e-6)

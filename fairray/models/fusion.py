@@ -175,7 +175,7 @@ class FusionModel(nn.Module):
 @MODELS.register("fusion")
 class Fusion:
     accepts = KINDS  # whatever its encoders read; each encoder's own check says what is missing
-    summary = "per-input encoders (any models above) fused late (mean of logits) or early (embeddings + head)"
+    summary = "per-input encoders (registered models) fused late (mean of logits) or early (embeddings + head)"
 
     @dataclass(frozen=True)
     class Params:

@@ -18,6 +18,7 @@ from fairray.inputs import Batch, InputSpec, Padded
 from fairray.methods import METHODS, DevEval, TrainContext
 from fairray.models import MODELS, Encoder, build_model, check_model
 from fairray.train.checkpoint import load_trainable_state, trainable_state
+from fairray.train.loop import param_groups
 
 transformers = pytest.importorskip("transformers")
 SPECS_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
@@ -126,6 +127,10 @@ def test_early_fusion_concatenates_embeddings_under_one_head(tiny_bert):
     assert all(p.grad.abs().sum() > 0 for n, p in trainable.items() if "lora_A" not in n)  # B starts at 0
     assert any("lora_A" in n for n in trainable) and not any("encoders.text.backbone" in n and "lora" not in n
                                                             for n in trainable)
+    # the text encoder's lr_scales() reach through the fusion model: its adapters get their own group
+    groups = {g["lr_scale"]: {id(p) for p in g["params"]} for g in param_groups(model, 1e-3)}
+    adapters = {id(p) for n, p in trainable.items() if n.startswith("encoders.text.backbone.")}
+    assert adapters and groups[0.1] == adapters and set(groups) == {0.1, 1.0}
 
 
 def test_an_encoder_without_an_embedding_is_refused_for_early_fusion(tiny_bert, monkeypatch):

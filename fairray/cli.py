@@ -93,8 +93,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     loaded = load_spec(args.spec, overrides)
     outcome = run_sweep(loaded, address=args.address, resume=args.resume, verbose=0 if args.quiet else 1,
                         ablation=args.ablation)
-    print(f"\nsweep {loaded.spec.name!r}: {outcome.n_finished} trials finished, {outcome.n_errored} errored, in "
-          f"{outcome.wall_s:.0f} s; MLflow {outcome.tracking_uri} run {outcome.sweep_run_id}")
+    pruned = f", {outcome.n_pruned} pruned" if outcome.n_pruned else ""
+    repeats = "" if outcome.n_duplicates is None else \
+        f", {outcome.n_duplicates} duplicate samples (told, not trained)"
+    exhausted = "; the search space ran out of new configurations" if outcome.exhausted else ""
+    print(f"\nsweep {loaded.spec.name!r}: {outcome.n_finished} trials finished{pruned}, {outcome.n_errored} errored"
+          f"{repeats}, in {outcome.wall_s:.0f} s{exhausted}; MLflow {outcome.tracking_uri} run {outcome.sweep_run_id}")
     from fairray.frontier.query import fronts, load_sweep
 
     sweep = load_sweep(outcome.tracking_uri, outcome.experiment, outcome.sweep_run_id)
@@ -270,6 +274,8 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None 
         return json.dumps(out, indent=1)
     if fmt == "csv":
         buf = io.StringIO()
+                            **({"pruned_rung": t.pruned_rung} if t.pruned_rung is not None else {}),
+                            **({"feasible": t.feasible, "violations": t.violations} if sweep.constraints else {}),
         w = csv.writer(buf)
         params = sorted({k for t in sweep.trials for k in t.params})
         tau_column = ["util_at_tau"] if budgets else []
@@ -284,8 +290,15 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None 
                                     "" if d is None else d, *(["" if u is None else u] if budgets else []),
                                     *[t.params.get(p, "") for p in params]])
         return buf.getvalue()
-    out = [f"sweep {sweep.experiment!r} (MLflow run {sweep.run_id}): {len(sweep.trials)} finished trials, "
-           f"{sweep.n_failed} failed or unfinished"]
+    n_pruned = getattr(sweep, "n_pruned", 0)
+    shown = sum(t.pruned_rung is not None for t in sweep.trials)
+    pruned = "" if not n_pruned else f", {n_pruned} pruned by early stopping" + \
+        (" (on the fronts at their rung values)" if shown else " (left out; --include-pruned adds them)")
+    infeasible = sum(not t.feasible for t in sweep.trials)
+    constraints = "" if not sweep.constraints else \
+        f"; constraints {', '.join(map(str, sweep.constraints))}: {infeasible} infeasible trials kept off the fronts"
+    out = [f"sweep {sweep.experiment!r} (MLflow run {sweep.run_id}): {len(sweep.trials) - shown} finished trials, "
+           f"{sweep.n_failed} failed or unfinished{pruned}{constraints}"]
     for f in fronts_:
         dto, at_tau, budget = _front_metrics(f, budgets)
         no_dto = "" if f.dto is not None else "; no DTO: an objective lies outside [0, 1]"
@@ -306,7 +319,11 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None 
             row = [*f.values[i], *([dto[i]] if f.dto is not None else []), *([at_tau[i]] if budget else [])]
             vals = [f"{v:>{len(h)}.4f}" for v, h in zip(row, heads, strict=True)]
             params = " ".join(f"{short[k]}={_short(v)}" for k, v in sorted(t.params.items()))
-            out.append("  " + "  ".join([f"{'*' if f.on_front[i] else ' ':^6}", f"{t.trial_id:<16}", *vals, params]))
+            notes = ([f"[pruned at {t.pruned_rung} epochs]"] if t.pruned_rung is not None else []) + \
+                ([f"[infeasible: {', '.join(f'{c} misses by {v:.3g}' for c, v in t.violations.items())}]"]
+                 if t.violations else [])
+            out.append("  " + "  ".join([f"{'*' if f.on_front[i] else ' ':^6}", f"{t.trial_id:<16}", *vals, params,
+                                         *notes]))
             text = _noise_text((noise or {}).get(f.title, {}).get(t.trial_id), f.objectives)
             if text:
                 out.append(" " * 26 + text)
@@ -353,11 +370,99 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     by = [c.strip() for c in args.by.split(",")] if args.by else []
     reference = [float(x) for x in args.reference.split(",")] if args.reference else None
     result = fronts(sweep, by=by, split=args.split, objectives=_parse_objectives(args.objectives),
+def _compare_target(target: str, tracking_uri: str | None) -> tuple[str, str, str | None]:
+    """``EXPERIMENT``, a spec file, or ``EXPERIMENT@RUN_ID`` -> (experiment, tracking URI, run id or None)."""
+    name, _, run_id = target.partition("@")
+    experiment, uri = _resolve_sweep_target(name, tracking_uri)
+    return experiment, uri, run_id or None
+
+
+def _format_comparison(sweeps, comparisons, fmt: str) -> str:
+    """``fairray frontier --compare``: per panel, a quality table (A vs B) and the two fronts side by side."""
+    if fmt == "json":
+        return json.dumps([{
+            "front": c.title, "objectives": list(c.fronts[0].objectives),
+            "directions": [d.value for d in c.fronts[0].directions], "reference": list(c.fronts[0].reference),
+            "joint_front": c.joint_front.tolist(),
+            "sweeps": [{"label": label, "experiment": s.experiment, "run_id": s.run_id,
+                        "hypervolume": q.hypervolume, "igd_plus": q.igd_plus, "best_dto": q.best_dto,
+                        "n_front": q.n_front, "n_trials": q.n_trials,
+                        "front": [{"trial_id": f.trials[i].trial_id, "values": [_plain(v) for v in f.values[i]],
+                                   **({"pruned_rung": f.trials[i].pruned_rung} if f.trials[i].pruned_rung else {})}
+                                  for i in _front_order(f)]}
+                       for label, s, f, q in zip("AB", sweeps, c.fronts, c.quality, strict=True)]}
+            for c in comparisons], indent=1)
+    from fairray.metrics import MetricKey
+
+    a, b = sweeps
+    out = [f"A = {a.experiment!r} (MLflow run {a.run_id}); B = {b.experiment!r} (MLflow run {b.run_id})"]
+    for c in comparisons:
+        fa, fb = c.fronts
+        qa, qb = c.quality
+        names = list(fa.objectives)
+        out.append(f"\nfront [{c.title}]  objectives: " + ", ".join(
+            f"{k} ({d.value})" for k, d in zip(names, fa.directions, strict=True)))
+
+        def num(v):
+            return "n/a" if v is None else f"{v:.4f}"
+
+        rows = [("trials", str(qa.n_trials), str(qb.n_trials)),
+                ("non-dominated", str(qa.n_front), str(qb.n_front)),
+                (f"hypervolume (ref {', '.join(f'{r:g}' for r in fa.reference)})", num(qa.hypervolume),
+                 num(qb.hypervolume)),
+                (f"IGD+ vs joint front ({len(c.joint_front)} points)", num(qa.igd_plus), num(qb.igd_plus)),
+                ("best DTO", num(qa.best_dto), num(qb.best_dto))]
+        width = max(len(r[0]) for r in rows)
+        out.append(f"  {'':<{width}}  {'A':>10}  {'B':>10}")
+        out += [f"  {label:<{width}}  {va:>10}  {vb:>10}" for label, va, vb in rows]
+        short = [MetricKey.parse(k).metric for k in names]
+        side = [f"{'trial':<16}", *[f"{n[:12]:>12}" for n in short]]
+        out.append("\n  " + "  ".join(["A:", *side]) + "   |   " + "  ".join(["B:", *side]))
+        rows_a, rows_b = _front_order(fa), _front_order(fb)
+        blank = "  ".join(["  ", f"{'':<16}", *[f"{'':>12}" for _ in short]])
+        for i in range(max(len(rows_a), len(rows_b))):
+            cells = []
+            for f, order in ((fa, rows_a), (fb, rows_b)):
+                if i >= len(order):
+                    cells.append(blank)
+                    continue
+                t = f.trials[order[i]]
+                tid = t.trial_id + (f" p@{t.pruned_rung}" if t.pruned_rung else "")
+                cells.append("  ".join(["  ", f"{tid:<16}", *[f"{v:>12.4f}" for v in f.values[order[i]]]]))
+            out.append("  " + "   |   ".join(cells))
+    return "\n".join(out)
+
+
+def _front_order(f) -> list[int]:
+    """The non-dominated trials of front ``f``, best first on the first objective."""
+    sign = -1.0 if f.directions[0].value == "max" else 1.0
+    return sorted((i for i in range(len(f.trials)) if f.on_front[i]), key=lambda i: sign * f.values[i][0])
+
+
                     reference=reference)
     noise = {}
     if args.noise:
         from fairray.frontier.query import neighbour_noise
 
+    if args.compare:
+        if args.sweep or args.run_id or args.ablation or args.noise or args.plot or args.tau is not None:
+            raise ConfigError("--compare SWEEP_A SWEEP_B takes no SWEEP, --run-id, --ablation, --noise, --plot or "
+                              "--tau; name the runs as EXPERIMENT@RUN_ID")
+        if args.format == "csv":
+            raise ConfigError("--compare prints a table or json (--format table|json), not csv")
+        from fairray.frontier.query import compare_fronts
+
+        objectives = _parse_objectives(args.objectives)
+        sweeps = [load_sweep(uri, experiment, run_id, None, args.include_pruned)
+                  for experiment, uri, run_id in (_compare_target(t, args.tracking_uri) for t in args.compare)]
+        panels = [fronts(s, by=by, split=args.split, objectives=objectives or sweeps[0].objectives,
+                         reference=reference) for s in sweeps]
+        print(_format_comparison(sweeps, compare_fronts(*panels), args.format))
+        return 0
+    if not args.sweep:
+        raise ConfigError("frontier: name a SWEEP (experiment or spec file), or --compare SWEEP_A SWEEP_B")
+    experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+    sweep = load_sweep(uri, experiment, args.run_id, args.ablation, args.include_pruned)
         noise = {f.title: neighbour_noise(sweep, f, n_boot=args.n_boot) for f in result}
     budgets = None
     if args.tau is not None:
@@ -389,8 +494,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fairray.frontier.query import load_sweep
     from fairray.report import idi_rows, render_markdown, render_svg
 
-    experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-    sweep = load_sweep(uri, experiment, args.run_id, args.ablation)
     rows, cells = idi_rows(sweep, split=args.split, n_boot=args.n_boot, seed=args.seed)
     name = args.ablation or "search"
     title = f"{experiment} / {name}: {args.split} metrics, mean over seeds [95% speaker-bootstrap CI]"
@@ -670,7 +773,18 @@ def build_parser() -> argparse.ArgumentParser:
           fairray export minmaxgap --out pareto/
           fairray export minmaxgap --out pareto/ --register ser-minmaxgap   # + MLflow registry aliases
         """)
-    _add_sweep_target(p)
+    p.add_argument("sweep", nargs="?",
+                   help="MLflow experiment of the sweep (the spec's name) or the spec file itself")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                                          f"sqlite:///$PWD/{DEFAULT_STORAGE}/mlflow.db)")
+    p.add_argument("--run-id", help="a specific sweep (parent) run; default: the latest one")
+    p.add_argument("--ablation", metavar="NAME", help="the latest run of the spec's declared ablation NAME "
+                                                      "(`fairray sweep SPEC --ablation NAME`) instead of the search")
+    p.add_argument("--compare", nargs=2, metavar=("SWEEP_A", "SWEEP_B"),
+                   help="two sweeps (experiment, spec file, or EXPERIMENT@RUN_ID) side by side: fronts, "
+                        "hypervolume, IGD+ against their joint front, best DTO")
+    p.add_argument("--include-pruned", action="store_true",
+                   help="put trials early stopping stopped on the fronts too (at their values at the rung)")
     p.add_argument("--out", required=True, help="output folder (one subfolder per trial)")
     p.add_argument("--register", metavar="NAME", help="also register each checkpoint as a model version "
                                                       "(aliases pareto-K by first objective, best-I per objective)")
@@ -698,6 +812,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("ui", cmd_ui, "open the MLflow UI on the sweep store")
     p.add_argument("--tracking-uri")
+          fairray frontier minmaxgap --include-pruned --all      # with the trials early stopping stopped
+          fairray frontier --compare minmaxgap erm               # two sweeps' fronts and their quality
+          fairray frontier --compare minmaxgap@RUN_A minmaxgap@RUN_B   # two runs of one experiment
+
+        A front holds the trials that meet the sweep's search.constraints (the others are listed with --all,
+        marked infeasible) and that trained fully (--include-pruned adds those early stopping stopped, at the
+        values of their rung). --compare prints both fronts side by side with hypervolume, IGD+ against
+        their joint front (the non-dominated points of both; 0 = reaches all of it) and the best DTO.
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
 

@@ -113,7 +113,8 @@ class DatasetConfig:
     #: (see :class:`InputConfig`), e.g. ``{audio: {kind: waveform, max_seconds: 4.0}}``.
     inputs: Mapping[str, InputConfig] = field(default_factory=dict)
     cache: str | None = None
-    #: Parallel feature extraction on a cache miss: Ray tasks when Ray runs (a sweep), else processes.
+    #: Parallel feature extraction on a cache miss: Ray tasks when Ray runs (a sweep), else processes; waveform
+    #: inputs decode with this many threads.
     extract_workers: int = field(default=1, metadata={"ge": 1})
     #: Where training groups come from (`attribute` = the true attribute); metrics always use the truth.
     groups: NamedParams = field(default_factory=lambda: NamedParams("attribute"))

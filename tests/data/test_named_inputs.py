@@ -234,3 +234,89 @@ def test_declared_tokens_carry_the_vocabulary_of_the_tokenizer(meld, minilm):
     spec = specs["transcript"]
     assert (spec.kind, spec.vocab_size, spec.pad_id, spec.max_length) == ("tokens", 30522, 0, 32)
     assert spec.meta["tokenizer"] == str(Path(minilm).resolve())
+
+
+# -- two corpora, dialogues, rows without a transcript -----------------------------------------------------
+
+def _iemocap(root: Path) -> Path:
+    """Two IEMOCAP dialogues in the native layout (0.2 s tones); Session2 has no transcriptions."""
+    import soundfile as sf
+
+    def dialog(session: int, name: str, turns: list[tuple[str, str, str, str]], transcript: str | None) -> None:
+        base = root / f"Session{session}" / "dialog"
+        (base / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
+        lines = "".join(f"[{a} - {b}]\t{utt}\t{label}\t[2.5000, 2.5000, 2.5000]\n\n" for a, b, utt, label in turns)
+        (base / "EmoEvaluation" / f"{name}.txt").write_text("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+                                                            + lines)
+        if transcript is not None:
+            (base / "transcriptions").mkdir(parents=True, exist_ok=True)
+            (base / "transcriptions" / f"{name}.txt").write_text(transcript)
+        for k, (_, _, utt, _) in enumerate(turns):
+            wav = root / f"Session{session}" / "sentences" / "wav" / name / f"{utt}.wav"
+            wav.parent.mkdir(parents=True, exist_ok=True)
+            t = np.arange(3200 + 160 * k) / SAMPLE_RATE
+            sf.write(wav, 0.1 * np.sin(2 * np.pi * (220 + 40 * k) * t), SAMPLE_RATE, subtype="PCM_16")
+
+    dialog(1, "Ses01F_impro01", [("6.29", "8.23", "Ses01F_impro01_F000", "neu"),
+                                 ("8.50", "9.90", "Ses01F_impro01_M000", "ang"),
+                                 ("10.0", "11.3", "Ses01F_impro01_F001", "sad")],
+           "Ses01F_impro01_F000 [006.2901-008.2357]: Well I never.\n"
+           "Ses01F_impro01_M000 [008.5000-009.9000]: Never.\n"
+           "Ses01F_impro01_F001 [010.0100-011.3925]: Well.\n")
+    dialog(2, "Ses02M_script01_1", [("1.0", "2.5", "Ses02M_script01_1_M000", "ang"),
+                                    ("3.0", "4.0", "Ses02M_script01_1_F000", "neu")], None)
+    return root
+
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path) -> str:
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "well", "i", "never", "."]
+    folder = tmp_path / "tokenizer"
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}).save_pretrained(folder)
+    return str(folder)
+
+
+def test_two_corpora_keep_their_own_clips_and_dialogues(subset, tmp_path):
+    from fairray.data._dataset import load_corpora
+    from fairray.data._inputs import dialogue_context
+
+    iemocap = _iemocap(tmp_path / "iemocap")
+    cfg = DatasetConfig(name="corpora", corpora=(CorpusSource("manifest", str(subset)),
+                                                 CorpusSource("iemocap", str(iemocap))),
+                        extractor=None, inputs={"audio": InputConfig(kind="waveform")}, emotions=EMOTIONS,
+                        languages=("en",), cache=str(tmp_path / "cache"))
+    meta, X, provenance, _ = load_corpora(cfg)
+    store = provenance["inputs"]["audio"]
+    assert len(store.shards) == 2 and len(store) == len(meta) == len(pd.read_csv(subset / "manifest.csv")) + 5
+    for row in range(len(meta)):  # each row reads its own corpus's clip
+        root = iemocap if meta["corpus"].iloc[row] == "iemocap" else subset
+        batch = store.take(np.array([row]))
+        np.testing.assert_allclose(batch.values[0, :int(batch.mask[0].sum())].numpy(),
+                                   audio.load_audio(root / meta["path"].iloc[row]), atol=1e-6)
+    context = dialogue_context(meta)
+    acted = (meta["corpus"] != "iemocap").to_numpy()
+    assert (context[acted, :2] == -1).all()  # no dialogue: unknown dialogue and position
+    talk = meta.loc[~acted]
+    assert context[~acted, 1].tolist() == talk["utt_pos"].tolist()
+    assert len(set(context[~acted, 0])) == 2 and len(set(context[:, 2])) == meta["speaker"].nunique()
+
+
+def test_utterances_without_a_transcript_are_left_out_and_counted(tmp_path, tiny_tokenizer, caplog):
+    from fairray.data._dataset import load_corpora
+
+    iemocap = _iemocap(tmp_path / "iemocap")
+    cfg = DatasetConfig(name="corpora", corpora=(CorpusSource("iemocap", str(iemocap)),), extractor=None,
+                        inputs={"text": InputConfig(kind="tokens", tokenizer=tiny_tokenizer, max_length=4),
+                                "audio": InputConfig(kind="waveform")},
+                        emotions=("anger", "neutral", "sadness"), languages=("en",), cache=str(tmp_path / "cache"))
+    with caplog.at_level("WARNING", logger="fairray"):
+        meta, _, provenance, _ = load_corpora(cfg)
+    assert meta["uid"].tolist() == ["iemocap/Ses01F_impro01_F000", "iemocap/Ses01F_impro01_M000",
+                                    "iemocap/Ses01F_impro01_F001"]  # Session2 has no transcriptions
+    assert "2 of 5 utterances have no transcript" in caplog.text
+    tokens = provenance["inputs"]["text"].take(np.arange(3))
+    # "Well I never." truncated to 4 tokens: [CLS] well i [SEP]; "Never.": [CLS] never . [SEP]; "Well.": [CLS] well . [SEP]
+    assert tokens.values.tolist() == [[2, 5, 6, 3], [2, 7, 8, 3], [2, 5, 8, 3]]
+    assert provenance["inputs"]["audio"].lengths.tolist() == [3200, 3360, 3520]

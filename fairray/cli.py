@@ -266,6 +266,8 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None 
                 "reference": list(f.reference), **extra,
                 "trials": [{"trial_id": t.trial_id, "run_id": t.run_id, "pareto": bool(on),
                             "values": [_plain(v) for v in vals], "dto": _plain(d),
+                            **({"pruned_rung": t.pruned_rung} if t.pruned_rung is not None else {}),
+                            **({"feasible": t.feasible, "violations": t.violations} if sweep.constraints else {}),
                             **({} if budget is None else {"util_at_tau": _plain(u)}), "params": t.params,
                             **_noise_json((noise or {}).get(f.title, {}).get(t.trial_id))}
                            for t, on, vals, d, u in zip(f.trials, f.on_front, f.values.tolist(), dto, at_tau,
@@ -274,8 +276,6 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None 
         return json.dumps(out, indent=1)
     if fmt == "csv":
         buf = io.StringIO()
-                            **({"pruned_rung": t.pruned_rung} if t.pruned_rung is not None else {}),
-                            **({"feasible": t.feasible, "violations": t.violations} if sweep.constraints else {}),
         w = csv.writer(buf)
         params = sorted({k for t in sweep.trials for k in t.params})
         tau_column = ["util_at_tau"] if budgets else []
@@ -362,14 +362,6 @@ def _short_names(paths: list[str]) -> dict[str, str]:
     return out
 
 
-def cmd_frontier(args: argparse.Namespace) -> int:
-    from fairray.frontier.query import fronts, load_sweep
-
-    experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-    sweep = load_sweep(uri, experiment, args.run_id, args.ablation)
-    by = [c.strip() for c in args.by.split(",")] if args.by else []
-    reference = [float(x) for x in args.reference.split(",")] if args.reference else None
-    result = fronts(sweep, by=by, split=args.split, objectives=_parse_objectives(args.objectives),
 def _compare_target(target: str, tracking_uri: str | None) -> tuple[str, str, str | None]:
     """``EXPERIMENT``, a spec file, or ``EXPERIMENT@RUN_ID`` -> (experiment, tracking URI, run id or None)."""
     name, _, run_id = target.partition("@")
@@ -439,11 +431,11 @@ def _front_order(f) -> list[int]:
     return sorted((i for i in range(len(f.trials)) if f.on_front[i]), key=lambda i: sign * f.values[i][0])
 
 
-                    reference=reference)
-    noise = {}
-    if args.noise:
-        from fairray.frontier.query import neighbour_noise
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from fairray.frontier.query import fronts, load_sweep
 
+    by = [c.strip() for c in args.by.split(",")] if args.by else []
+    reference = [float(x) for x in args.reference.split(",")] if args.reference else None
     if args.compare:
         if args.sweep or args.run_id or args.ablation or args.noise or args.plot or args.tau is not None:
             raise ConfigError("--compare SWEEP_A SWEEP_B takes no SWEEP, --run-id, --ablation, --noise, --plot or "
@@ -463,6 +455,12 @@ def _front_order(f) -> list[int]:
         raise ConfigError("frontier: name a SWEEP (experiment or spec file), or --compare SWEEP_A SWEEP_B")
     experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
     sweep = load_sweep(uri, experiment, args.run_id, args.ablation, args.include_pruned)
+    result = fronts(sweep, by=by, split=args.split, objectives=_parse_objectives(args.objectives),
+                    reference=reference)
+    noise = {}
+    if args.noise:
+        from fairray.frontier.query import neighbour_noise
+
         noise = {f.title: neighbour_noise(sweep, f, n_boot=args.n_boot) for f in result}
     budgets = None
     if args.tau is not None:
@@ -494,6 +492,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fairray.frontier.query import load_sweep
     from fairray.report import idi_rows, render_markdown, render_svg
 
+    experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+    sweep = load_sweep(uri, experiment, args.run_id, args.ablation)
     rows, cells = idi_rows(sweep, split=args.split, n_boot=args.n_boot, seed=args.seed)
     name = args.ablation or "search"
     title = f"{experiment} / {name}: {args.split} metrics, mean over seeds [95% speaker-bootstrap CI]"
@@ -734,8 +734,27 @@ def build_parser() -> argparse.ArgumentParser:
           fairray frontier minmaxgap --by language,gender --split test --format csv
           fairray frontier minmaxgap --objectives dev/macro_f1:max,dev/avg_gap/gender/mean:language:min
           fairray frontier minmaxgap --tau 0.1 --by language
+          fairray frontier minmaxgap --include-pruned --all      # with the trials early stopping stopped
+          fairray frontier --compare minmaxgap erm               # two sweeps' fronts and their quality
+          fairray frontier --compare minmaxgap@RUN_A minmaxgap@RUN_B   # two runs of one experiment
+
+        A front holds the trials that meet the sweep's search.constraints (the others are listed with --all,
+        marked infeasible) and that trained fully (--include-pruned adds those early stopping stopped, at the
+        values of their rung). --compare prints both fronts side by side with hypervolume, IGD+ against
+        their joint front (the non-dominated points of both; 0 = reaches all of it) and the best DTO.
         """)
-    _add_sweep_target(p)
+    p.add_argument("sweep", nargs="?",
+                   help="MLflow experiment of the sweep (the spec's name) or the spec file itself")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+                                          f"sqlite:///$PWD/{DEFAULT_STORAGE}/mlflow.db)")
+    p.add_argument("--run-id", help="a specific sweep (parent) run; default: the latest one")
+    p.add_argument("--ablation", metavar="NAME", help="the latest run of the spec's declared ablation NAME "
+                                                      "(`fairray sweep SPEC --ablation NAME`) instead of the search")
+    p.add_argument("--compare", nargs=2, metavar=("SWEEP_A", "SWEEP_B"),
+                   help="two sweeps (experiment, spec file, or EXPERIMENT@RUN_ID) side by side: fronts, "
+                        "hypervolume, IGD+ against their joint front, best DTO")
+    p.add_argument("--include-pruned", action="store_true",
+                   help="put trials early stopping stopped on the fronts too (at their values at the rung)")
     p.add_argument("--objectives", help="comma-separated METRIC:max|min (default: the sweep's objectives)")
     p.add_argument("--by", help="language, gender, or language,gender")
     p.add_argument("--split", choices=["dev", "test"], default="dev",
@@ -773,18 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
           fairray export minmaxgap --out pareto/
           fairray export minmaxgap --out pareto/ --register ser-minmaxgap   # + MLflow registry aliases
         """)
-    p.add_argument("sweep", nargs="?",
-                   help="MLflow experiment of the sweep (the spec's name) or the spec file itself")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
-                                          f"sqlite:///$PWD/{DEFAULT_STORAGE}/mlflow.db)")
-    p.add_argument("--run-id", help="a specific sweep (parent) run; default: the latest one")
-    p.add_argument("--ablation", metavar="NAME", help="the latest run of the spec's declared ablation NAME "
-                                                      "(`fairray sweep SPEC --ablation NAME`) instead of the search")
-    p.add_argument("--compare", nargs=2, metavar=("SWEEP_A", "SWEEP_B"),
-                   help="two sweeps (experiment, spec file, or EXPERIMENT@RUN_ID) side by side: fronts, "
-                        "hypervolume, IGD+ against their joint front, best DTO")
-    p.add_argument("--include-pruned", action="store_true",
-                   help="put trials early stopping stopped on the fronts too (at their values at the rung)")
+    _add_sweep_target(p)
     p.add_argument("--out", required=True, help="output folder (one subfolder per trial)")
     p.add_argument("--register", metavar="NAME", help="also register each checkpoint as a model version "
                                                       "(aliases pareto-K by first objective, best-I per objective)")
@@ -812,14 +820,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("ui", cmd_ui, "open the MLflow UI on the sweep store")
     p.add_argument("--tracking-uri")
-          fairray frontier minmaxgap --include-pruned --all      # with the trials early stopping stopped
-          fairray frontier --compare minmaxgap erm               # two sweeps' fronts and their quality
-          fairray frontier --compare minmaxgap@RUN_A minmaxgap@RUN_B   # two runs of one experiment
-
-        A front holds the trials that meet the sweep's search.constraints (the others are listed with --all,
-        marked infeasible) and that trained fully (--include-pruned adds those early stopping stopped, at the
-        values of their rung). --compare prints both fronts side by side with hypervolume, IGD+ against
-        their joint front (the non-dominated points of both; 0 = reaches all of it) and the best DTO.
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
 

@@ -15,8 +15,10 @@ from fairray.config._load import (
 from fairray.config._spec import (
     AblationConfig,
     BudgetConfig,
+    Constraint,
     CorpusSource,
     DatasetConfig,
+    EarlyStoppingConfig,
     InputConfig,
     NamedParams,
     Objective,
@@ -33,8 +35,10 @@ from fairray.config._spec import (
 __all__ = [
     "AblationConfig",
     "BudgetConfig",
+    "Constraint",
     "CorpusSource",
     "DatasetConfig",
+    "EarlyStoppingConfig",
     "InputConfig",
     "LoadedSpec",
     "NamedParams",

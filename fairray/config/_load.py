@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from fairray._typed import Where, build
-from fairray.config._spec import ParamSpec, PluginConfig, SweepSpec
+from fairray.config._spec import Constraint, ParamSpec, PluginConfig, SweepSpec
 from fairray.errors import ConfigError, FairrayError
 
 _PLUGIN_SECTIONS = ("method", "model")
@@ -119,6 +119,9 @@ def build_spec(raw: Mapping[str, Any], source: str, *, check_space: bool = True)
         else:
             plugins[section] = _build_plugin(section, {}, where.child(section))
     data.update(plugins)
+    if isinstance(data.get("search"), Mapping) and "constraints" in data["search"]:
+        data["search"] = {**data["search"], "constraints": _parse_constraints(
+            data["search"]["constraints"], where.child("search").child("constraints"))}
     spec = build(SweepSpec, data, where)
     _check_dataset(spec, source)
     if check_space:  # a trial (or predict) builds its model from the prepared data's inputs, checked there
@@ -126,7 +129,96 @@ def build_spec(raw: Mapping[str, Any], source: str, *, check_space: bool = True)
         _check_space(spec, raw, source)
         _check_ablations(spec, raw, source)
     _check_objectives(spec, source)
+    _check_constraints(spec, source)
+    _check_early_stopping(spec, source)
     return _default_s_min(spec, raw)
+
+
+def _parse_constraints(items: Any, where: Where) -> Any:
+    """``search.constraints`` texts -> :class:`Constraint` (mappings are left to the typed builder)."""
+    if not isinstance(items, (list, tuple)):
+        raise where.error(f"expected a list such as ['dev/weighted_f1 >= 0.40'], got {items!r}")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Mapping):
+            out.append(item)
+            continue
+        try:
+            out.append(Constraint.parse(item))
+        except ValueError as exc:
+            raise where.child(i).error(str(exc)) from None
+    return out
+
+
+def _check_dev_metric(spec: SweepSpec, metric: str, where: Where, role: str):
+    """``metric`` must be a dev metric of the key scheme that the dataset's targets, attribute and stratum give;
+    returns its parsed key."""
+    from fairray.metrics import metric_direction, task_metrics, validate_metric_name
+
+    try:
+        key = validate_metric_name(metric)
+    except ValueError as exc:
+        raise where.error(str(exc)) from None
+    if key.split != "dev":
+        raise where.error(f"{role} must use dev metrics, got {metric!r} (test metrics are logged for reporting only, "
+                          "never used to select or steer)")
+    available = task_metrics(spec.dataset.targets)
+    if key.metric not in available:
+        raise where.error(f"{key.metric!r} is not computed for {spec.dataset.targets}-label targets "
+                          f"(dataset.targets); available: {', '.join(available)}")
+    if key.attr is not None and key.attr != spec.dataset.attribute:
+        raise where.error(f"attribute {key.attr!r} in {metric!r} is not the dataset's attribute "
+                          f"{spec.dataset.attribute!r}")
+    if key.stratum is not None and key.stratum != spec.dataset.stratum:
+        raise where.error(f"stratum {key.stratum!r} in {metric!r} is not the dataset's stratum "
+                          f"{spec.dataset.stratum!r}")
+    try:
+        metric_direction(key)
+    except ValueError:
+        raise where.error(f"{metric!r} is a count, not something to {role.split()[0]} on") from None
+    return key
+
+
+def _check_constraints(spec: SweepSpec, source: str) -> None:
+    """Each constraint names a dev metric every trial reports (its final report holds every dev metric)."""
+    seen = set()
+    for i, constraint in enumerate(spec.search.constraints):
+        where = Where(source, f"search.constraints[{i}]")
+        _check_dev_metric(spec, constraint.metric, where, "constraints")
+        if str(constraint) in seen:
+            raise where.error(f"constraint {str(constraint)!r} is listed twice")
+        seen.add(str(constraint))
+
+
+def _check_early_stopping(spec: SweepSpec, source: str) -> None:
+    """Early stopping needs a rung before the last epoch and objectives the loop reports every epoch."""
+    stopping = spec.search.early_stopping
+    if stopping is None:
+        return
+    where = Where(source, "search.early_stopping")
+    epochs = spec.search.max_epochs(spec.train.epochs)
+    if stopping.grace >= epochs:
+        raise where.child("grace").error(f"the first rung ({stopping.grace} epochs) must come before the last epoch "
+                                         f"(train.epochs {epochs}); lower grace or drop early_stopping")
+    from fairray.metrics import metric_direction
+    from fairray.train.loop import headline
+
+    searched = {o.metric for o in spec.search.objectives}
+    seen = set()
+    for i, objective in enumerate(stopping.objectives):
+        w = where.child("objectives").child(i).child("metric")
+        key = _check_dev_metric(spec, objective.metric, w, "early stopping")
+        per_epoch = objective.metric in searched or bool(headline({objective.metric: 0.0}))
+        if not per_epoch:
+            raise w.error(f"{objective.metric!r} is not reported every epoch, so no rung can compare it; use a search "
+                          "objective, an overall utility or pooled/worst/mean gap (per-group and "
+                          "per-stratum metrics are reported after the last epoch only)")
+        if key.is_gap and objective.direction.value != metric_direction(key):
+            raise w.error(f"{objective.metric!r} is a gap (lower is fairer); its direction must be 'min', got "
+                          f"{objective.direction.value!r}")
+        if objective.metric in seen:
+            raise w.error(f"objective {objective.metric!r} is listed twice")
+        seen.add(objective.metric)
 
 
 def _default_s_min(spec: SweepSpec, raw: Mapping[str, Any]) -> SweepSpec:

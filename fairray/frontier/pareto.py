@@ -37,7 +37,11 @@ __all__ = [
     "best_at_gap",
     "default_reference",
     "hypervolume",
+    "hypervolume_contributions",
+    "igd_plus",
     "non_dominated_mask",
+    "nondominated_order",
+    "nondominated_scores",
     "pareto_ranks",
     "to_minimization",
     "utility_at_gap",
@@ -268,6 +272,106 @@ def default_reference(
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"bounds must be finite with lower < upper; got {tuple(bounds)!r}")
     return [lo if d is Direction.MAX else hi for d in _parse_directions(directions)]
+
+
+def hypervolume_contributions(
+    values: np.ndarray,
+    directions: Sequence[Direction | str],
+    reference: Sequence[float],
+) -> np.ndarray:
+    """Exclusive hypervolume contribution of each row: ``HV(all) - HV(all but this row)``.
+
+    A dominated row, a copy of another row, a NaN row or a row that does not beat ``reference`` contributes 0;
+    an extreme point of the front contributes the box it alone covers up to ``reference``.
+
+    >>> hypervolume_contributions(np.array([[0.8, 0.2], [0.6, 0.1], [0.5, 0.3]]), ["max", "min"], [0.0, 1.0]
+    ...                           ).round(4).tolist()
+    [0.16, 0.06, 0.0]
+    """
+    arr = np.array(values, dtype=float)
+    total = hypervolume(arr, directions, reference)
+    out = np.zeros(len(arr))
+    for i in range(len(arr)):
+        out[i] = total - hypervolume(np.delete(arr, i, axis=0), directions, reference)
+    return np.maximum(out, 0.0)  # float noise of equal volumes stays 0
+
+
+def nondominated_scores(
+    values: np.ndarray,
+    directions: Sequence[Direction | str],
+    margin: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's non-dominated rank (:func:`pareto_ranks`; NaN rows get the worst rank + 1) and its exclusive
+    hypervolume contribution within its rank: how multi-objective successive halving (MOASHA) ranks a rung
+    (:func:`nondominated_order`).
+
+    A rank's contributions are measured against its own nadir pushed out by ``margin`` times each objective's
+    range over all valid rows (by 1 where that range is 0), so the extremes of a rank keep a finite box.
+    """
+    dirs = _parse_directions(directions)
+    loss = to_minimization(values, dirs)
+    ranks = pareto_ranks(values, dirs)
+    valid = ranks >= 0
+    contribution = np.zeros(len(loss))
+    if valid.any():
+        spread = np.ptp(loss[valid], axis=0)
+        pad = np.where(spread > 0, margin * spread, 1.0)
+        for rank in np.unique(ranks[valid]):
+            rows = np.flatnonzero(ranks == rank)
+            ref = loss[rows].max(axis=0) + pad
+            # already in minimisation space: measure with every direction "min"
+            contribution[rows] = hypervolume_contributions(loss[rows], ["min"] * len(dirs), ref)
+    worst = ranks.max() + 1 if len(ranks) else 0
+    return np.where(valid, ranks, worst), contribution
+
+
+def nondominated_order(
+    values: np.ndarray,
+    directions: Sequence[Direction | str],
+    margin: float = 0.1,
+) -> np.ndarray:
+    """Rows best first: by non-dominated rank, then by hypervolume contribution within the rank (largest first),
+    then by row index (:func:`nondominated_scores`). NaN rows come last.
+
+    >>> nondominated_order(np.array([[0.5, 0.3], [0.8, 0.2], [0.6, 0.1]]), ["max", "min"]).tolist()
+    [1, 2, 0]
+    """
+    rank, contribution = nondominated_scores(values, directions, margin)
+    return np.lexsort((np.arange(len(rank)), -contribution, rank))
+
+
+def igd_plus(
+    values: np.ndarray,
+    directions: Sequence[Direction | str],
+    reference_front: np.ndarray,
+) -> float:
+    """IGD+ (Ishibuchi et al., 2015) of the valid rows of ``values`` against ``reference_front``: the mean, over
+    the reference points ``z``, of the distance from ``z`` to the nearest row ``a`` counting only the objectives
+    where ``a`` is worse than ``z``: ``d+(z, a) = sqrt(sum_j max(a_j - z_j, 0)^2)`` in minimisation space.
+
+    Lower is better; 0 means every reference point is weakly dominated by some row. Both arrays are in the
+    objectives' own units (no normalisation: the fairness objectives share the unit interval). NaN rows of
+    either array are ignored; no valid row gives ``inf``.
+
+    Raises
+    ------
+    ValueError
+        When the reference front has no valid row, or either array has the wrong shape.
+
+    >>> round(igd_plus(np.array([[0.7, 0.2]]), ["max", "min"], np.array([[0.8, 0.2], [0.6, 0.1]])), 4)
+    0.1
+    """
+    dirs = _parse_directions(directions)
+    loss = to_minimization(values, dirs)
+    ref = to_minimization(reference_front, dirs)
+    ref = ref[~np.isnan(ref).any(axis=1)]
+    if len(ref) == 0:
+        raise ValueError("igd_plus needs a reference front with at least one valid (NaN-free) point; got none")
+    loss = loss[~np.isnan(loss).any(axis=1)]
+    if len(loss) == 0:
+        return float("inf")
+    worse = np.maximum(loss[None, :, :] - ref[:, None, :], 0.0)  # [reference point, row, objective]
+    return float(np.sqrt((worse**2).sum(axis=2)).min(axis=1).mean())
 
 
 # --- front metrics: distance to the utopia point, utility under a gap budget (METHODS §2.7) -----------------

@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from fairray.config import DatasetConfig
+from fairray.config import Constraint, DatasetConfig
 from fairray.errors import ConfigError, TrackingError
 from fairray.frontier.pareto import (
     Direction,
     best_at_gap,
     default_reference,
     hypervolume,
+    igd_plus,
     non_dominated_mask,
     utility_at_gap,
     utopia_distance,
@@ -32,15 +33,33 @@ from fairray.frontier.pareto import (
 from fairray.metrics import MetricKey, restrict
 from fairray.tracking import TAG_OBJECTIVES, TAG_TRIAL, find_sweep_run, trial_runs
 
+TAG_PRUNED = "fairray.pruned"  # "true" on a trial early stopping stopped (its run ends KILLED)
+TAG_PRUNED_RUNG = "fairray.pruned_rung"  # the rung (epochs trained) where it was stopped
+TAG_PRUNED_VALUES = "fairray.pruned_values"  # JSON: its objective values there, as Optuna was told
+TAG_FEASIBLE = "fairray.feasible"  # "true" / "false" under the sweep's constraints
+TAG_VIOLATIONS = "fairray.violations"  # JSON {constraint: violation > 0} of an infeasible trial
+TAG_CONSTRAINTS = "fairray.constraints"  # on the sweep run: JSON list of the constraint texts
+TAG_EARLY_STOPPING = "fairray.early_stopping"  # on the sweep run: JSON of the scheduler's settings
+TAG_DUPLICATES = "fairray.duplicates"  # on the sweep run: samples that repeated a configuration (not trained)
+
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One finished trial as MLflow holds it."""
+    """One finished (or, when asked for, pruned) trial as MLflow holds it."""
 
     run_id: str
     trial_id: str
     params: dict[str, str]
     metrics: dict[str, float]
+    #: The rung (epochs trained) where early stopping stopped it; None for a trial that trained fully. A pruned
+    #: trial's objectives are its values at that rung (what Optuna was told).
+    pruned_rung: int | None = None
+    #: {constraint: violation > 0} under the sweep's constraints; empty when feasible.
+    violations: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def feasible(self) -> bool:
+        return not self.violations
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,10 @@ class Sweep:
     #: The sweep's own spec as flat MLflow params (``method.name``, ``dataset.groups.name`` ...): the values
     #: a trial did not sample.
     base_params: dict[str, str] = field(default_factory=dict)
+    #: The sweep's ``search.constraints``: a front holds feasible trials only.
+    constraints: tuple[Constraint, ...] = ()
+    #: Trials early stopping stopped (in ``trials`` only when loaded with ``include_pruned``).
+    n_pruned: int = 0
 
 
 DTO_BOUNDS = (0.0, 1.0)
@@ -79,6 +102,35 @@ class Front:
     reference: tuple[float, ...]
     restriction: dict[str, str] = field(default_factory=dict)
     dto: np.ndarray | None = None
+    #: Which trials meet the sweep's constraints: only they can be on the front or add to its hypervolume.
+    feasible: np.ndarray | None = None
+
+    def quality(self, reference_front: np.ndarray | None = None) -> FrontQuality:
+        """Hypervolume, the best DTO on the front and, given a reference front, IGD+ of this front against it."""
+        points = self.points()
+        igd = None
+        if reference_front is not None and len(reference_front):
+            igd = igd_plus(points, self.directions, reference_front)
+        best = None
+        if self.dto is not None and self.on_front.any():
+            best = float(np.nanmin(self.dto[self.on_front]))
+        return FrontQuality(self.hypervolume, igd, best, int(self.on_front.sum()), len(self.trials))
+
+    def points(self) -> np.ndarray:
+        """The objective values of the non-dominated trials, ``[n_front, n_objectives]``."""
+        return self.values[self.on_front].reshape(-1, len(self.objectives))
+
+
+@dataclass(frozen=True)
+class FrontQuality:
+    """How good one front is: hypervolume (reference point of the front), IGD+ against a reference front (None
+    without one), the smallest distance to the utopia point among its trials (None when undefined)."""
+
+    hypervolume: float
+    igd_plus: float | None
+    best_dto: float | None
+    n_front: int
+    n_trials: int
 
 
 @dataclass(frozen=True)
@@ -110,24 +162,40 @@ def gap_budget(front: Front, tau: float) -> GapBudget:
     return GapBudget(float(tau), front.objectives[utility], front.objectives[gap], values, best)
 
 
-def load_sweep(tracking_uri: str, experiment: str, run_id: str | None = None, ablation: str | None = None) -> Sweep:
+def load_sweep(tracking_uri: str, experiment: str, run_id: str | None = None, ablation: str | None = None,
+               include_pruned: bool = False) -> Sweep:
     """The latest sweep of ``experiment`` — or of its ablation ``ablation`` — (or ``run_id``) with its
-    FINISHED trials."""
+    FINISHED trials, and with ``include_pruned`` the trials early stopping stopped (their objectives at the rung).
+
+    Each trial carries its violations of the sweep's constraints (recorded on the sweep run), computed from its
+    logged final metrics: the same values the searcher told Optuna.
+    """
     parent = find_sweep_run(tracking_uri, experiment, run_id, ablation)
     objectives = tuple((m, Direction.parse(d)) for m, d in json.loads(parent.data.tags[TAG_OBJECTIVES]))
-    trials, failed = [], 0
+    constraints = tuple(Constraint.parse(c) for c in json.loads(parent.data.tags.get(TAG_CONSTRAINTS, "[]")))
+    trials, failed, pruned = [], 0, 0
     for run in trial_runs(tracking_uri, parent):
-        if run.info.status != "FINISHED":
+        rung = run.data.tags.get(TAG_PRUNED_RUNG) if run.data.tags.get(TAG_PRUNED) == "true" else None
+        if rung is not None:
+            pruned += 1
+            if not include_pruned:
+                continue
+        elif run.info.status != "FINISHED":
             failed += 1
             continue
         searched = json.loads(run.data.tags.get("fairray.searched_params", "[]"))
         params = {k: run.data.params[k] for k in searched if k in run.data.params}
+        metrics = dict(run.data.metrics)
+        if rung is not None:  # the values Optuna was told, not whatever the process logged after the stop
+            metrics.update(zip((m for m, _ in objectives), json.loads(run.data.tags.get(TAG_PRUNED_VALUES, "[]")),
+                               strict=False))
+        violations = {str(c): v for c in constraints if (v := c.violation(metrics.get(c.metric))) > 0}
         trials.append(TrialRecord(run.info.run_id, run.data.tags.get(TAG_TRIAL, run.info.run_name), params,
-                                  dict(run.data.metrics)))
+                                  metrics, None if rung is None else int(rung), violations))
     trials.sort(key=lambda t: t.trial_id)
     attribute = parent.data.params.get("dataset.attribute", DatasetConfig().attribute)
     return Sweep(experiment, parent.info.run_id, objectives, tuple(trials), failed, tracking_uri, attribute,
-                 dict(parent.data.params))
+                 dict(parent.data.params), constraints, pruned)
 
 
 def _values_of(sweep: Sweep, which: str) -> list[str]:
@@ -175,14 +243,16 @@ def fronts(sweep: Sweep, *, by: Sequence[str] = (), split: str = "dev",
                     k = restrict(k, stratum_value=value, stratum=column)
             keys.append(k.format())
         values = np.array([[t.metrics.get(key, math.nan) for key in keys] for t in sweep.trials], dtype=float)
-        mask = non_dominated_mask(values, directions)
-        hv = hypervolume(values, directions, ref)
+        feasible = np.array([t.feasible for t in sweep.trials], dtype=bool)
+        candidates = np.where(feasible[:, None], values, math.nan)  # infeasible trials are never on the front
+        mask = non_dominated_mask(candidates, directions)
+        hv = hypervolume(candidates, directions, ref)
         try:
             dto = utopia_distance(values, directions, DTO_BOUNDS)
         except ValueError:  # an objective outside [0, 1] (e.g. a loss): no utopia point to measure from
             dto = None
         title = ", ".join(f"{c}={v}" for c, v in combo.items()) or "all"
-        out.append(Front(title, tuple(keys), directions, sweep.trials, values, mask, hv, ref, combo, dto))
+        out.append(Front(title, tuple(keys), directions, sweep.trials, values, mask, hv, ref, combo, dto, feasible))
     return out
 
 
@@ -238,3 +308,41 @@ def neighbour_noise(sweep: Sweep, front: Front, *, n_boot: int = 200, level: flo
                 entry[key] = interval(full[a, j] - full[a + 1, j], reps[a, :, j] - reps[a + 1, :, j], level)
         out[front.trials[on[a]].trial_id] = entry
     return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One panel of two sweeps side by side: their fronts, the joint front (the non-dominated points of both) and
+    each front's quality against it (IGD+ 0: the front reaches every joint point)."""
+
+    title: str
+    fronts: tuple[Front, Front]
+    joint_front: np.ndarray
+    quality: tuple[FrontQuality, FrontQuality]
+
+
+def compare_fronts(a: Sequence[Front], b: Sequence[Front]) -> list[Comparison]:
+    """Pair the fronts of two sweeps by panel (same ``--by`` restriction) and measure both against their joint
+    front. The two sweeps must share objectives, directions and reference point (else the numbers would not
+    compare)."""
+    by_title = {f.title: f for f in b}
+    if [f.title for f in a] != [f.title for f in b]:
+        raise ConfigError(f"--compare: the sweeps give different panels ({[f.title for f in a]} vs "
+                          f"{[f.title for f in b]}); compare them with the same --by")
+    out = []
+    for fa in a:
+        fb = by_title[fa.title]
+        if (fa.objectives, fa.directions) != (fb.objectives, fb.directions):
+            raise ConfigError(f"--compare: the sweeps have different objectives ({_named(fa)} vs {_named(fb)}); "
+                              "pass the same --objectives for both")
+        if fa.reference != fb.reference:
+            raise ConfigError(f"--compare: different hypervolume reference points {list(fa.reference)} vs "
+                              f"{list(fb.reference)}; pass --reference")
+        joint = np.vstack([fa.points(), fb.points()])
+        joint = np.unique(joint[non_dominated_mask(joint, fa.directions)], axis=0) if len(joint) else joint
+        out.append(Comparison(fa.title, (fa, fb), joint, (fa.quality(joint), fb.quality(joint))))
+    return out
+
+
+def _named(front: Front) -> list[str]:
+    return [f"{k}:{d.value}" for k, d in zip(front.objectives, front.directions, strict=True)]

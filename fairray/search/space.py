@@ -103,6 +103,43 @@ class ConditionalSpace:
         return out
 
 
+FLOAT_DIGITS = 12
+"""Significant digits two sampled floats must share to count as the same configuration (:func:`config_key`)."""
+
+
+def _normal(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return float(f"{value:.{FLOAT_DIGITS}g}") if isinstance(value, float) else int(value)
+
+
+def config_key(params: Mapping[str, object], space: Mapping[str, ParamSpec]) -> str:
+    """The identity of a sampled configuration: its parameters with inactive conditional ones dropped (a ``when``
+    the other values do not meet) and floats rounded to :data:`FLOAT_DIGITS` significant digits, as sorted JSON.
+
+    Two samples with the same key train the same model: a sweep trains each key once.
+
+    >>> from fairray.config import ParamSpec
+    >>> space = {"method.name": ParamSpec("categorical", choices=("erm", "minmaxgap")),
+    ...          "method.lambda_max": ParamSpec("loguniform", 0.5, 20, when={"method.name": ["minmaxgap"]})}
+    >>> config_key({"method.name": "erm", "method.lambda_max": 3.0}, space) == config_key({"method.name": "erm"}, space)
+    True
+    """
+    import json
+
+    chosen: dict[str, object] = {}
+    for name, dim in space.items():  # YAML order: a condition names earlier dimensions only
+        if name in params and all(chosen.get(k, _MISSING) in allowed for k, allowed in conditions(dim).items()):
+            chosen[name] = _normal(params[name])
+    extra = {k: _normal(v) for k, v in params.items() if k not in space}  # fixed points outside the space
+    return json.dumps(sorted({**extra, **chosen}.items()), default=str)
+
+
+_MISSING = object()
+
+
 def make_sampler(name: str, seed: int, n_objectives: int, conditional: bool = False) -> optuna.samplers.BaseSampler:
     """An Optuna sampler in true multi-objective mode (no weighted sum of objectives).
 

@@ -22,6 +22,7 @@ import numpy as np
 from fairray.config import LoadedSpec, SweepSpec, ablation_points, resolve_trial, to_plain
 from fairray.data import SERData, prepare
 from fairray.errors import ConfigError, FairrayError
+from fairray.frontier.query import TAG_CONSTRAINTS, TAG_DUPLICATES, TAG_EARLY_STOPPING
 from fairray.search import ConditionalSpace, is_conditional, make_sampler, to_distributions
 from fairray.search.space import fixed_points_searcher
 from fairray.tracking import (
@@ -52,6 +53,13 @@ class SweepOutcome:
     n_errored: int
     wall_s: float
     interrupted: bool
+    #: Trials early stopping stopped (PRUNED in Optuna, KILLED and tagged in MLflow).
+    n_pruned: int = 0
+    #: Samples that repeated a finished or running configuration: told its result, not trained (None: unknown,
+    #: a resumed sweep).
+    n_duplicates: int | None = 0
+    #: The searcher ran out of new configurations before num_samples (every further sample was a repeat).
+    exhausted: bool = False
 
 
 def storage_root(spec: SweepSpec) -> str:
@@ -273,6 +281,34 @@ def _count_finished(uri: str, experiment_id: str, parent_run_id: str) -> int:
     return sum(r.info.status == "FINISHED" for r in trial_runs(uri, parent))
 
 
+def _never_pruned(trial_id: str) -> None:
+    return None
+
+
+def _tag_search_settings(uri: str, run_id: str, spec: SweepSpec, ablation: str | None) -> None:
+    """The sweep run records its constraints and early stopping (the frontier reads the constraints back)."""
+    c = client(uri)
+    if spec.search.constraints:
+        c.set_tag(run_id, TAG_CONSTRAINTS, json.dumps([str(x) for x in spec.search.constraints]))
+    stopping = spec.search.early_stopping
+    if stopping is not None and ablation is None:  # an ablation trains every cell fully
+        c.set_tag(run_id, TAG_EARLY_STOPPING, json.dumps(
+            {"type": stopping.type, "grace": stopping.grace, "reduction": stopping.reduction,
+             "objectives": [[o.metric, o.direction.value] for o in spec.search.stopping_objectives]}))
+
+
+def _restored_parts(tuner):
+    """The scheduler and searcher a restored Tuner runs with (Ray keeps them in its pickled state), or Nones."""
+    from fairray.sweep.scheduler import MOASHA
+    from fairray.sweep.searcher import FairraySearcher
+
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    scheduler = getattr(config, "scheduler", None)
+    searcher = getattr(getattr(config, "search_alg", None), "searcher", None)
+    return (scheduler if isinstance(scheduler, MOASHA) else None,
+            searcher if isinstance(searcher, FairraySearcher) else None)
+
+
 def require_local_gpus(spec: SweepSpec, source: str) -> None:
     """A spec that gives workers GPUs, run on this machine, needs a CUDA device here (checked before anything
     is started or logged). Clusters are not checked: an autoscaler may add GPU nodes on demand."""
@@ -308,7 +344,10 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from fairray.sweep.marks import TrialMarks, close_pruned_runs
+    from fairray.sweep.scheduler import from_spec as moasha_from_spec
+    from fairray.sweep.searcher import FairraySearcher
 
     root = storage_root(spec)
     ray_root = f"{root.rstrip('/')}/ray"
@@ -326,10 +365,12 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     sweep = start_sweep_run(uri, experiment_id, spec.name, root, raw, objectives,
                             resume_run_id=previous.info.run_id if previous else None, ablation=ablation)
     client(uri).set_tag(sweep.run_id, TAG_RAY_PATH, ray_path)
+    _tag_search_settings(uri, sweep.run_id, spec, ablation)
     tracking = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": sweep.run_id, "sweep": spec.name}
 
     t0 = time.time()
     status, reason, connected = "FAILED", None, False
+    scheduler, searcher_impl = None, None
     try:
         connected = _init_ray(address)
         # once per sweep, before any trial: feature extraction (as Ray tasks with dataset.extract_workers > 1)
@@ -355,6 +396,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
 
         if resume and tune.Tuner.can_restore(ray_path):
             tuner = tune.Tuner.restore(ray_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+            scheduler, searcher_impl = _restored_parts(tuner)
         else:
             if resume:
                 raise FairrayError(f"--resume: Ray results at {ray_path} cannot be restored; run without --resume")
@@ -364,14 +406,17 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
             else:
                 conditional = is_conditional(spec.search.space)
                 space = ConditionalSpace(spec.search.space) if conditional else to_distributions(spec.search.space)
-                searcher = ConcurrencyLimiter(OptunaSearch(
-                    space=space, metric=[m for m, _ in objectives], mode=[d for _, d in objectives],
-                    sampler=make_sampler(spec.search.sampler, spec.budget.seed, len(objectives), conditional)),
-                    spec.budget.max_concurrent)
+                scheduler = moasha_from_spec(spec)
+                searcher_impl = FairraySearcher(
+                    space, spec.search.space, objectives,
+                    make_sampler(spec.search.sampler, spec.budget.seed, len(objectives), conditional),
+                    spec.search.constraints, pruned=scheduler.record if scheduler is not None else None)
+                searcher = ConcurrencyLimiter(searcher_impl, spec.budget.max_concurrent)
                 parameters = list(spec.search.space)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher,
+                                            scheduler=scheduler,
                                             num_samples=n_trials,
                                             trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",
                                             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
@@ -383,20 +428,28 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                     failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     progress_reporter=_reporter(spec, parameters) if verbose else None,
-                    callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+                    callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+                               TrialMarks(uri, experiment_id, sweep.run_id, spec.search.constraints,
+                                          scheduler.record if scheduler is not None else _never_pruned)],
                 ),
             )
         results = tuner.fit()
         # Tune stops gracefully on Ctrl-C and returns; MLflow tells what really finished.
+        n_pruned = close_pruned_runs(uri, experiment_id, sweep.run_id, scheduler.pruned if scheduler else {})
         n_errored = len(results.errors)
         n_finished = _count_finished(uri, experiment_id, sweep.run_id)
-        interrupted = n_finished + n_errored < n_trials
+        exhausted = bool(searcher_impl is not None and searcher_impl.exhausted)
+        n_duplicates = searcher_impl.n_duplicates if searcher_impl is not None else (0 if points is not None else None)
+        if n_duplicates is not None:
+            client(uri).set_tag(sweep.run_id, TAG_DUPLICATES, str(n_duplicates))
+        # a space that ran out of new configurations ends with fewer trials than num_samples
+        interrupted = n_finished + n_pruned + n_errored < (len(results) if exhausted else n_trials)
         status = "KILLED" if interrupted else "FINISHED"
         if interrupted:
             reason = (f"interrupted after {n_finished} of {n_trials} trials; "
                       "continue with `fairray sweep SPEC --resume`")
         return SweepOutcome(spec.experiment, uri, sweep.run_id, ray_path, len(results), n_finished, n_errored,
-                            time.time() - t0, interrupted)
+                            time.time() - t0, interrupted, n_pruned, n_duplicates, exhausted)
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted; continue with `fairray sweep SPEC --resume`"
         raise
@@ -404,6 +457,8 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         reason = f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        if scheduler is not None:  # pruned runs end KILLED with their reason, never as orphans
+            close_pruned_runs(uri, experiment_id, sweep.run_id, scheduler.pruned)
         close_orphan_trials(uri, experiment_id, sweep.run_id, status="KILLED" if status == "KILLED" else "FAILED")
         end_run(uri, sweep.run_id, status, reason)
         if connected:  # leaves a cluster joined with --address running; only this driver disconnects

@@ -428,3 +428,52 @@ def test_utility_and_gap_must_be_two_objectives() -> None:
         pareto.best_at_gap(VALUES[:4], ["max", "min"], 0.1, utility=1, gap=1)
     with pytest.raises(ValueError, match=r"gap must be an objective index in 0..1; got 2"):
         pareto.utility_at_gap(VALUES[:4], ["max", "min"], 0.1, gap=2)
+
+
+# --- IGD+, hypervolume contributions, the MOASHA rung order -----------------------------------------------------
+
+
+def test_igd_plus_by_hand() -> None:
+    # (F1 max, gap min). Reference front z1 = (0.8, 0.2), z2 = (0.6, 0.1), z3 = (0.4, 0.0).
+    # Front a1 = (0.7, 0.2), a2 = (0.4, 0.05). In minimisation space d+(z, a) = |max(a - z, 0)|:
+    #   z1: a1 -> (0.1, 0) = 0.1;            a2 -> (0.4, 0) = 0.4        -> 0.1
+    #   z2: a1 -> (0, 0.1) = 0.1;            a2 -> (0.2, 0) = 0.2        -> 0.1
+    #   z3: a1 -> (0, 0.2) = 0.2;            a2 -> (0, 0.05) = 0.05      -> 0.05
+    # IGD+ = (0.1 + 0.1 + 0.05) / 3
+    reference = np.array([[0.8, 0.2], [0.6, 0.1], [0.4, 0.0]])
+    front = np.array([[0.7, 0.2], [0.4, 0.05], [NAN, 0.0]])
+    assert pareto.igd_plus(front, ["max", "min"], reference) == pytest.approx(0.25 / 3)
+    assert pareto.igd_plus(reference, ["max", "min"], reference) == 0.0
+    # a point that dominates the reference is at distance 0 (IGD+ is Pareto-compliant, unlike IGD)
+    assert pareto.igd_plus(np.array([[0.9, 0.0]]), ["max", "min"], reference) == 0.0
+    assert pareto.igd_plus(np.empty((0, 2)), ["max", "min"], reference) == INF
+    with pytest.raises(ValueError, match="at least one valid"):
+        pareto.igd_plus(front, ["max", "min"], np.array([[NAN, 0.1]]))
+
+
+def test_hypervolume_contributions_by_hand() -> None:
+    values = np.array([[0.8, 0.2], [0.6, 0.1], [0.5, 0.3], [0.8, 0.2], [NAN, 0.0]])
+    got = pareto.hypervolume_contributions(values, ["max", "min"], [0.0, 1.0])
+    # the copies of (0.8, 0.2) cover their box together: neither alone; (0.5, 0.3) is dominated
+    np.testing.assert_allclose(got, [0.0, 0.6 * 0.1, 0.0, 0.0, 0.0], atol=1e-12)
+    total = hypervolume(values[:3], ["max", "min"], [0.0, 1.0])
+    np.testing.assert_allclose(pareto.hypervolume_contributions(values[:3], ["max", "min"], [0.0, 1.0]).sum(),
+                               total - (0.6 * 0.8))  # = 0.16 + 0.06 exclusive; 0.6 * 0.8 is shared
+
+
+def test_nondominated_order_ranks_then_contribution_then_index() -> None:
+    values = np.array([
+        [0.50, 0.30],  # rank 1
+        [0.80, 0.20],  # rank 0, extreme
+        [0.60, 0.10],  # rank 0, extreme
+        [0.70, 0.18],  # rank 0, between the two: smallest box of its rank
+        [NAN, 0.00],   # invalid: last
+        [0.40, 0.40],  # rank 2
+    ])  # fmt: skip
+    rank, contribution = pareto.nondominated_scores(values, ["max", "min"])
+    assert rank.tolist() == [1, 0, 0, 0, 3, 2]
+    assert contribution[3] < min(contribution[1], contribution[2])
+    order = pareto.nondominated_order(values, ["max", "min"]).tolist()
+    assert order[3:] == [0, 5, 4] and order[2] == 3
+    # ties (identical rows) keep row order
+    assert pareto.nondominated_order(np.array([[0.5, 0.1], [0.5, 0.1]]), ["max", "min"]).tolist() == [0, 1]

@@ -1,0 +1,194 @@
+"""Optuna's ask/tell behind Ray Tune's ``Searcher`` interface, with what a sweep needs beyond ``OptunaSearch``.
+
+* **No configuration twice.** A sample whose :func:`~fairray.search.space.config_key` matches a configuration
+  already finished is told that configuration's outcome at once and never trained; one that matches a running
+  configuration is told its outcome when it finishes. Either way Tune is asked for no trial and the next sample
+  is drawn. After :data:`MAX_REPEATED_DRAWS` repeated samples in a row the space counts as exhausted.
+* **Pruned trials.** A trial the scheduler (:class:`~fairray.sweep.scheduler.MOASHA`) stopped is told
+  ``TrialState.PRUNED``. Optuna refuses values with that state in multi-objective studies, so the values it had at
+  its rung are kept as the user attribute ``fairray.values`` (with ``fairray.pruned_rung``); samplers treat
+  pruned trials as worse than complete ones.
+* **Constraints.** Each ``search.constraints`` entry becomes ``Trial.set_constraint(text, violation)`` before the
+  trial is told (Optuna 5's replacement of the deprecated ``constraints_func``; TPE, NSGA-II and GP read it).
+* **No silent NaN.** A final result whose objectives are not finite is told ``FAIL`` (``OptunaSearch`` would pass
+  it to ``tell()``, which drops the trial with only a warning).
+
+Lifecycle (Ray Tune, on the driver): :meth:`suggest` per new trial, :meth:`on_trial_complete` once per trial
+(``error=True`` after the last retry), :meth:`save` / :meth:`restore` with the experiment (``--resume``).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from fairray.config import Constraint, ParamSpec
+from fairray.frontier.pareto import Direction
+from fairray.search import ConditionalSpace
+from fairray.search.space import config_key
+
+MAX_REPEATED_DRAWS = 100
+"""Consecutive samples that repeat a finished or running configuration before the space counts as exhausted."""
+
+USER_VALUES = "fairray.values"
+USER_PRUNED_RUNG = "fairray.pruned_rung"
+USER_DUPLICATE_OF = "fairray.duplicate_of"
+USER_FAILURE = "fairray.failure"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What Optuna is told about one configuration (and about every later sample of it)."""
+
+    state: TrialState
+    values: tuple[float, ...] | None = None
+    constraints: Mapping[str, float] = field(default_factory=dict)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Config:
+    trial_id: str  # the Tune trial that trains it
+    outcome: Outcome | None = None  # None while it runs
+    waiting: list[optuna.Trial] = field(default_factory=list)  # duplicate samples told when it finishes
+
+
+class FairraySearcher(Searcher):
+    """Multi-objective Optuna search for Ray Tune that trains each distinct configuration once.
+
+    Parameters
+    ----------
+    space
+        Optuna distributions by dotted path, or a define-by-run :class:`~fairray.search.ConditionalSpace`.
+    param_specs
+        The spec's ``search.space`` (what :func:`config_key` needs to drop inactive parameters).
+    objectives
+        ``(metric, direction)`` pairs, in the study's order.
+    sampler
+        Any Optuna sampler (:func:`fairray.search.make_sampler`).
+    constraints
+        Feasibility conditions told to Optuna with every complete trial.
+    pruned
+        Lookup of the trials the scheduler stopped (``MOASHA.pruned.get``): trial id -> record with ``rung`` and
+        ``values``, or None.
+    """
+
+    def __init__(self, space: Mapping[str, BaseDistribution] | ConditionalSpace, param_specs: Mapping[str, ParamSpec],
+                 objectives: Sequence[tuple[str, Direction | str]], sampler: optuna.samplers.BaseSampler,
+                 constraints: Sequence[Constraint] = (), pruned: Callable[[str], Any] | None = None) -> None:
+        super().__init__(metric=None, mode=None)
+        self.space = space
+        self.param_specs = dict(param_specs)
+        self.metrics = tuple(m for m, _ in objectives)
+        self.directions = tuple(Direction.parse(d) for _, d in objectives)
+        self.constraints = tuple(constraints)
+        self.pruned = pruned
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(
+            directions=["maximize" if d is Direction.MAX else "minimize" for d in self.directions], sampler=sampler)
+        self.configs: dict[str, _Config] = {}
+        self.running: dict[str, tuple[optuna.Trial, str]] = {}  # Tune trial id -> (Optuna trial, config key)
+        self.n_duplicates = 0
+        self.exhausted = False
+
+    # ---------------------------------------------------------------- Tune's interface
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # objectives and space come from the spec, not from TuneConfig
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        for _ in range(MAX_REPEATED_DRAWS):
+            trial = self._ask()
+            params = dict(trial.params)
+            key = config_key(params, self.param_specs)
+            known = self.configs.get(key)
+            if known is None:
+                self.configs[key] = _Config(trial_id)
+                self.running[trial_id] = (trial, key)
+                return params
+            self.n_duplicates += 1
+            trial.set_user_attr(USER_DUPLICATE_OF, known.trial_id)
+            if known.outcome is None:
+                known.waiting.append(trial)
+            else:
+                self._tell(trial, known.outcome)
+        self.exhausted = True
+        return Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # multi-objective Optuna takes final values only; intermediate ranking is the scheduler's
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        entry = self.running.pop(trial_id, None)
+        if entry is None:
+            return
+        trial, key = entry
+        outcome = self.outcome(trial_id, result, error)
+        self._tell(trial, outcome)
+        config = self.configs[key]
+        config.outcome = outcome
+        for duplicate in config.waiting:
+            self._tell(duplicate, outcome)
+        config.waiting.clear()
+
+    def outcome(self, trial_id: str, result: Mapping[str, Any] | None, error: bool) -> Outcome:
+        """What a finished Tune trial tells Optuna: PRUNED (stopped at a rung), COMPLETE or FAIL."""
+        if error or result is None:
+            return Outcome(TrialState.FAIL, attrs={USER_FAILURE: "the trial errored"})
+        pruned = self.pruned(trial_id) if self.pruned is not None else None
+        if pruned is not None:
+            return Outcome(TrialState.PRUNED, attrs={USER_VALUES: list(pruned.values), USER_PRUNED_RUNG: pruned.rung})
+        values = tuple(_number(result.get(m)) for m in self.metrics)
+        if not result.get("final") or not all(math.isfinite(v) for v in values):
+            return Outcome(TrialState.FAIL, attrs={USER_FAILURE: f"no finite final values of {list(self.metrics)}: "
+                                                                f"{list(values)}"})
+        constraints = {str(c): c.violation(result.get(c.metric)) for c in self.constraints}
+        return Outcome(TrialState.COMPLETE, values, constraints)
+
+    def save(self, checkpoint_path: str) -> None:
+        state = {k: v for k, v in self.__dict__.items() if k != "pruned"}
+        with open(checkpoint_path, "wb") as fh:  # one pickle: the trials keep their study
+            pickle.dump(state, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))
+
+    # ---------------------------------------------------------------- Optuna
+    def _ask(self) -> optuna.Trial:
+        if isinstance(self.space, ConditionalSpace):
+            trial = self.study.ask()
+            self.space(trial)
+            return trial
+        return self.study.ask(fixed_distributions=dict(self.space))
+
+    def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        for key, value in outcome.attrs.items():
+            trial.set_user_attr(key, value)
+        for key, violation in outcome.constraints.items():
+            trial.set_constraint(key, violation)
+        values = list(outcome.values) if outcome.state == TrialState.COMPLETE else None
+        self.study.tell(trial, values, state=outcome.state)
+
+    # ---------------------------------------------------------------- summary
+    def counts(self) -> dict[str, int]:
+        """Samples drawn, distinct configurations trained, duplicates (told, not trained), per Optuna state."""
+        states: dict[str, int] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        return {"samples": len(self.study.trials), "configurations": len(self.configs),
+                "duplicates": self.n_duplicates, **{f"optuna_{k.lower()}": v for k, v in sorted(states.items())}}
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

@@ -92,11 +92,17 @@ def load_hf(auto_class: str, folder: Path, what: str, expected: str, **kwargs: A
     line naming the folder and what it must hold when it cannot be read."""
     hf_offline()
     transformers = require("transformers", what)
+    logging = transformers.utils.logging
+    bars = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()  # a "Loading weights" bar per trial and per predict is noise on stderr
     try:
         return getattr(transformers, auto_class).from_pretrained(folder, local_files_only=True, **kwargs)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{what}: {auto_class} cannot load {folder} ({_first_line(exc)}); it must hold {expected}"
                         ) from None
+    finally:
+        if bars:
+            logging.enable_progress_bar()
 
 
 def hf_skeleton(config: Any) -> Any:

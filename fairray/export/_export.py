@@ -4,6 +4,12 @@ Each exported folder holds the selected checkpoint (weights, feature normalisati
 resolved trial config, the final metrics and a model card with the per-group tables — all read
 from MLflow artifacts, so an export works against a remote tracking server too. Folders are staged
 and renamed into place, so a crash never leaves a half-written export.
+
+A LoRA model's folder also holds ``adapters/<backbone>/`` (``adapter_config.json`` +
+``adapter_model.safetensors``): ``peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base), that
+folder)`` gives the fine-tuned backbone outside fairray; ``index.json`` lists them per trial. ``model.pt``
+keeps the base model's folder and content hash, and ``fairray predict`` refuses a base model whose hash
+differs from the one trained on.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import pandas as pd
 
 from fairray._atomic import atomic_write_text
 from fairray.frontier.query import Front, Sweep, TrialRecord
+from fairray.train.checkpoint import ADAPTERS_DIR
 
 CARD = "MODEL_CARD.md"
 METRICS = "metrics.json"
@@ -108,6 +115,14 @@ people.
 """
 
 
+def _adapters(folder: Path) -> list[str]:
+    """The peft adapter folders of an export (relative paths), each loadable with
+    ``peft.PeftModel.from_pretrained(base_model, folder / path)``."""
+    root = folder / ADAPTERS_DIR
+    return sorted(p.parent.relative_to(folder).as_posix() for p in root.rglob("adapter_config.json")) \
+        if root.is_dir() else []
+
+
 def export_front(sweep: Sweep, front: Front, out_dir: str | Path, register: str | None = None) -> list[Exported]:
     """Write one folder per Pareto-optimal trial of ``front`` under ``out_dir``."""
     out = Path(out_dir)
@@ -121,8 +136,8 @@ def export_front(sweep: Sweep, front: Front, out_dir: str | Path, register: str 
         try:
             with tempfile.TemporaryDirectory() as d:
                 ckpt = _download(sweep.tracking_uri, trial.run_id, "checkpoint", Path(d))
-                for f in ckpt.iterdir():
-                    shutil.copy2(f, staged / f.name)
+                for f in ckpt.iterdir():  # weights, meta, config, and adapters/<backbone>/ for LoRA models
+                    (shutil.copytree if f.is_dir() else shutil.copy2)(f, staged / f.name)
                 groups_dir = _download(sweep.tracking_uri, trial.run_id, "groups", Path(d))
                 groups = {p.stem: pd.read_csv(p) for p in sorted(groups_dir.glob("*.csv"))}
             config = (staged / "config.yaml").read_text()
@@ -140,7 +155,7 @@ def export_front(sweep: Sweep, front: Front, out_dir: str | Path, register: str 
     if register:
         exported = _register(sweep, front, exported, register)
     index = [{"trial_id": e.trial_id, "run_id": e.run_id, "path": e.path.name, "objectives": e.objectives,
-              "model_version": e.model_version} for e in exported]
+              "model_version": e.model_version, "adapters": _adapters(e.path)} for e in exported]
     atomic_write_text(out / "index.json", json.dumps({"sweep": sweep.experiment, "sweep_run_id": sweep.run_id,
                                                       "exports": index}, indent=1))
     return exported

@@ -242,7 +242,7 @@ class SSLClassifier(nn.Module):
         if saved != here:
             raise DataError(f"{WHO}: the base model in {self.base['path']} is not the one this checkpoint was trained "
                             f"on (content hash {here[:12]}, trained on {str(saved)[:12]} from "
-                            f"{state.get('base_model_path')}); point model.params.model_path at that model's folder")
+                            f"{state.get('base_model_path')}); point model.model_path at that model's folder")
 
 
 @MODELS.register("ssl")
@@ -288,7 +288,7 @@ class SSLModel:
 
     @staticmethod
     def folder(params: Params) -> Path:
-        return resolve_model_dir(params.model_path, None, WHO, _EXPECTED, _REQUIRED, key="model.params.model_path")
+        return resolve_model_dir(params.model_path, None, WHO, _EXPECTED, _REQUIRED, key="model.model_path")
 
     @classmethod
     def check(cls, params: Params, inputs: Mapping[str, InputSpec]) -> None:

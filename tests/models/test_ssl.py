@@ -162,7 +162,7 @@ def test_the_checkpoint_knows_its_base_model_and_refuses_another(folders, clips,
 
 
 def test_a_missing_or_incomplete_model_folder_is_one_line(folders, tmp_path):
-    with pytest.raises(DataError, match=r"does not exist; set model\.params\.model_path") as err:
+    with pytest.raises(DataError, match=r"does not exist; set model\.model_path") as err:
         check_model("ssl", Params(model_path=str(tmp_path / "nowhere")), SPECS)
     assert "\n" not in str(err.value) and "preprocessor_config.json" in str(err.value)
     (tmp_path / "half").mkdir()

@@ -234,8 +234,18 @@ def _default_s_min(spec: SweepSpec, raw: Mapping[str, Any]) -> SweepSpec:
 
 
 def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str = "--set") -> None:
-    """Set ``a.b.c = value`` in nested dicts, creating intermediate mappings."""
+    """Set ``a.b.c = value`` in nested dicts, creating intermediate mappings.
+
+    Switching a plugin (``method.name: erm`` over a spec whose method is ``minmaxgap``) keeps the section's
+    parameters the new plugin also has (``loss``) and drops those of the old one (``lambda_max``): they
+    would be unknown keys of the new plugin. Set the name before its parameters (:func:`apply_params`)."""
     keys = dotted.split(".")
+    if len(keys) == 2 and keys[0] in _PLUGIN_SECTIONS and keys[1] == "name":
+        section = raw.get(keys[0])
+        old = section if isinstance(section, Mapping) else {"name": section} if isinstance(section, str) else {}
+        if old.get("name") != value:
+            raw[keys[0]] = {"name": value, **_shared_params(keys[0], value, old)}
+            return
     node = raw
     for key in keys[:-1]:
         child = node.get(key)
@@ -250,6 +260,26 @@ def set_path(raw: dict[str, Any], dotted: str, value: Any, source: str = "--set"
         node[key] = child
         node = child
     node[keys[-1]] = value
+
+
+def _shared_params(section: str, name: Any, old: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of ``old`` (a plugin section) that the plugin ``name`` also takes."""
+    try:
+        fields = {f.name for f in dataclasses.fields(_plugin_registry(section).get(name).Params)}
+    except FairrayError:
+        return {}  # an unknown name: build_spec says so, naming the valid ones
+    return {k: v for k, v in old.items() if k != "name" and k in fields}
+
+
+def apply_params(raw: dict[str, Any], params: Mapping[str, Any], source: str = "trial") -> None:
+    """Set dotted ``params`` in ``raw``, plugin names (``method.name``) first so that their parameters land on
+    the plugin they belong to."""
+    first = [k for k in params if k.split(".")[-1] == "name" and k.split(".")[0] in _PLUGIN_SECTIONS]
+    for key in [*first, *(k for k in params if k not in first)]:
+        value = params[key]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{source}: {key}: sampled value {value!r} is not finite")
+        set_path(raw, key, value, source)
 
 
 def conditions(dim: ParamSpec) -> dict[str, tuple[Any, ...]]:
@@ -339,8 +369,7 @@ def _check_ablations(spec: SweepSpec, raw: Mapping[str, Any], source: str) -> No
             trial_raw.pop("search", None)
             trial_raw.pop("ablations", None)
             try:
-                for key, value in point.items():
-                    set_path(trial_raw, key, value)
+                apply_params(trial_raw, point, "--set")
                 build_spec(trial_raw, source)
             except ConfigError as exc:
                 raise where.error(f"point {point} is not a valid spec ({_strip_source(exc, source)})") from None
@@ -422,6 +451,14 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
                 tokenizer_facts(icfg.tokenizer)
             except FairrayError as exc:
                 raise where.child("inputs").child(name).child("tokenizer").error(str(exc)) from None
+    waveforms = [name for name, icfg in ds.inputs.items() if icfg.kind == "waveform"]
+    cache_root = ds.cache or f"{spec.storage.path.rstrip('/')}/features"
+    if waveforms and "://" in cache_root and not cache_root.startswith("file://"):
+        # the driver decodes once and memory-maps the samples; trials get them through Ray's object store
+        raise where.child("cache").error(
+            f"waveform input {waveforms[0]!r} is memory-mapped from a local cache folder, but the cache is "
+            f"{cache_root}" + ("" if ds.cache else " (storage.path/features: dataset.cache is not set)")
+            + "; set dataset.cache to a local or mounted folder on the machine that starts the sweep")
     if ds.name != "corpora":
         # the built-in data ships resemblyzer speaker embeddings; anything else needs the audio
         audio_only = sorted(f"{a} ({extractor})" for a, (extractor, _) in aux.items()
@@ -551,8 +588,5 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> LoadedSpec:
 def resolve_trial(raw: Mapping[str, Any], params: Mapping[str, Any], source: str = "trial") -> LoadedSpec:
     """The spec of one trial: ``raw`` with sampled ``params`` (dotted paths) applied."""
     trial_raw = copy.deepcopy(dict(raw))
-    for key, value in params.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{source}: {key}: sampled value {value!r} is not finite")
-        set_path(trial_raw, key, value, source)
+    apply_params(trial_raw, params, source)
     return LoadedSpec(spec=build_spec(trial_raw, source, check_space=False), raw=trial_raw, source=source)

@@ -179,8 +179,7 @@ def _load_tokenizer(folder: str, stamp: tuple) -> Any:
 def load_tokenizer(folder: str) -> Any:
     """The tokenizer saved in ``folder`` (offline, local files only; loaded once per process and folder state)."""
     path = _tokenizer_dir(folder)
-    stamp = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()))
-    return _load_tokenizer(str(path), stamp)
+    return _load_tokenizer(str(path), _stamp(path))
 
 
 def tokenizer_facts(folder: str) -> TokenizerFacts:
@@ -190,13 +189,19 @@ def tokenizer_facts(folder: str) -> TokenizerFacts:
     if pad is None:
         raise DataError(f"tokenizer folder {folder}: the tokenizer has no pad token; set one "
                         "(tokenizer.pad_token = tokenizer.eos_token) and save it again")
-    return TokenizerFacts(str(_tokenizer_dir(folder)), int(len(tokenizer)), int(pad), _tokenizer_digest(folder))
+    path = _tokenizer_dir(folder)
+    return TokenizerFacts(str(path), int(len(tokenizer)), int(pad), _tokenizer_digest(str(path), _stamp(path)))
+
+
+def _stamp(path: Path) -> tuple:
+    """Names, sizes and mtimes of a folder's files: a loaded tokenizer is reused while they stay the same."""
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()))
 
 
 @functools.lru_cache(maxsize=8)
-def _tokenizer_digest(folder: str) -> str:
+def _tokenizer_digest(folder: str, stamp: tuple) -> str:
     """sha256 of the tokenizer's own files in ``folder`` (not the model weights that may share it)."""
-    path = _tokenizer_dir(folder)
+    path = Path(folder)
     digest = hashlib.sha256()
     for f in sorted(p for p in path.iterdir() if p.is_file() and p.suffix not in WEIGHT_SUFFIXES):
         digest.update(f"{f.name}:".encode())

@@ -135,3 +135,14 @@ def test_waveforms_need_audio(tmp_path):
     with pytest.raises(ConfigError, match=r"^spec.yaml: dataset.inputs.audio: kind waveform reads audio, but corpus "
                                           r"'meld' \(dataset.corpora\[0\]\) is loaded with metadata_only: true"):
         build_spec(raw, "spec.yaml")
+
+
+def test_waveforms_need_a_local_cache(manifest_corpus):
+    raw = spec_with({"corpora": ravdess(manifest_corpus), "extractor": None,
+                     "inputs": {"audio": {"kind": "waveform"}}}, storage="s3://bucket/runs")
+    with pytest.raises(ConfigError, match=r"^spec.yaml: dataset.cache: waveform input 'audio' is memory-mapped from a "
+                                          r"local cache folder, but the cache is s3://bucket/runs/features "
+                                          r"\(storage.path/features: dataset.cache is not set\); set dataset.cache"):
+        build_spec(raw, "spec.yaml")
+    raw["dataset"]["cache"] = "/tmp/fairray-cache"
+    assert build_spec(raw, "spec.yaml").dataset.cache == "/tmp/fairray-cache"

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -38,6 +42,12 @@ def kuberay() -> Path:
             pytest.fail(f"FAIRRAY_REQUIRE_CORPORA=1 but no KubeRay CRDs at {root} (set FAIRRAY_KUBERAY)")
         pytest.skip(f"KubeRay CRD schemas not found at {root}; set FAIRRAY_KUBERAY to run this test")
     return root
+
+
+#: Credentials in the environment of the head, the driver and every trial: none may reach a store or a log.
+SECRETS = {"AWS_SECRET_ACCESS_KEY": "fairray-test-secret-XYZ", "MLFLOW_TRACKING_PASSWORD": "fairray-test-pw-QRS"}
+#: ... and the names a test greps for (the Ray token too).
+SECRET_NAMES = (*SECRETS, "RAY_AUTH_TOKEN")
 
 
 def free_port() -> int:
@@ -80,3 +90,45 @@ def stop(proc: subprocess.Popen, timeout_s: float = 40) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     if proc.poll() is None:
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A one-node Ray cluster on loopback with token authentication, its dashboard and job API on 127.0.0.1:
+    (job API URL, a job client, the environment a client on this machine needs: token and the test's secrets)."""
+    temp = Path(tempfile.mkdtemp(prefix="fr-ray-", dir="/tmp"))  # Ray's socket paths must stay short
+    bin_dir = str(Path(sys.executable).parent)
+    token = secrets.token_hex(16)
+    env = {**os.environ, **SECRETS, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    ports = {flag: free_port() for flag in ("--port", "--dashboard-port", "--ray-client-server-port",
+                                            "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                            "--runtime-env-agent-port", "--metrics-export-port",
+                                            "--node-manager-port", "--object-manager-port")}
+    log = open(temp / "head.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(Path(bin_dir) / "ray"), "start", "--head", "--block", "--num-cpus", "2",
+                             "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+                             "--include-dashboard", "true", "--temp-dir", str(temp),
+                             *[str(x) for kv in ports.items() for x in kv]],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{ports['--dashboard-port']}"
+    client_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, **SECRETS}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in client_env.items():
+                mp.setenv(k, v)
+            from ray.job_submission import JobSubmissionClient
+
+            def ready() -> bool:
+                try:
+                    JobSubmissionClient(url)
+                    return True
+                except (ConnectionError, RuntimeError):
+                    return False
+
+            wait_until(ready, proc, f"ray head (log {temp / 'head.log'})", timeout_s=120)
+            yield url, JobSubmissionClient(url), client_env
+    finally:
+        stop(proc)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)

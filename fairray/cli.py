@@ -104,6 +104,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(outcome.tracking_uri, outcome.experiment, outcome.sweep_run_id)
     if sweep.trials:
         print(_format_fronts(sweep, fronts(sweep), "table", show_all=False))
+    from fairray.dashboard import annotate_sweep
+
+    # the runs' descriptions in MLflow's UI: the front's summary on the sweep's run, each trial's place on it
+    annotate_sweep(outcome.tracking_uri, outcome.experiment, outcome.sweep_run_id, ablation=args.ablation)
     more = f" --ablation {args.ablation}" if args.ablation else ""
     if outcome.interrupted:
         print(f"interrupted: continue with `fairray sweep {args.spec}{more} --resume`", file=sys.stderr)
@@ -214,12 +218,6 @@ def _noise_text(entry: dict | None, objectives) -> str:
             mark = " ~" if iv.defined and within_noise(iv) else ""
             parts.append(f"Δ{MetricKey.parse(key).metric} {iv.estimate:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]{mark}")
     return f"95% CI {ci}" + (f"   vs {entry['next']}: " + "; ".join(parts) if parts else "")
-
-
-def _noise_extra(noise: dict, front: str, trial_id: str) -> dict[str, str]:
-    """Hover text of a plotted point: its CIs and the within-noise comparison (``--noise``)."""
-    entry = noise.get(front, {}).get(trial_id)
-    return {"bootstrap": _noise_text(entry, list(entry["ci"]))} if entry else {}
 
 
 def _noise_json(entry: dict | None) -> dict:
@@ -469,18 +467,9 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         budgets = {f.title: gap_budget(f, args.tau) for f in result}
     print(_format_fronts(sweep, result, args.format, args.all, noise, budgets))
     if args.plot:
-        from fairray.frontier.plot import FrontPanel, FrontPoint, write_frontier_html
+        from fairray.frontier.plot import front_panel, write_frontier_html
 
-        panels = [FrontPanel(
-            title=f.title, objectives=f.objectives, directions=tuple(d.value for d in f.directions),
-            points=tuple(FrontPoint(trial=t.trial_id, values=tuple(map(float, v)), on_front=bool(on),
-                                    params=t.params, extra={"run_id": t.run_id, **_noise_extra(noise, f.title,
-                                                                                               t.trial_id),
-                                                            **({} if f.dto is None or d != d else {"dto": d})})
-                         for t, on, v, d in zip(f.trials, f.on_front, f.values,
-                                                f.dto if f.dto is not None else [None] * len(f.trials),
-                                                strict=True)),
-            hypervolume=f.hypervolume, reference=f.reference) for f in result]
+        panels = [front_panel(f, noise.get(f.title)) for f in result]
         write_frontier_html(args.plot, panels, title=f"fairray — Pareto fronts of {experiment}",
                             subtitle=f"split {args.split}; MLflow run {sweep.run_id}; by {args.by or 'all'}")
         print(f"wrote {args.plot}", file=sys.stderr)
@@ -561,7 +550,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or _tracking_default()
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)", file=sys.stderr)
+    print(f"MLflow UI for {uri} (Ctrl-C to stop): open {page}", file=sys.stderr)
     os.execv(sys.executable, cmd)
     return 0  # pragma: no cover
 
@@ -596,12 +585,63 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     for name in CORPORA:
         cls = CORPORA.get(name)
         verified = " [verified on real data]" if cls.verified_on_real_data else ""
+    base = f"http://{args.host}:{args.port}"
+    page = f"{base}/#/experiments?workflowType=machine_learning"
+    if args.sweep:  # open the sweep's runs table, in MLflow's model-training workflow (not its GenAI overview)
+        from fairray.tracking import SHARED_VIEW_PREFIX, client, find_sweep_run, ui_url
+
+        experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+        parent = find_sweep_run(uri, experiment)
+        key = f"fairray-{parent.info.run_id[:12]}"
+        tags = client(uri).get_experiment(parent.info.experiment_id).tags
+        page = ui_url(base, parent.info.experiment_id, view=key if SHARED_VIEW_PREFIX + key in tags else None)
         print(f"\n{name} ({', '.join(cls.languages)}){verified}")
         if args.layouts:
             print(textwrap.indent(cls.layout(), "    "))
     if not args.layouts:
         print("\n(--layouts shows each corpus's expected directory layout)")
     return 0
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from fairray.dashboard import DashboardApp, SweepUnavailable, build_page, collect, make_server
+    from fairray.errors import TrackingError
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server: one line, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    uri = args.tracking_uri or _tracking_default()
+    try:
+        experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+        compare = _resolve_sweep_target(args.compare, args.compare_tracking_uri or args.tracking_uri) \
+            if args.compare else None
+        options = {"run_id": args.run_id, "ablation": args.ablation, "n_boot": args.n_boot,
+                   "compare": (compare[1], compare[0]) if compare else None, "mlflow_ui": args.mlflow_ui}
+        if args.out:
+            from fairray._atomic import atomic_write_text
+
+            atomic_write_text(args.out, build_page(collect(uri, experiment, **options)))
+            print(f"wrote {args.out}", file=sys.stderr)
+            return 0
+        app = DashboardApp(uri, experiment, **options)
+        app.page()  # bad input fails here, before the server starts
+        server = make_server(app, args.host, args.port)
+    except TrackingError as exc:  # bad input for this command: exit 2
+        raise SweepUnavailable(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
+    except Exception as exc:  # MLflow's own errors for a store it cannot read
+        if type(exc).__module__.startswith("mlflow"):
+            raise SweepUnavailable(f"cannot read the MLflow store {uri} ({type(exc).__name__}); is it running and "
+                                   "is --tracking-uri right?") from None
+        raise
+    host, port = server.server_address[:2]
+    print(f"fairray dashboard of {experiment!r} on http://{host}:{port}/ (read-only; rebuilt when the sweep "
+          "changes; Ctrl-C to stop)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0  # pragma: no cover
+
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
@@ -889,4 +929,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
+    p = add("dashboard", cmd_dashboard, "the fairness explorer of a sweep: fronts per language and gender with "
+            "intervals, trial details, ablations", """\
+        Fronts of the sweep's objectives overall, per language and per gender side by side, each
+        Pareto-optimal trial with its 95% speaker-bootstrap whiskers (from its logged predictions) and ~
+        where its gap ties the next one within noise; hovering a trial rings it in every panel, clicking
+        it shows its hyperparameters, its metrics per gender x language, its curves over epochs, its
+        MLflow run and its `fairray export` line; parallel coordinates of the searched hyperparameters;
+        the tables of the ablations the spec declares. Served read-only on 127.0.0.1 and rebuilt while
+        the sweep runs, or written as one self-contained HTML file (--out) that needs no network.
+
+        examples:
+          fairray dashboard minmaxgap                      # http://127.0.0.1:8050/
+          fairray dashboard minmaxgap --out minmaxgap.html
+          fairray dashboard minmaxgap --compare erm        # another sweep's front on the same axes
+        """)
+    _add_sweep_target(p)
+    p.add_argument("--out", metavar="FILE.html", help="write the page as one self-contained file instead of serving")
+    p.add_argument("--compare", metavar="OTHER", help="another sweep (experiment or spec file) drawn on the same axes")
+    p.add_argument("--compare-tracking-uri", help="MLflow store of --compare (default: the sweep's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8050, help="port (default 8050; 0 picks a free one)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates of the whiskers (0: none)")
+    p.add_argument("--mlflow-ui", metavar="URL", help="base URL of the MLflow UI for run links (default: the "
+                                                       "tracking server, or http://127.0.0.1:5000 of `fairray ui`)")
+
     sys.exit(main())
+    p.add_argument("sweep", nargs="?", help="a sweep (experiment or spec file): print the link to its runs table")

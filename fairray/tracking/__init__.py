@@ -1,6 +1,10 @@
 """Tracking: MLflow parent/child runs for sweeps and trials."""
 
 from fairray.tracking._mlflow import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    NOTE_TAG,
+    SHARED_VIEW_PREFIX,
     TAG_ABLATION,
     TAG_OBJECTIVES,
     TAG_SWEEP,
@@ -17,11 +21,19 @@ from fairray.tracking._mlflow import (
     is_remote,
     local_path,
     log_metrics,
+    publish_runs_view,
+    runs_view,
+    set_descriptions,
     start_sweep_run,
     trial_runs,
+    ui_url,
 )
 
 __all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
+    "NOTE_TAG",
+    "SHARED_VIEW_PREFIX",
     "TAG_ABLATION",
     "TAG_OBJECTIVES",
     "TAG_SWEEP",
@@ -38,6 +50,10 @@ __all__ = [
     "is_remote",
     "local_path",
     "log_metrics",
+    "publish_runs_view",
+    "runs_view",
+    "set_descriptions",
     "start_sweep_run",
     "trial_runs",
+    "ui_url",
 ]

@@ -29,6 +29,17 @@ TAG_STORAGE = "fairray.storage"
 TAG_SEARCHED = "fairray.searched_params"
 TAG_ABLATION = "fairray.ablation"  # set on the parent run of `fairray sweep SPEC --ablation NAME`
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
+#: The experiment tag MLflow's UI reads for an experiment's type; ``custom_model_development`` is a
+#: model-training experiment (runs table), ``genai_development`` a GenAI one (traces overview).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: MLflow 3.17's UI picks GenAI or model-training pages from its global workflow switch (stored in the
+#: browser, GenAI by default); this URL parameter selects model training for the page it opens.
+WORKFLOW_QUERY = "workflowType=machine_learning"
+#: An experiment tag ``mlflow.sharedViewState.<key>`` holds a runs-table view (columns, sort, expanded
+#: rows) that the URL parameter ``viewStateShareKey=<key>`` opens, as MLflow's own "Share" button does.
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
@@ -61,12 +72,15 @@ def ensure_experiment(uri: str, name: str, storage_path: str) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older fairray, or by hand
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     artifact_location = None
     if not is_remote(storage_path) and not uri.startswith(("http://", "https://", "databricks")):
         artifact_location = (local_path(storage_path) / "mlartifacts" / name).as_uri()
     try:
-        return c.create_experiment(name, artifact_location=artifact_location)
+        return c.create_experiment(name, artifact_location=artifact_location,
+                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another process
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -134,8 +148,46 @@ def start_sweep_run(uri: str, experiment_id: str, sweep: str, storage: str, raw_
         p = Path(d) / "spec.yaml"
         p.write_text(yaml.safe_dump(dict(raw_spec), sort_keys=False))
         c.log_artifact(run.info.run_id, str(p))
-    c.set_tag(run.info.run_id, "mlflow.note.content", f"fairray sweep `{sweep}`; trials are the nested runs.")
+    note = (f"fairray sweep `{sweep}` ({kind}), running: its trials are the nested runs; the front's summary "
+            f"is written here when it ends. Explore it: `fairray dashboard {sweep} --tracking-uri {uri} "
+            f"--run-id {run.info.run_id}`")
+    c.set_tag(run.info.run_id, NOTE_TAG, note)
     return SweepRun(uri, experiment_id, run.info.run_id)
+
+
+def runs_view(objectives: Iterable[str], params: Iterable[str], parent_run_id: str) -> dict[str, Any]:
+    """A runs-table view of a sweep: its objectives and searched parameters as columns, sorted by the first
+    objective, the sweep's run expanded to show its trials (the JSON of MLflow's shared view state)."""
+    objectives = list(objectives)
+    columns = [f"metrics.`{m}`" for m in objectives] + [f"params.`{p}`" for p in params]
+    view: dict[str, Any] = {"selectedColumns": ["attributes.`Run Name`", *columns],
+                            "runsExpanded": {parent_run_id: True}}
+    if objectives:
+        view.update(orderByKey=f"metrics.`{objectives[0]}`", orderByAsc=False)
+    return view
+
+
+def publish_runs_view(uri: str, experiment_id: str, sweep_run_id: str, objectives: Iterable[str],
+                      params: Iterable[str]) -> str:
+    """Store :func:`runs_view` on the experiment; returns the share key for :func:`ui_url`."""
+    key = f"fairray-{sweep_run_id[:12]}"
+    client(uri).set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + key,
+                                   json.dumps(runs_view(objectives, params, sweep_run_id)))
+    return key
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None, view: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs table (or of one run), in the model-training workflow."""
+    path = f"{base.rstrip('/')}/#/experiments/{experiment_id}"
+    query = WORKFLOW_QUERY + (f"&viewStateShareKey={view}" if view else "")
+    return f"{path}/runs/{run_id}?{query}" if run_id else f"{path}/runs?{query}"
+
+
+def set_descriptions(uri: str, notes: Mapping[str, str]) -> None:
+    """Write each run's description (``{run_id: markdown}``), shown on its page of the MLflow UI."""
+    c = client(uri)
+    for run_id, text in notes.items():
+        c.set_tag(run_id, NOTE_TAG, text[:5000])
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
@@ -177,7 +229,10 @@ class TrialRun:
             c.update_run(run_id, status="RUNNING")
             c.set_tag(run_id, "fairray.resumed", "true")
             return cls(uri, run_id, resumed=True)
-        all_tags = {TAG_TRIAL: trial_id, **tags}
+        method = tags.get(TAG_METHOD, "")
+        note = (f"fairray trial `{trial_id}`" + (f", method `{method}`" if method else "") +
+                ("; its place on the sweep's fronts is written here when the sweep ends." if parent_run_id else "."))
+        all_tags = {TAG_TRIAL: trial_id, NOTE_TAG: note, **tags}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run = c.create_run(experiment_id, tags=all_tags, run_name=trial_id)

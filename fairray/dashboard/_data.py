@@ -1,0 +1,286 @@
+"""Everything the explorer page shows, read from the MLflow store (never written to it).
+
+:func:`collect` reads a sweep with :func:`fairray.frontier.query.load_sweep`, computes its fronts with
+:func:`~fairray.frontier.query.fronts` (overall, per stratum value and per attribute group), their
+speaker-bootstrap intervals with :func:`~fairray.frontier.query.neighbour_noise` (from the trials' logged
+predictions), each trial's per-group metrics and its metric histories, and the tables of the ablations
+the spec declares (:mod:`fairray.report`). A :class:`Cache` carries what cannot change between two
+refreshes of a running sweep: the history of a finished run, the intervals of an unchanged front, the
+table of an unchanged ablation.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fairray.errors import FairrayError, TrackingError
+from fairray.frontier.plot import FrontPanel, front_panel
+from fairray.frontier.query import Front, Sweep, fronts, load_sweep, neighbour_noise
+from fairray.metrics import METRICS, MetricKey
+
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+"""Where ``fairray ui`` serves the MLflow UI of a local store: the base of the run links."""
+CURVE_PREFIXES = ("method/",)
+CURVE_KEYS = ("train/loss", "dev/loss")
+"""Metric histories shown per trial besides its objectives: the method's own logs (``method/...``, e.g.
+``method/lambda``) and the losses."""
+
+
+class SweepUnavailable(TrackingError):
+    """The dashboard cannot show the sweep asked for (unknown, no finished trial, store unreachable): bad input."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class TrialDetail:
+    """One trial's side panel: settings, per-group metrics as heat tables, curves, links."""
+
+    trial_id: str
+    run_id: str
+    method: str
+    params: dict[str, str]
+    url: str
+    export: str
+    heat: dict[str, dict]
+    curves: dict[str, tuple[list[int], list[float]]]
+
+
+@dataclass(frozen=True)
+class AblationTable:
+    """A declared ablation: its report table (markdown from ``fairray report``'s code) or why there is none."""
+
+    name: str
+    markdown: str | None
+    note: str
+
+
+@dataclass(frozen=True)
+class DashboardData:
+    sweep: Sweep
+    experiment_id: str
+    status: str
+    fronts: tuple[Front, ...]
+    panels: tuple[FrontPanel, ...]
+    details: dict[str, TrialDetail]
+    ablations: tuple[AblationTable, ...]
+    mlflow_ui: str
+    command: str
+    compare: dict[str, FrontPanel] = field(default_factory=dict)
+    compare_label: str = ""
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class Cache:
+    """What a refresh may reuse: histories of finished runs, intervals of unchanged fronts, ablation tables."""
+
+    curves: dict[str, dict[str, tuple[list[int], list[float]]]] = field(default_factory=dict)
+    noise: dict[tuple, dict] = field(default_factory=dict)
+    ablations: dict[tuple, AblationTable] = field(default_factory=dict)
+
+
+def _client(uri: str):
+    from fairray.tracking import client
+
+    return client(uri)
+
+
+def sweep_fronts(sweep: Sweep, stratum: str | None) -> list[Front]:
+    """The overall front, one per stratum value (language) and one per attribute group (gender)."""
+    out = list(fronts(sweep))
+    for column in [c for c in (stratum, sweep.attribute) if c]:
+        try:
+            out += fronts(sweep, by=[column])
+        except TrackingError:  # no metric is split by that column (e.g. a dataset without strata)
+            continue
+    return out
+
+
+def _noise(sweep: Sweep, front: Front, n_boot: int, cache: Cache) -> dict:
+    on = tuple(t.run_id for t, o in zip(front.trials, front.on_front, strict=True) if o)
+    key = (sweep.run_id, front.title, front.objectives, on, n_boot)
+    if key not in cache.noise:
+        cache.noise[key] = neighbour_noise(sweep, front, n_boot=n_boot)
+    return cache.noise[key]
+
+
+def _panels(sweep: Sweep, fronts_: Sequence[Front], n_boot: int, cache: Cache, notes: list[str]) -> list[FrontPanel]:
+    panels = []
+    for front in fronts_:
+        noise = None
+        if n_boot > 0:
+            try:
+                noise = _noise(sweep, front, n_boot, cache)
+            except TrackingError as exc:  # predictions not logged: the front without whiskers
+                message = f"no intervals for {sweep.experiment!r}: {exc}"
+                if message not in notes:
+                    notes.append(message)
+        panels.append(front_panel(front, noise))
+    return panels
+
+
+def heat_tables(metrics: Mapping[str, float], attribute: str, stratum: str | None, groups: Sequence[str],
+                strata: Sequence[str], splits: Sequence[str] = ("dev", "test")) -> dict[str, dict]:
+    """Every logged metric of a trial per group x stratum: ``utility`` (rows ``split/metric``, columns
+    ``group · stratum`` cells, then each group, each stratum and all) and ``gap`` (columns: each stratum,
+    worst and mean over strata, pooled). Each is ``{"x": columns, "y": rows, "z": values, "keys": keys}``."""
+    cells = [(g, s) for s in strata for g in groups] if stratum else []
+    columns: list[tuple[str, str | None, str | None]] = [(f"{g} · {s}", g, s) for g, s in cells]
+    columns += [(f"{g} · all", g, None) for g in groups] + [(f"all · {s}", None, s) for s in strata]
+    columns.append(("all", None, None))
+    gap_columns: list[tuple[str, str | None]] = [(s, s) for s in strata]
+    gap_columns += [("worst", "worst"), ("mean", "mean")] if stratum else []
+    gap_columns.append(("pooled", None))
+    out = {}
+    for kind, cols in (("utility", columns), ("gap", gap_columns)):
+        rows, z, keys = [], [], []
+        for split in splits:
+            for name, spec in METRICS.items():
+                if spec.kind != kind:
+                    continue
+                row_keys = []
+                for col in cols:
+                    if kind == "utility":
+                        _, g, s = col
+                        key = MetricKey(split, name, attribute if g else None, g, stratum if s else None, s)
+                    else:
+                        _, s = col
+                        key = MetricKey(split, name, attribute, None, stratum if s else None, s)
+                    row_keys.append(key.format())
+                values = [metrics.get(k) for k in row_keys]
+                if all(v is None for v in values):
+                    continue
+                rows.append(f"{split}/{name}")
+                z.append([None if v is None or not math.isfinite(v) else float(v) for v in values])
+                keys.append(row_keys)
+        out[kind] = {"x": [c[0] for c in cols], "y": rows, "z": z, "keys": keys}
+    return out
+
+
+def _curves(uri: str, run_id: str, keys: Sequence[str], finished: bool, cache: Cache
+            ) -> dict[str, tuple[list[int], list[float]]]:
+    if finished and run_id in cache.curves:
+        return cache.curves[run_id]
+    c = _client(uri)
+    out = {}
+    for key in keys:
+        history = sorted(c.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        if history:
+            out[key] = ([int(m.step) for m in history], [float(m.value) for m in history])
+    if finished:
+        cache.curves[run_id] = out
+    return out
+
+
+def _run_url(base: str, experiment_id: str, run_id: str) -> str:
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _target_args(sweep: Sweep, ablation: str | None) -> str:
+    more = f" --ablation {shlex.quote(ablation)}" if ablation else ""
+    return (f"{shlex.quote(sweep.experiment)} --tracking-uri {shlex.quote(sweep.tracking_uri)} "
+            f"--run-id {sweep.run_id}{more}")
+
+
+def _spec_ablations(sweep: Sweep) -> list[str]:
+    """Names under ``ablations:`` in the spec the sweep logged as its ``spec.yaml`` artifact."""
+    import mlflow
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="fairray-spec-") as d:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=sweep.run_id, artifact_path="spec.yaml", dst_path=d,
+                                                       tracking_uri=sweep.tracking_uri)
+        except Exception:  # a sweep logged before spec.yaml was: no declared ablation to show
+            return []
+        spec = yaml.safe_load(Path(path).read_text()) or {}
+    return list((spec.get("ablations") or {}).keys())
+
+
+def _ablation(sweep: Sweep, name: str, n_boot: int, cache: Cache) -> AblationTable:
+    from fairray.report import idi_rows, render_markdown
+
+    run = f"`fairray sweep SPEC --ablation {name}`"
+    try:
+        ablated = load_sweep(sweep.tracking_uri, sweep.experiment, ablation=name)
+    except TrackingError:
+        return AblationTable(name, None, f"declared in the spec, not run yet: {run}")
+    if not ablated.trials:
+        return AblationTable(name, None, f"run {ablated.run_id} has no finished trial yet ({ablated.n_failed} "
+                                         "failed or running)")
+    key = (ablated.run_id, tuple(t.run_id for t in ablated.trials), n_boot)
+    if key not in cache.ablations:
+        try:
+            rows, cells = idi_rows(ablated, split="test", n_boot=n_boot)
+        except FairrayError as exc:
+            return AblationTable(name, None, f"run {ablated.run_id}: {exc}")
+        title = f"{sweep.experiment} / {name}: test metrics, mean over seeds [95% speaker-bootstrap CI]"
+        note = (f"MLflow run {ablated.run_id}; {len(ablated.trials)} finished trials in {len(cells)} cells; "
+                f"as `fairray report SPEC --ablation {name}`")
+        cache.ablations[key] = AblationTable(name, render_markdown(rows, title=title), note)
+    return cache.ablations[key]
+
+
+def collect(tracking_uri: str, experiment: str, *, run_id: str | None = None, ablation: str | None = None,
+            compare: tuple[str, str] | None = None, n_boot: int = 200, mlflow_ui: str | None = None,
+            cache: Cache | None = None) -> DashboardData:
+    """Read the sweep (latest search run of ``experiment``, or ``run_id`` / ``ablation``) and everything the
+    page shows; ``compare`` is ``(tracking_uri, experiment)`` of another sweep drawn on the same axes.
+
+    Raises
+    ------
+    TrackingError
+        No such experiment or sweep, no finished trial, or a store that cannot be read.
+    """
+    cache = cache if cache is not None else Cache()
+    sweep = load_sweep(tracking_uri, experiment, run_id, ablation)
+    parent = _client(tracking_uri).get_run(sweep.run_id)
+    stratum = sweep.base_params.get("dataset.stratum", "language")
+    stratum = None if stratum in ("", "None", "null") else stratum
+    fronts_ = sweep_fronts(sweep, stratum)
+    notes: list[str] = []
+    panels = _panels(sweep, fronts_, n_boot, cache, notes)
+    compare_panels: dict[str, FrontPanel] = {}
+    compare_label = ""
+    if compare is not None:
+        other = load_sweep(compare[0], compare[1])
+        compare_label = f"{other.experiment} ({other.run_id[:8]})"
+        objectives = sweep.objectives
+        other_fronts = list(fronts(other, objectives=objectives))
+        for column in [c for c in (stratum, sweep.attribute) if c]:
+            try:
+                other_fronts += fronts(other, by=[column], objectives=objectives)
+            except TrackingError:
+                continue
+        compare_panels = {p.title: p for p in _panels(other, other_fronts, n_boot, cache, notes)}
+        missing = [p.title for p in panels if p.title not in compare_panels]
+        if missing:
+            notes.append(f"{compare_label} has no trial metrics for {', '.join(missing)}")
+    base = mlflow_ui or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else DEFAULT_MLFLOW_UI)
+    strata = sorted(f.restriction[stratum] for f in fronts_ if stratum and stratum in f.restriction)
+    groups = sorted(f.restriction[sweep.attribute] for f in fronts_ if sweep.attribute in f.restriction)
+    overall = fronts_[0]
+    pareto = {t.trial_id for t, on in zip(overall.trials, overall.on_front, strict=True) if on}
+    objectives = [k for k, _ in sweep.objectives]
+    export = f"fairray export {_target_args(sweep, ablation)} --out pareto/"
+    method = sweep.base_params.get("method.name", parent.data.tags.get("fairray.method", ""))
+    details = {}
+    for trial in sweep.trials:
+        keys = objectives + [k for k in sorted(trial.metrics) if k.startswith(CURVE_PREFIXES) or k in CURVE_KEYS]
+        where = (f"{export}   # writes pareto/{trial.trial_id}" if trial.trial_id in pareto else
+                 f"# not Pareto-optimal on the overall front; {export} writes the front's trials only")
+        details[trial.trial_id] = TrialDetail(
+            trial.trial_id, trial.run_id, trial.params.get("method.name", method), dict(trial.params),
+            _run_url(base, parent.info.experiment_id, trial.run_id), where,
+            heat_tables(trial.metrics, sweep.attribute, stratum, groups, strata),
+            _curves(tracking_uri, trial.run_id, keys, True, cache))
+    ablations = () if ablation else tuple(_ablation(sweep, n, n_boot, cache) for n in _spec_ablations(sweep))
+    command = f"fairray dashboard {_target_args(sweep, ablation)}"
+    return DashboardData(sweep, parent.info.experiment_id, parent.info.status, tuple(fronts_), tuple(panels),
+                         details, ablations, base, command, compare_panels, compare_label, tuple(notes))

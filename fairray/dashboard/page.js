@@ -1,0 +1,136 @@
+// fairray dashboard: links the panels, fills the trial detail. Reads the JSON in #fairray-data; no network
+// request except, when served, GET /state on the same origin to notice a changed sweep.
+(function () {
+  "use strict";
+  var DATA = JSON.parse(document.getElementById("fairray-data").textContent);
+  var fronts = document.getElementById("fronts");
+  var picker = document.getElementById("trial-picker");
+  var selected = null;
+  // Red (bad) to green (good): utilities are good high, gaps good low.
+  var GOOD_HIGH = [[0, "#d73027"], [0.5, "#fee08b"], [1, "#1a9850"]];
+  var GOOD_LOW = [[0, "#1a9850"], [0.5, "#fee08b"], [1, "#d73027"]];
+
+  function tracesWith(role) {
+    var out = [];
+    (fronts.data || []).forEach(function (t, i) { if (t.meta && t.meta.role === role) out.push([t, i]); });
+    return out;
+  }
+
+  function locate(trial) {
+    var at = {};
+    (fronts.data || []).forEach(function (t) {
+      if (!t.meta || (t.meta.role !== "front" && t.meta.role !== "dominated")) return;
+      var k = Array.prototype.indexOf.call(t.customdata || [], trial);
+      if (k >= 0) at[t.meta.panel] = [t.x[k], t.y[k]];
+    });
+    return at;
+  }
+
+  // Ring the trial in every panel (hover) or the selected one (no hover).
+  function highlight(trial) {
+    var at = trial ? locate(trial) : {};
+    var idx = [], xs = [], ys = [], cd = [];
+    tracesWith("selected").forEach(function (pair) {
+      var p = at[pair[0].meta.panel];
+      idx.push(pair[1]); xs.push(p ? [p[0]] : []); ys.push(p ? [p[1]] : []); cd.push(p ? [trial] : []);
+    });
+    if (idx.length) Plotly.restyle(fronts, { x: xs, y: ys, customdata: cd }, idx);
+  }
+
+  function cell(row, text, tag) {
+    var c = document.createElement(tag || "td");
+    c.textContent = text;
+    row.appendChild(c);
+    return c;
+  }
+
+  function heat(divId, table, title, reverse) {
+    var div = document.getElementById(divId);
+    if (!table || !table.y.length) { Plotly.purge(div); div.textContent = "no " + title + " logged"; return; }
+    div.textContent = "";
+    Plotly.react(div, [{
+      type: "heatmap", x: table.x, y: table.y, z: table.z, zmin: 0, zmax: 1, colorscale: reverse ? GOOD_LOW : GOOD_HIGH, texttemplate: "%{z:.3f}", customdata: table.keys,
+      hovertemplate: "%{customdata} = %{z:.4f}<extra></extra>", colorbar: { thickness: 10 }
+    }], {
+      title: { text: title, font: { size: 13 } }, height: 24 * table.y.length + 130,
+      margin: { l: 150, r: 20, t: 40, b: 70 }, yaxis: { autorange: "reversed" }
+    }, { displaylogo: false, responsive: true });
+  }
+
+  function curves(trial) {
+    var div = document.getElementById("curves");
+    var keys = Object.keys(trial.curves);
+    if (!keys.length) { Plotly.purge(div); div.textContent = "no metric history logged"; return; }
+    div.textContent = "";
+    var cols = Math.min(3, keys.length), rows = Math.ceil(keys.length / cols);
+    var traces = [], notes = [];
+    keys.forEach(function (key, i) {
+      var c = trial.curves[key], axis = i === 0 ? "" : String(i + 1);
+      traces.push({ type: "scatter", mode: "lines+markers", x: c[0], y: c[1], name: key, xaxis: "x" + axis,
+                    yaxis: "y" + axis, hovertemplate: key + " epoch %{x}: %{y:.4f}<extra></extra>" });
+      notes.push({ text: key, showarrow: false, xref: "x" + axis + " domain", yref: "y" + axis + " domain",
+                   x: 0.5, y: 1.12, font: { size: 11 } });
+    });
+    Plotly.react(div, traces, {
+      grid: { rows: rows, columns: cols, pattern: "independent", ygap: 0.45 }, showlegend: false,
+      annotations: notes, height: 210 * rows + 40, margin: { l: 50, r: 20, t: 30, b: 30 }
+    }, { displaylogo: false, responsive: true });
+  }
+
+  function fill(id) {
+    var trial = DATA.trials[id];
+    document.getElementById("detail-empty").hidden = true;
+    document.getElementById("detail-body").hidden = false;
+    document.getElementById("detail-title").textContent = id + " (" + trial.method + ")";
+    var link = document.getElementById("detail-mlflow");
+    link.href = trial.url;
+    link.textContent = "run " + trial.run_id + " in the MLflow UI";
+    document.getElementById("detail-export").textContent = trial.export;
+    var params = document.getElementById("detail-params");
+    params.textContent = "";
+    Object.keys(trial.params).sort().forEach(function (k) {
+      var row = document.createElement("tr");
+      cell(row, k, "th"); cell(row, trial.params[k]);
+      params.appendChild(row);
+    });
+    var places = document.getElementById("detail-places");
+    places.textContent = "";
+    trial.places.forEach(function (p) {
+      var li = document.createElement("li"); li.textContent = p; places.appendChild(li);
+    });
+    heat("heat-utility", trial.heat.utility, "utilities per group (rows: split/metric)", false);
+    heat("heat-gap", trial.heat.gap, "gaps between groups, per stratum", true);
+    curves(trial);
+  }
+
+  function select(id) {
+    if (!id || !DATA.trials[id]) return;
+    selected = id;
+    highlight(id);
+    fill(id);
+    picker.value = id;
+    try { history.replaceState(null, "", "#trial=" + encodeURIComponent(id)); } catch (e) { /* file: URL */ }
+  }
+
+  Object.keys(DATA.trials).sort().forEach(function (id) {
+    var o = document.createElement("option");
+    o.value = id; o.textContent = id + (DATA.trials[id].pareto ? "  (Pareto-optimal)" : "");
+    picker.appendChild(o);
+  });
+  picker.addEventListener("change", function () { select(picker.value); });
+  fronts.on("plotly_hover", function (e) { var t = e.points[0].customdata; if (DATA.trials[t]) highlight(t); });
+  fronts.on("plotly_unhover", function () { highlight(selected); });
+  fronts.on("plotly_click", function (e) { select(e.points[0].customdata); });
+
+  var m = /#trial=([^&]+)/.exec(location.hash);
+  select(m ? decodeURIComponent(m[1]) : DATA.first);
+  document.body.setAttribute("data-ready", "1");
+
+  if (DATA.served) {
+    setInterval(function () {
+      fetch("state", { cache: "no-store" }).then(function (r) { return r.ok ? r.text() : null; }).then(function (s) {
+        if (s && s.trim() !== DATA.state) document.getElementById("stale").hidden = false;
+      }).catch(function () { /* server stopped: keep the page */ });
+    }, DATA.poll_ms);
+  }
+})();

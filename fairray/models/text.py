@@ -136,6 +136,35 @@ def lora_settings(params: Any) -> dict[str, Any]:
             "target_modules": params.target_modules}
 
 
+#: BERT config sizes of :func:`write_random_model`: ``tiny`` (16 wide, 2 blocks) and ``base`` (BERT-base:
+#: 768 wide, 12 blocks, the transformers defaults).
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
+             "max_position_embeddings": 64},
+    "base": {},
+}
+
+
+def write_random_model(folder: str | Path, size: str = "tiny", vocab_size: int = 30522, seed: int = 0,
+                       tokenizer: str | Path | None = None) -> Path:
+    """A randomly initialised BERT saved to ``folder`` (what ``model_path`` expects), for tests and
+    benchmarks; ``tokenizer``: a tokenizer folder whose files are copied beside the weights (its
+    vocabulary must fit ``vocab_size``)."""
+    import shutil
+
+    transformers = require("transformers", "write_random_model")
+    if size not in SIZES:
+        raise ConfigError(f"write_random_model: size must be one of {', '.join(SIZES)}, got {size!r}")
+    torch.manual_seed(seed)
+    folder = Path(folder)
+    transformers.BertModel(transformers.BertConfig(vocab_size=vocab_size, **SIZES[size])).save_pretrained(folder)
+    if tokenizer is not None:
+        for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            if (Path(tokenizer) / name).is_file():
+                shutil.copy(Path(tokenizer) / name, folder / name)
+    return folder
+
+
 @MODELS.register("text")
 class TextModel:
     accepts = ("tokens",)

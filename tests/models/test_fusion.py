@@ -17,6 +17,7 @@ from fairray.errors import ConfigError
 from fairray.inputs import Batch, InputSpec, Padded
 from fairray.methods import METHODS, DevEval, TrainContext
 from fairray.models import MODELS, Encoder, build_model, check_model
+from fairray.models.text import write_random_model
 from fairray.train.checkpoint import load_trainable_state, trainable_state
 from fairray.train.loop import param_groups
 
@@ -32,12 +33,7 @@ CTX = TrainContext(classes=("a", "b", "c"), class_counts=CLASS_GROUP.sum(axis=1)
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32)
-    transformers.BertModel(config).save_pretrained(folder)
-    return str(folder)
+    return str(write_random_model(tmp_path_factory.mktemp("tiny-bert"), "tiny", vocab_size=40))
 
 
 def _fusion(tiny_bert, mode="early", **text):

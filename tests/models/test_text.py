@@ -11,6 +11,7 @@ import torch
 from fairray.errors import ConfigError, DataError
 from fairray.inputs import InputSpec, Padded
 from fairray.models import MODELS, build_model, check_model
+from fairray.models.text import write_random_model
 from fairray.train.loop import param_groups
 
 transformers = pytest.importorskip("transformers")
@@ -33,12 +34,7 @@ def minilm():
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     """A randomly initialised 2-layer BERT (vocabulary 40) saved with save_pretrained."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32)
-    transformers.BertModel(config).save_pretrained(folder)
-    return str(folder)
+    return str(write_random_model(tmp_path_factory.mktemp("tiny-bert"), "tiny", vocab_size=40))
 
 
 def _ids(rows: list[list[int]], pad: int = 0) -> Padded:

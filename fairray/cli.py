@@ -117,6 +117,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if outcome.n_finished else 1
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from fairray.sweep.submit import follow, submit
+
+    job = submit(args.spec, args.address, args.set, working_dir=args.working_dir, num_samples=args.num_samples,
+                 ablation=args.ablation, resume=args.resume, quiet=args.quiet)
+    print(f"submitted job {job.job_id} to {job.address}: {job.entrypoint}  (working dir {job.working_dir})",
+          file=sys.stderr)
+    if not args.follow:
+        print(f"follow it: ray job logs {job.job_id} --address {job.address} --follow   |   "
+              f"stop it: ray job stop {job.job_id} --address {job.address}")
+        return 0
+    return follow(job)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -738,6 +752,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", metavar="NAME", help="run the grid declared under `ablations: NAME` in the spec "
                                                       "instead of the search (its own MLflow parent run)")
     p.add_argument("--quiet", action="store_true", help="no live progress table")
+
+    p = add("submit", cmd_submit, "run a sweep on a Ray cluster through its job API (logs followed, Ctrl-C stops it)",
+            """\
+        Validates the spec here, ships the working folder (which must hold the spec) as the job's working
+        dir and runs `fairray sweep SPEC --address auto` with the same options on the cluster's head. The
+        logs are followed until the job ends and its exit code is this command's; Ctrl-C stops the job (the
+        sweep stops as after a local Ctrl-C: continue it with --resume). Needs `pip install 'fairray[cluster]'`;
+        a token-authenticated cluster's token comes from RAY_AUTH_TOKEN / ~/.ray/auth_token (RAY_AUTH_MODE=token).
+
+        examples:
+          ray dashboard clusters/aws-gpu.yaml &        # the head's job API on http://127.0.0.1:8265
+          fairray submit search_spaces/minmaxgap.yaml --address http://127.0.0.1:8265 \\
+              --set resources.gpus_per_worker=1 --set tracking.uri=http://mlflow:5000 \\
+              --set storage.path=s3://bucket/fairray
+          fairray submit search_spaces/minmaxgap.yaml --address http://127.0.0.1:8265 --resume --no-follow
+        """)
+    _add_spec_args(p)
+    p.add_argument("--address", help="the cluster's job API (dashboard) address, e.g. http://127.0.0.1:8265 "
+                                     "(default: $RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--working-dir", help="folder shipped to the cluster as the job's working dir; it must hold "
+                                         "the spec (default: the current folder)")
+    p.add_argument("--num-samples", type=int, help="number of trials (overrides budget.num_samples)")
+    p.add_argument("--resume", action="store_true", help="continue the latest sweep of this spec")
+    p.add_argument("--ablation", metavar="NAME", help="run the grid declared under `ablations: NAME` in the spec")
+    p.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
+                   help="follow the job's logs until it ends (default); --no-follow returns once it is submitted")
+    p.add_argument("--quiet", action="store_true", help="no live progress table in the job's logs")
 
     p = add("train", cmd_train, "train one configuration in-process (no Tune): debugging and baselines", """\
         example: fairray train search_spaces/minmaxgap.yaml --set method.lambda_max=5 --set train.epochs=10

@@ -114,6 +114,20 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.uid)
 
+    def with_outputs(self, y_pred: np.ndarray, prob: np.ndarray | None) -> Predictions:
+        """The same rows, labels and options with new model outputs (what changes from one epoch to the next):
+        only ``y_pred`` and ``prob`` are checked, the rest was checked when ``self`` was made."""
+        y_pred = _targets(y_pred, "y_pred", self.task, len(self.classes))
+        prob = None if prob is None else _probabilities(prob, len(self.classes))
+        if len(y_pred) != len(self) or (prob is not None and len(prob) != len(self)):
+            raise DataError(f"Predictions: rows do not align: {len(self)} rows, y_pred {len(y_pred)}"
+                            + ("" if prob is None else f", prob {len(prob)}"))
+        new = object.__new__(Predictions)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in _CACHED})
+        object.__setattr__(new, "y_pred", y_pred)
+        object.__setattr__(new, "prob", prob)
+        return new
+
     # --- evaluation ----------------------------------------------------------------------------
 
     @cached_property
@@ -246,6 +260,10 @@ class Predictions:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+#: Values a :class:`Predictions` computes once from its outputs (dropped by :meth:`Predictions.with_outputs`).
+_CACHED = frozenset(n for n, v in vars(Predictions).items() if isinstance(v, cached_property))
 
 
 def _positions(column: pd.Series, values: Sequence[str]) -> np.ndarray:

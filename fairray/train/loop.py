@@ -188,12 +188,15 @@ class _Evaluator:
         self.idx = {s: data.indices(s) for s in ("dev", "test")}
         self.labels = {s: _batch(data, self.idx[s], stores={}).to(device) for s in ("dev", "test")}
         self.frames = {s: data.groups_frame(s) for s in ("dev", "test")}
-        self.rows = {}
+        self.template = {}  # per split, the rows' Predictions checked once; an epoch adds its outputs
         for s in ("dev", "test"):
             meta = data.meta.iloc[self.idx[s]]
             uid = meta["uid"].astype(str).to_numpy() if "uid" in meta.columns else self.idx[s].astype(str)
             y_true = multi_hot(data.soft[self.idx[s]]) if data.task == "multi" else data.y[self.idx[s]]
-            self.rows[s] = (uid, meta["speaker"].astype(str).to_numpy(), y_true)
+            self.template[s] = Predictions(
+                uid=uid, speaker=meta["speaker"].astype(str).to_numpy(), groups=self.frames[s], y_true=y_true,
+                y_pred=y_true, prob=None, classes=data.classes, attribute=data.attribute, stratum=data.stratum_name,
+                task=data.task, s_min=s_min)
 
     def logits(self, module: torch.nn.Module, rows: np.ndarray) -> torch.Tensor:
         """Inference logits of the training ``module`` (DDP-wrapped or not) on ``rows``, on the model's device."""
@@ -208,12 +211,7 @@ class _Evaluator:
         with torch.no_grad():
             loss = float(self.method.per_sample_loss(logits, self.labels[split]).mean())
         prob = torch.softmax(logits, dim=1).cpu().numpy()
-        uid, speaker, y_true = self.rows[split]
-        data = self.data
-        pred = Predictions(uid=uid, speaker=speaker, groups=self.frames[split], y_true=y_true,
-                           y_pred=decide(prob, data.task), prob=prob, classes=data.classes, attribute=data.attribute,
-                           stratum=data.stratum_name, task=data.task, s_min=self.s_min)
-        return logits, loss, pred
+        return logits, loss, self.template[split].with_outputs(decide(prob, self.data.task), prob)
 
 
 def input_specs_plain(specs: Mapping[str, InputSpec]) -> list[dict[str, Any]]:

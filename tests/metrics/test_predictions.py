@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -250,3 +251,18 @@ def test_missing_or_garbage_file(tmp_path) -> None:
     with pytest.raises(DataError, match="not a predictions .npz file") as err:
         Predictions.load(garbage)
     assert str(garbage) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("make", [_single, _multi])
+def test_with_outputs_is_a_fresh_predictions_of_those_outputs(make) -> None:
+    first, second = make(seed=3) if make is _single else make(), make(seed=4) if make is _single else make(seed=5)
+    first.full_report  # noqa: B018 - a cached report must not leak into the copy
+    swapped = first.with_outputs(second.y_pred, second.prob)
+    fresh = dataclasses.replace(first, y_pred=second.y_pred, prob=second.prob)
+    _assert_same(swapped, fresh)
+    assert swapped.report().flat("dev") == pytest.approx(fresh.report().flat("dev"), nan_ok=True)
+    assert first.report().flat("dev") != pytest.approx(swapped.report().flat("dev"), nan_ok=True)
+    with pytest.raises(DataError, match="rows do not align"):
+        first.with_outputs(second.y_pred[:-1], None)
+    with pytest.raises(DataError):
+        first.with_outputs(np.full_like(second.y_pred, 9), None)

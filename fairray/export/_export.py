@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from fairray._atomic import atomic_write_text
+from fairray.errors import DataError
 from fairray.frontier.query import Front, Sweep, TrialRecord
 from fairray.train.checkpoint import ADAPTERS_DIR
 
@@ -123,15 +124,28 @@ def _adapters(folder: Path) -> list[str]:
         if root.is_dir() else []
 
 
+def _trial_folder(out: Path, trial: TrialRecord) -> Path:
+    """The export folder of ``trial``: a plain folder name inside ``out``. A trial id is data from MLflow, not a
+    path: one that would place the export elsewhere (``..``, a separator, an absolute path) is refused."""
+    name = trial.trial_id
+    target = out / name
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute()
+            or target.resolve().parent != out.resolve()):
+        raise DataError(f"trial {name!r} (MLflow run {trial.run_id}): its id is not a plain folder name, so its "
+                        f"export would land outside {out}; nothing was exported")
+    return target
+
+
 def export_front(sweep: Sweep, front: Front, out_dir: str | Path, register: str | None = None) -> list[Exported]:
     """Write one folder per Pareto-optimal trial of ``front`` under ``out_dir``."""
     out = Path(out_dir)
+    folders = {t.trial_id: _trial_folder(out, t) for t, on in zip(front.trials, front.on_front, strict=True) if on}
     out.mkdir(parents=True, exist_ok=True)
     exported = []
     for trial, on_front, values in zip(front.trials, front.on_front, front.values, strict=True):
         if not on_front:
             continue
-        final = out / trial.trial_id
+        final = folders[trial.trial_id]
         staged = Path(tempfile.mkdtemp(prefix=f".{trial.trial_id}.", dir=out))
         try:
             with tempfile.TemporaryDirectory() as d:

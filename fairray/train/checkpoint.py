@@ -145,4 +145,4 @@ def write_adapters(module: nn.Module, d: str | Path) -> list[Path]:
 
 
 def read_trainer_state(d: str | Path) -> dict[str, Any]:
-    return torch.load(Path(d) / TRAINER_FILE, weights_only=False, map_location="cpu")
+    return torch.load(Path(d) / TRAINER_FILE, weights_only=True, map_location="cpu")

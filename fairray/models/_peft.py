@@ -51,10 +51,21 @@ ADAPTERS_DIR = "adapters"
 @contextmanager
 def _quiet_peft() -> Iterator[None]:
     """peft 0.21 calls transformers' deprecated ``is_gradient_checkpointing`` (a FutureWarning on every
-    wrap and load with transformers 5): third-party noise, not something a user can act on."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
+    wrap and load with transformers 5): third-party noise, not something a user can act on; likewise the
+    input-embeddings notice below."""
+    import transformers
+
+    logging = transformers.utils.logging
+    level = logging.get_verbosity()
+    # with gradient checkpointing, peft asks a speech model for input embeddings it does not have (a logged
+    # warning); the non-reentrant checkpointing fairray enables needs none
+    logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def _peft(who: str) -> Any:

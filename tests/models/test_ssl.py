@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 from fairray.data.audio import load_audio
 from fairray.errors import ConfigError, DataError
 from fairray.inputs import InputSpec, Padded
+from fairray.methods import METHODS, Batch, TrainContext
 from fairray.models import MODELS, build_model, check_model
 from fairray.models.ssl import SSLClassifier, write_random_model
 from fairray.train.checkpoint import load_state, load_trainable_state, save_state, trainable_state
@@ -229,3 +231,31 @@ def test_lora_adapters_reach_the_output_of_every_architecture(folders, clips):
         model({"audio": padded(clips)}).sum().backward()
         grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
         assert grads and all(g is not None and float(g.abs().sum()) > 0 for g in grads)
+
+
+# -- every method trains the ssl model (the conformance suite's core checks on this model) ---------------
+
+CLASS_GROUP = np.array([[3, 2], [2, 3], [1, 2], [2, 1]])
+CTX = TrainContext(classes=("a", "b", "c", "d"), class_counts=CLASS_GROUP.sum(axis=1), attr_values=("F", "M"),
+                   strata_values=("en",), n_train=16, group_values=("F", "M"), group_counts=CLASS_GROUP.sum(axis=0),
+                   class_group_counts=CLASS_GROUP, group_soft_counts=CLASS_GROUP.sum(axis=0).astype(float),
+                   n_rows=16, epochs=2)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_trains_the_lora_ssl_model_on_real_clips(folders, clips, name):
+    cls = METHODS.get(name)
+    torch.manual_seed(0)
+    method = cls(cls.Params(), CTX)
+    module = method.build_model(lambda n_out: make(folders["wav2vec2"], n_out, finetune="lora", hidden=8))
+    n = len(clips)
+    y, attr = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 1])
+    batch = Batch(y=y, attr=attr, stratum=torch.zeros(n, dtype=torch.long), index=torch.arange(n), group=attr,
+                  group_prob=torch.nn.functional.one_hot(attr, 2).float(), inputs={"audio": padded(clips)})
+    out = method.loss(module(batch.inputs), batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    lora = [p.grad for n_, p in module.named_parameters() if "lora_" in n_]
+    heads = [p.grad for n_, p in module.named_parameters() if ".head." in f".{n_}"]
+    assert lora and all(g is not None and torch.isfinite(g).all() for g in lora + heads)
+    assert any(float(g.abs().sum()) > 0 for g in heads)

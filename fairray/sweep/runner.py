@@ -40,6 +40,7 @@ from fairray.tracking import (
 from fairray.train import TrialTracking, TuneSession, run_trial, train_loop_per_worker
 
 TAG_RAY_PATH = "fairray.ray_path"
+TAG_OPTUNA_STUDY = "fairray.optuna_study"  # sqlite URL of the sweep's Optuna study (study name "fairray")
 
 
 @dataclass(frozen=True)
@@ -442,6 +443,9 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         n_duplicates = searcher_impl.n_duplicates if searcher_impl is not None else (0 if points is not None else None)
         if n_duplicates is not None:
             client(uri).set_tag(sweep.run_id, TAG_DUPLICATES, str(n_duplicates))
+        if searcher_impl is not None and not is_remote(root):  # the Optuna study, for optuna.load_study
+            study = searcher_impl.export(local_path(root) / "optuna" / f"{run_name}.db")
+            client(uri).set_tag(sweep.run_id, TAG_OPTUNA_STUDY, study)
         # a space that ran out of new configurations ends with fewer trials than num_samples
         interrupted = n_finished + n_pruned + n_errored < (len(results) if exhausted else n_trials)
         status = "KILLED" if interrupted else "FINISHED"

@@ -19,10 +19,13 @@ Lifecycle (Ray Tune, on the driver): :meth:`suggest` per new trial, :meth:`on_tr
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -86,14 +89,18 @@ class FairraySearcher(Searcher):
                  constraints: Sequence[Constraint] = (), pruned: Callable[[str], Any] | None = None) -> None:
         super().__init__(metric=None, mode=None)
         self.space = space
-        self.param_specs = dict(param_specs)
+        # plain dicts: the loader's read-only mappings do not pickle (Tune saves the searcher with the experiment)
+        self.param_specs = {k: dataclasses.replace(v, when=dict(v.when) if v.when else None)
+                            for k, v in param_specs.items()}
         self.metrics = tuple(m for m, _ in objectives)
         self.directions = tuple(Direction.parse(d) for _, d in objectives)
         self.constraints = tuple(constraints)
         self.pruned = pruned
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage = optuna.storages.InMemoryStorage()
         self.study = optuna.create_study(
-            directions=["maximize" if d is Direction.MAX else "minimize" for d in self.directions], sampler=sampler)
+            storage=self.storage, sampler=sampler,
+            directions=["maximize" if d is Direction.MAX else "minimize" for d in self.directions])
         self.configs: dict[str, _Config] = {}
         self.running: dict[str, tuple[optuna.Trial, str]] = {}  # Tune trial id -> (Optuna trial, config key)
         self.n_duplicates = 0
@@ -176,6 +183,18 @@ class FairraySearcher(Searcher):
             trial.set_constraint(key, violation)
         values = list(outcome.values) if outcome.state == TrialState.COMPLETE else None
         self.study.tell(trial, values, state=outcome.state)
+
+    def export(self, path: str | os.PathLike) -> str:
+        """Write the study (every sample, its state, values, user attributes and constraints) to a SQLite file
+        that ``optuna.load_study`` and optuna-dashboard read; replaces an earlier export. Returns its URL."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_name(f".{target.name}.tmp")
+        staged.unlink(missing_ok=True)
+        optuna.copy_study(from_study_name=self.study.study_name, from_storage=self.storage,
+                          to_storage=f"sqlite:///{staged}", to_study_name="fairray")
+        os.replace(staged, target)
+        return f"sqlite:///{target}"
 
     # ---------------------------------------------------------------- summary
     def counts(self) -> dict[str, int]:

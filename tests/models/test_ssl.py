@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
+from fairray.cli import main
 from fairray.data.audio import load_audio
 from fairray.errors import ConfigError, DataError
 from fairray.inputs import InputSpec, Padded
@@ -259,3 +261,29 @@ def test_every_method_trains_the_lora_ssl_model_on_real_clips(folders, clips, na
     heads = [p.grad for n_, p in module.named_parameters() if ".head." in f".{n_}"]
     assert lora and all(g is not None and torch.isfinite(g).all() for g in lora + heads)
     assert any(float(g.abs().sum()) > 0 for g in heads)
+
+
+@pytest.mark.parametrize(("model", "says"), [
+    ({"model_path": "MISSING"}, "model: model ssl: model folder {root}/nowhere does not exist; set model.model_path"),
+    ({"finetune": "lora", "target_modules": ["q_proj", "query"]}, "model: model ssl: target_modules ['query'] are "
+     "not modules of WavLMModel; its module names: "),
+])
+def test_a_bad_ssl_model_exits_2_in_one_line_and_writes_nothing(folders, tmp_path, capsys, model, says):
+    root = tmp_path / "talk"
+    root.mkdir()  # a manifest corpus whose audio is never read at load time
+    (root / "manifest.csv").write_text("path,speaker,gender,language,emotion\na.wav,talk_1,F,en,anger\n")
+    path = {"model_path": str(tmp_path / "nowhere")} if model.get("model_path") == "MISSING" else \
+        {"model_path": str(folders["wavlm"]), **model}
+    raw = {"name": "bad-ssl", "method": {"name": "erm"}, "model": {"name": "ssl", **path},
+           "dataset": {"name": "corpora", "corpora": [{"adapter": "manifest", "root": str(root)}], "extractor": None,
+                       "inputs": {"audio": {"kind": "waveform", "max_seconds": 1.0}}, "languages": ["en"],
+                       "emotions": ["anger", "neutral"]},
+           "storage": {"path": str(tmp_path / "runs")}}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(spec)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and out == "" and lines[0].startswith(f"fairray: error: {spec}: ")
+    assert says.format(root=tmp_path) in lines[0]
+    assert not (tmp_path / "runs").exists()

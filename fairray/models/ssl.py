@@ -51,7 +51,7 @@ from fairray.errors import ConfigError, DataError
 from fairray.inputs import SAMPLE_RATE, InputSpec, Padded
 from fairray.models._base import MODELS, select_input
 from fairray.models._peft import check_targets, set_finetune, unreached_adapters
-from fairray.models.mlp import mlp_layers
+from fairray.models.mlp import drop_classifier, head_embed, mlp_layers
 from fairray.models.sequence import masked_mean_std
 
 WHO = "model ssl"
@@ -147,7 +147,8 @@ def run_feature_encoder_per_clip(encoder: nn.Module, config: Any) -> None:
 # -- the module ---------------------------------------------------------------------------------------
 
 class SSLClassifier(nn.Module):
-    """Waveforms -> SSL encoder -> (weighted) hidden states -> pooled over valid frames -> head."""
+    """Waveforms -> SSL encoder -> (weighted) hidden states -> pooled over valid frames -> head. A fusion
+    encoder (:mod:`fairray.models.fusion`): ``embed`` is the head's last hidden layer."""
 
     def __init__(self, key: str, backbone: nn.Module, head: nn.Module, *, finetune: str, weighted: bool,
                  layer_norm: bool, pooling: str, do_normalize: bool, base: Mapping[str, str],
@@ -161,6 +162,7 @@ class SSLClassifier(nn.Module):
         #: Pre-softmax layer logits over hidden states 0..L; zeros = uniform (s3prl's Featurizer).
         self.layer_logits = nn.Parameter(torch.zeros(config.num_hidden_layers + 1)) if weighted else None
         self.head = head
+        self.embed_dim = head[-1].in_features
         self.min_samples = self._min_samples(config)
 
     @property
@@ -191,6 +193,17 @@ class SSLClassifier(nn.Module):
         return {"backbone": self.backbone_lr_scale}
 
     def forward(self, inputs) -> torch.Tensor:
+        return self.head(self.pool(inputs))
+
+    def embed(self, inputs) -> torch.Tensor:
+        """What the head's final linear layer reads (the fusion encoder protocol, :mod:`fairray.models.fusion`)."""
+        return head_embed(self.head, self.pool(inputs))
+
+    def drop_classifier(self) -> None:
+        drop_classifier(self.head)
+
+    def pool(self, inputs) -> torch.Tensor:
+        """The pooled (layer-weighted) backbone output of the waveform input: ``[B, D]`` or ``[B, 2D]``."""
         wav: Padded = inputs[self.key]
         x, mask = wav.values, wav.mask
         if x.shape[1] < self.min_samples:  # shorter than the receptive field: pad with silence
@@ -220,7 +233,7 @@ class SSLClassifier(nn.Module):
         frame_mask = torch.arange(hidden[0].shape[1], device=x.device)[None, :] < frames[:, None]
         h = self._combine(hidden)
         mean, std = masked_mean_std(h, frame_mask)
-        return self.head(mean if self.pooling == "mean" else torch.cat([mean, std], dim=-1))
+        return mean if self.pooling == "mean" else torch.cat([mean, std], dim=-1)
 
     def _combine(self, hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if self.layer_logits is None:

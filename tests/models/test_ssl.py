@@ -287,3 +287,14 @@ def test_a_bad_ssl_model_exits_2_in_one_line_and_writes_nothing(folders, tmp_pat
     assert len(lines) == 1 and out == "" and lines[0].startswith(f"fairray: error: {spec}: ")
     assert says.format(root=tmp_path) in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_ssl_model_is_a_fusion_encoder(folders, clips):
+    model = make(folders["wavlm"], hidden=8).eval()
+    batch = {"audio": padded(clips)}
+    with torch.no_grad():
+        logits, embedding = model(batch), model.embed(batch)
+        assert embedding.shape == (len(clips), model.embed_dim) == (len(clips), 8)
+        torch.testing.assert_close(model.head[-1](embedding), logits)
+        model.drop_classifier()
+        torch.testing.assert_close(model(batch), embedding)

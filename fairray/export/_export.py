@@ -136,6 +136,30 @@ def _trial_folder(out: Path, trial: TrialRecord) -> Path:
     return target
 
 
+def _base_models(folder: Path) -> dict[str, dict[str, str]]:
+    """The frozen base models the checkpoint was trained on (module path -> folder and content hash), from
+    the extra state in ``model.pt`` (memory-mapped: a fully fine-tuned backbone is not read into memory)."""
+    import torch
+
+    from fairray.train.checkpoint import EXTRA_STATE, MODEL_FILE
+
+    state = torch.load(folder / MODEL_FILE, mmap=True, weights_only=True, map_location="cpu")
+    return {key.removesuffix(EXTRA_STATE).rstrip(".") or "model": {"path": v["base_model_path"],
+                                                                     "digest": v["base_model_digest"]}
+            for key, v in state.items() if isinstance(v, dict) and "base_model_digest" in v}
+
+
+def _backbone_section(folder: Path) -> str:
+    bases, adapters = _base_models(folder), _adapters(folder)
+    if not bases and not adapters:
+        return ""
+    lines = [f"- `{name}`: base model `{b['path']}` (content hash `{b['digest'][:16]}`); `fairray predict` refuses "
+             "another" for name, b in bases.items()]
+    lines += [f"- `{a}/`: peft adapter folder, `PeftModel.from_pretrained(AutoModel.from_pretrained(base), "
+              f"'{a}')`" for a in adapters]
+    return "\n## Backbone\n\n" + "\n".join(lines) + "\n"
+
+
 def export_front(sweep: Sweep, front: Front, out_dir: str | Path, register: str | None = None) -> list[Exported]:
     """Write one folder per Pareto-optimal trial of ``front`` under ``out_dir``."""
     out = Path(out_dir)
@@ -155,7 +179,7 @@ def export_front(sweep: Sweep, front: Front, out_dir: str | Path, register: str 
                 groups_dir = _download(sweep.tracking_uri, trial.run_id, "groups", Path(d))
                 groups = {p.stem: pd.read_csv(p) for p in sorted(groups_dir.glob("*.csv"))}
             config = (staged / "config.yaml").read_text()
-            (staged / CARD).write_text(_card(sweep, front, trial, groups, config))
+            (staged / CARD).write_text(_card(sweep, front, trial, groups, config) + _backbone_section(staged))
             (staged / METRICS).write_text(json.dumps({"trial_id": trial.trial_id, "run_id": trial.run_id,
                                                       "sweep_run_id": sweep.run_id, "params": trial.params,
                                                       "metrics": trial.metrics}, indent=1, sort_keys=True))
@@ -169,7 +193,8 @@ def export_front(sweep: Sweep, front: Front, out_dir: str | Path, register: str 
     if register:
         exported = _register(sweep, front, exported, register)
     index = [{"trial_id": e.trial_id, "run_id": e.run_id, "path": e.path.name, "objectives": e.objectives,
-              "model_version": e.model_version, "adapters": _adapters(e.path)} for e in exported]
+              "model_version": e.model_version, "adapters": _adapters(e.path), "base_models": _base_models(e.path)}
+             for e in exported]
     atomic_write_text(out / "index.json", json.dumps({"sweep": sweep.experiment, "sweep_run_id": sweep.run_id,
                                                       "exports": index}, indent=1))
     return exported

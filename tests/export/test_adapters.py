@@ -14,6 +14,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
+from fairray._local_model import folder_digest
 from fairray.cli import main
 from fairray.export import load_export
 from fairray.models._peft import load_adapter
@@ -82,6 +83,8 @@ def test_lora_sweep_export_predict_evaluate_round_trip(swept, capsys, tmp_path):
     for e in index["exports"]:
         folder = out / e["path"]
         assert e["adapters"] == ["adapters/backbone"]
+        assert e["base_models"] == {"model": {"path": str(base.resolve()), "digest": folder_digest(base)}}
+        assert "adapters/backbone" in (folder / "MODEL_CARD.md").read_text()
         adapter = folder / "adapters" / "backbone"
         assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
         # the checkpoint holds adapters, layer weights and head only: a small part of the base model's bytes
@@ -128,13 +131,14 @@ def test_predict_refuses_a_base_model_whose_hash_differs(swept, capsys, tmp_path
     tmp, spec, base, _ = swept
     out = tmp_path / "pareto"
     assert main(["export", str(spec), "--out", str(out)]) == 0
-    e = json.loads((out / "index.json").read_text())["exports"][0]
-    moved = write_random_model(tmp_path / "other", "wavlm", norm="layer", seed=7, **NO_DROPOUT)
-    for f in moved.iterdir():  # other weights in the trained-on folder
-        (base / f.name).write_bytes(f.read_bytes())
+    folder = out / json.loads((out / "index.json").read_text())["exports"][0]["path"]
+    other = write_random_model(tmp_path / "other", "wavlm", norm="layer", seed=7, **NO_DROPOUT)  # other weights
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["model"]["model_path"] = str(other)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
     capsys.readouterr()
     preds = tmp_path / "preds.csv"
-    assert main(["predict", str(out / e["path"]), "--split", "test", "--out", str(preds)]) == 2
+    assert main(["predict", str(folder), "--split", "test", "--out", str(preds)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "not the one this checkpoint was trained on" in err
+    assert len(err.splitlines()) == 1 and "not the one this checkpoint was trained on" in err and str(base) in err
     assert not preds.exists()

@@ -279,6 +279,8 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None 
                 "trials": [{"trial_id": t.trial_id, "run_id": t.run_id, "pareto": bool(on),
                             "values": [_plain(v) for v in vals], "dto": _plain(d),
                             **({"pruned_rung": t.pruned_rung} if t.pruned_rung is not None else {}),
+                            **({"seeds": list(t.seeds), "spread": {k: list(t.spread[k]) for k in f.objectives
+                                                                   if k in t.spread}} if t.seeds else {}),
                             **({"feasible": t.feasible, "violations": t.violations} if sweep.constraints else {}),
                             **({} if budget is None else {"util_at_tau": _plain(u)}), "params": t.params,
                             **_noise_json((noise or {}).get(f.title, {}).get(t.trial_id))}
@@ -302,7 +304,9 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None 
                                     "" if d is None else d, *(["" if u is None else u] if budgets else []),
                                     *[t.params.get(p, "") for p in params]])
         return buf.getvalue()
-    n_pruned = getattr(sweep, "n_pruned", 0)
+    from fairray.metrics import MetricKey
+
+    n_pruned = sweep.n_pruned
     shown = sum(t.pruned_rung is not None for t in sweep.trials)
     pruned = "" if not n_pruned else f", {n_pruned} pruned by early stopping" + \
         (" (on the fronts at their rung values)" if shown else " (left out; --include-pruned adds them)")
@@ -331,7 +335,10 @@ def _format_fronts(sweep, fronts_, fmt: str, show_all: bool, noise: dict | None 
             row = [*f.values[i], *([dto[i]] if f.dto is not None else []), *([at_tau[i]] if budget else [])]
             vals = [f"{v:>{len(h)}.4f}" for v, h in zip(row, heads, strict=True)]
             params = " ".join(f"{short[k]}={_short(v)}" for k, v in sorted(t.params.items()))
-            notes = ([f"[pruned at {t.pruned_rung} epochs]"] if t.pruned_rung is not None else []) + \
+            notes = ([f"[{len(t.seeds)} seeds: " + "; ".join(
+                f"{MetricKey.parse(k).metric} {t.spread[k][0]:.4f}-{t.spread[k][1]:.4f}" for k in f.objectives
+                if k in t.spread) + "]"] if t.seeds else []) + \
+                ([f"[pruned at {t.pruned_rung} epochs]"] if t.pruned_rung is not None else []) + \
                 ([f"[infeasible: {', '.join(f'{c} misses by {v:.3g}' for c, v in t.violations.items())}]"]
                  if t.violations else [])
             out.append("  " + "  ".join([f"{'*' if f.on_front[i] else ' ':^6}", f"{t.trial_id:<16}", *vals, params,

@@ -131,7 +131,23 @@ def build_spec(raw: Mapping[str, Any], source: str, *, check_space: bool = True)
     _check_objectives(spec, source)
     _check_constraints(spec, source)
     _check_early_stopping(spec, source)
+    _check_repeats(spec, raw, source)
     return _default_s_min(spec, raw)
+
+
+def _check_repeats(spec: SweepSpec, raw: Mapping[str, Any], source: str) -> None:
+    """``budget.repeats`` sets ``train.seed``: the search may not sample it, nor an ablation list seeds too."""
+    repeats = spec.budget.repeats
+    if repeats == 1:
+        return
+    where = Where(source, "budget.repeats")
+    if "train.seed" in spec.search.space:
+        raise where.error(f"{repeats} sets train.seed for each repeat, and search.space samples train.seed too; drop "
+                          "one of them")
+    for name, ablation in (raw.get("ablations") or {}).items():
+        if isinstance(ablation, Mapping) and "seeds" in ablation:
+            raise where.error(f"{repeats} repeats each configuration under {repeats} seeds, and ablations.{name}.seeds "
+                              f"{ablation['seeds']!r} lists seeds already; drop one of them")
 
 
 def _parse_constraints(items: Any, where: Where) -> Any:
@@ -346,7 +362,10 @@ def ablation_points(spec: SweepSpec, name: str) -> list[dict[str, Any]]:
         for point in _product({k: tuple(v) for k, v in cell.items()}):
             if point not in points:
                 points.append(point)
-    return [{**point, "train.seed": seed} for seed in ablation.seeds for point in points]
+    seeds = ablation.seeds  # budget.repeats (never with listed seeds: _check_repeats) gives train.seed + 0, 1, ...
+    if spec.budget.repeats > 1:
+        seeds = tuple(spec.train.seed + r for r in range(spec.budget.repeats))
+    return [{**point, "train.seed": seed} for seed in seeds for point in points]
 
 
 def _check_ablations(spec: SweepSpec, raw: Mapping[str, Any], source: str) -> None:

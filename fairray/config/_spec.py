@@ -329,6 +329,9 @@ class BudgetConfig:
     seed: int = 0
     #: Retries of a failed trial, each resumed from its last checkpoint.
     max_failures: int = field(default=2, metadata={"ge": 0})
+    #: Train each configuration under this many seeds (``train.seed`` + 0, 1, ...): one MLflow run each; Optuna
+    #: and the frontier take their mean (the frontier shows the spread). ``num_samples`` counts configurations.
+    repeats: int = field(default=1, metadata={"ge": 1})
 
 
 @dataclass(frozen=True)

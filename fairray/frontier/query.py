@@ -41,6 +41,7 @@ TAG_VIOLATIONS = "fairray.violations"  # JSON {constraint: violation > 0} of an 
 TAG_CONSTRAINTS = "fairray.constraints"  # on the sweep run: JSON list of the constraint texts
 TAG_EARLY_STOPPING = "fairray.early_stopping"  # on the sweep run: JSON of the scheduler's settings
 TAG_DUPLICATES = "fairray.duplicates"  # on the sweep run: samples that repeated a configuration (not trained)
+TAG_REPEATS = "fairray.repeats"  # on the sweep run: budget.repeats (seeds per configuration) when above 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class TrialRecord:
     pruned_rung: int | None = None
     #: {constraint: violation > 0} under the sweep's constraints; empty when feasible.
     violations: dict[str, float] = field(default_factory=dict)
+    #: With ``budget.repeats``: the trial ids of the configuration's seeds (``metrics`` is their mean) and the
+    #: (min, max) over them of every metric they all logged.
+    seeds: tuple[str, ...] = ()
+    spread: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def feasible(self) -> bool:
@@ -192,10 +197,41 @@ def load_sweep(tracking_uri: str, experiment: str, run_id: str | None = None, ab
         violations = {str(c): v for c in constraints if (v := c.violation(metrics.get(c.metric))) > 0}
         trials.append(TrialRecord(run.info.run_id, run.data.tags.get(TAG_TRIAL, run.info.run_name), params,
                                   metrics, None if rung is None else int(rung), violations))
+    repeats = int(parent.data.tags.get(TAG_REPEATS, "1"))
+    if repeats > 1:
+        trials, incomplete = mean_over_seeds(trials, repeats, constraints)
+        failed += incomplete
     trials.sort(key=lambda t: t.trial_id)
     attribute = parent.data.params.get("dataset.attribute", DatasetConfig().attribute)
     return Sweep(experiment, parent.info.run_id, objectives, tuple(trials), failed, tracking_uri, attribute,
                  dict(parent.data.params), constraints, pruned)
+
+
+def mean_over_seeds(trials: Sequence[TrialRecord], repeats: int, constraints: Sequence[Constraint] = ()
+                    ) -> tuple[list[TrialRecord], int]:
+    """One record per configuration (its searched parameters but ``train.seed``) from its ``repeats`` seeds: the
+    mean of every metric all seeds logged, the (min, max) spread, a pruned rung if a seed was pruned, and the
+    constraints checked on the means (as Optuna was told). Configurations with fewer than ``repeats`` records (a
+    seed failed or is missing) are dropped and counted: returns (records, how many were dropped)."""
+    groups: dict[tuple, list[TrialRecord]] = {}
+    for t in trials:
+        groups.setdefault(tuple(sorted((k, v) for k, v in t.params.items() if k != "train.seed")), []).append(t)
+    out, incomplete = [], 0
+    for group in groups.values():
+        if len(group) < repeats:
+            incomplete += 1
+            continue
+        group.sort(key=lambda t: t.trial_id)
+        keys = set.intersection(*(set(t.metrics) for t in group))
+        stacked = {k: np.array([t.metrics[k] for t in group], dtype=float) for k in keys}
+        metrics = {k: float(v.mean()) for k, v in stacked.items()}
+        spread = {k: (float(v.min()), float(v.max())) for k, v in stacked.items()}
+        rungs = [t.pruned_rung for t in group if t.pruned_rung is not None]
+        violations = {str(c): v for c in constraints if (v := c.violation(metrics.get(c.metric))) > 0}
+        params = {k: v for k, v in group[0].params.items() if k != "train.seed"}
+        out.append(TrialRecord(group[0].run_id, group[0].trial_id, params, metrics, min(rungs) if rungs else None,
+                               violations, tuple(t.trial_id for t in group), spread))
+    return out, incomplete
 
 
 def _values_of(sweep: Sweep, which: str) -> list[str]:

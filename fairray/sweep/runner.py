@@ -22,7 +22,7 @@ import numpy as np
 from fairray.config import LoadedSpec, SweepSpec, ablation_points, resolve_trial, to_plain
 from fairray.data import SERData, prepare
 from fairray.errors import ConfigError, FairrayError
-from fairray.frontier.query import TAG_CONSTRAINTS, TAG_DUPLICATES, TAG_EARLY_STOPPING
+from fairray.frontier.query import TAG_CONSTRAINTS, TAG_DUPLICATES, TAG_EARLY_STOPPING, TAG_REPEATS
 from fairray.search import ConditionalSpace, is_conditional, make_sampler, to_distributions
 from fairray.search.space import fixed_points_searcher
 from fairray.tracking import (
@@ -289,6 +289,8 @@ def _never_pruned(trial_id: str) -> None:
 def _tag_search_settings(uri: str, run_id: str, spec: SweepSpec, ablation: str | None) -> None:
     """The sweep run records its constraints and early stopping (the frontier reads the constraints back)."""
     c = client(uri)
+    if spec.budget.repeats > 1:
+        c.set_tag(run_id, TAG_REPEATS, str(spec.budget.repeats))
     if spec.search.constraints:
         c.set_tag(run_id, TAG_CONSTRAINTS, json.dumps([str(x) for x in spec.search.constraints]))
     stopping = spec.search.early_stopping
@@ -337,7 +339,8 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     if address is None:
         require_local_gpus(spec, loaded.source)
     points = trial_points(loaded, ablation)
-    n_trials = len(points) if points is not None else spec.budget.num_samples
+    # num_samples counts configurations; each is trained budget.repeats times (one seed each)
+    n_trials = len(points) if points is not None else spec.budget.num_samples * spec.budget.repeats
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table shows our objective columns
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # JSON + CSV below, no TensorBoard
@@ -411,7 +414,8 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                 searcher_impl = FairraySearcher(
                     space, spec.search.space, objectives,
                     make_sampler(spec.search.sampler, spec.budget.seed, len(objectives), conditional),
-                    spec.search.constraints, pruned=scheduler.record if scheduler is not None else None)
+                    spec.search.constraints, pruned=scheduler.record if scheduler is not None else None,
+                    repeats=spec.budget.repeats, seed=spec.train.seed)
                 searcher = ConcurrencyLimiter(searcher_impl, spec.budget.max_concurrent)
                 parameters = list(spec.search.space)
             tuner = tune.Tuner(
@@ -440,7 +444,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         n_errored = len(results.errors)
         n_finished = _count_finished(uri, experiment_id, sweep.run_id)
         exhausted = bool(searcher_impl is not None and searcher_impl.exhausted)
-        n_duplicates = searcher_impl.n_duplicates if searcher_impl is not None else (0 if points is not None else None)
+        n_duplicates = searcher_impl.n_duplicates if searcher_impl is not None else None
         if n_duplicates is not None:
             client(uri).set_tag(sweep.run_id, TAG_DUPLICATES, str(n_duplicates))
         if searcher_impl is not None and not is_remote(root):  # the Optuna study, for optuna.load_study

@@ -10,6 +10,8 @@
   pruned trials as worse than complete ones.
 * **Constraints.** Each ``search.constraints`` entry becomes ``Trial.set_constraint(text, violation)`` before the
   trial is told (Optuna 5's replacement of the deprecated ``constraints_func``; TPE, NSGA-II and GP read it).
+* **Repeats.** With ``budget.repeats: N`` each new configuration goes to Tune N times, ``train.seed`` = seed,
+  seed + 1 ...; Optuna is told once per configuration, the mean over its seeds (:func:`combine`).
 * **No silent NaN.** A final result whose objectives are not finite is told ``FAIL`` (``OptunaSearch`` would pass
   it to ``tell()``, which drops the trial with only a warning).
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
@@ -45,6 +48,26 @@ USER_VALUES = "fairray.values"
 USER_PRUNED_RUNG = "fairray.pruned_rung"
 USER_DUPLICATE_OF = "fairray.duplicate_of"
 USER_FAILURE = "fairray.failure"
+USER_REPEATS = "fairray.repeats"
+
+
+def combine(outcomes: Sequence[Outcome]) -> Outcome:
+    """One configuration's outcome from its repeats' (one per seed): FAIL if one failed; PRUNED if one was stopped
+    (``fairray.values``: the mean of the values each repeat had, at its rung or at the end); else COMPLETE with
+    the mean objectives and mean constraint violations (a violation is linear in its metric: the violation of
+    the mean metric)."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    failed = [o for o in outcomes if o.state == TrialState.FAIL]
+    if failed:
+        return Outcome(TrialState.FAIL, attrs={USER_FAILURE: "; ".join(str(o.attrs.get(USER_FAILURE)) for o in failed)})
+    values = [tuple(o.attrs[USER_VALUES]) if o.state == TrialState.PRUNED else o.values for o in outcomes]
+    mean = tuple(float(v) for v in np.mean(np.array(values, dtype=float), axis=0))
+    if any(o.state == TrialState.PRUNED for o in outcomes):
+        rungs = [o.attrs[USER_PRUNED_RUNG] for o in outcomes if o.state == TrialState.PRUNED]
+        return Outcome(TrialState.PRUNED, attrs={USER_VALUES: list(mean), USER_PRUNED_RUNG: min(rungs)})
+    constraints = {k: float(np.mean([o.constraints[k] for o in outcomes])) for k in outcomes[0].constraints}
+    return Outcome(TrialState.COMPLETE, mean, constraints)
 
 
 @dataclass(frozen=True)
@@ -59,13 +82,15 @@ class Outcome:
 
 @dataclass
 class _Config:
-    trial_id: str  # the Tune trial that trains it
-    outcome: Outcome | None = None  # None while it runs
+    trial: optuna.Trial  # the sample Optuna is told about once every repeat has finished
+    trial_ids: list[str] = field(default_factory=list)  # the Tune trials that train it (one per repeat)
+    repeats: dict[str, Outcome] = field(default_factory=dict)  # Tune trial id -> its own outcome
+    outcome: Outcome | None = None  # None while a repeat runs
     waiting: list[optuna.Trial] = field(default_factory=list)  # duplicate samples told when it finishes
 
 
 class FairraySearcher(Searcher):
-    """Multi-objective Optuna search for Ray Tune that trains each distinct configuration once.
+    """Multi-objective Optuna search for Ray Tune that trains each distinct configuration once (or once per seed).
 
     Parameters
     ----------
@@ -80,13 +105,18 @@ class FairraySearcher(Searcher):
     constraints
         Feasibility conditions told to Optuna with every complete trial.
     pruned
-        Lookup of the trials the scheduler stopped (``MOASHA.pruned.get``): trial id -> record with ``rung`` and
+        Lookup of the trials the scheduler stopped (``MOASHA.record``): trial id -> record with ``rung`` and
         ``values``, or None.
+    repeats, seed
+        ``budget.repeats``: each configuration is handed to Tune ``repeats`` times with ``train.seed`` =
+        ``seed``, ``seed + 1`` ...; Optuna is told once, when all have finished: the mean of their objectives
+        (COMPLETE), PRUNED if a repeat was stopped (the mean of the values each had), FAIL if one failed.
     """
 
     def __init__(self, space: Mapping[str, BaseDistribution] | ConditionalSpace, param_specs: Mapping[str, ParamSpec],
                  objectives: Sequence[tuple[str, Direction | str]], sampler: optuna.samplers.BaseSampler,
-                 constraints: Sequence[Constraint] = (), pruned: Callable[[str], Any] | None = None) -> None:
+                 constraints: Sequence[Constraint] = (), pruned: Callable[[str], Any] | None = None,
+                 repeats: int = 1, seed: int = 0) -> None:
         super().__init__(metric=None, mode=None)
         self.space = space
         # plain dicts: the loader's read-only mappings do not pickle (Tune saves the searcher with the experiment)
@@ -96,13 +126,15 @@ class FairraySearcher(Searcher):
         self.directions = tuple(Direction.parse(d) for _, d in objectives)
         self.constraints = tuple(constraints)
         self.pruned = pruned
+        self.repeats, self.seed = int(repeats), int(seed)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.storage = optuna.storages.InMemoryStorage()
         self.study = optuna.create_study(
             storage=self.storage, sampler=sampler,
             directions=["maximize" if d is Direction.MAX else "minimize" for d in self.directions])
         self.configs: dict[str, _Config] = {}
-        self.running: dict[str, tuple[optuna.Trial, str]] = {}  # Tune trial id -> (Optuna trial, config key)
+        self.running: dict[str, str] = {}  # Tune trial id -> config key
+        self.queued: list[tuple[str, dict[str, Any], int]] = []  # repeats still to hand out: (key, params, index)
         self.n_duplicates = 0
         self.exhausted = False
 
@@ -111,17 +143,20 @@ class FairraySearcher(Searcher):
         return True  # objectives and space come from the spec, not from TuneConfig
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.queued:  # the other seeds of a configuration come before any new sample
+            key, params, index = self.queued.pop(0)
+            return self._hand_out(trial_id, key, params, index)
         for _ in range(MAX_REPEATED_DRAWS):
             trial = self._ask()
             params = dict(trial.params)
             key = config_key(params, self.param_specs)
             known = self.configs.get(key)
             if known is None:
-                self.configs[key] = _Config(trial_id)
-                self.running[trial_id] = (trial, key)
-                return params
+                self.configs[key] = _Config(trial)
+                self.queued += [(key, params, i) for i in range(1, self.repeats)]
+                return self._hand_out(trial_id, key, params, 0)
             self.n_duplicates += 1
-            trial.set_user_attr(USER_DUPLICATE_OF, known.trial_id)
+            trial.set_user_attr(USER_DUPLICATE_OF, known.trial_ids[0])
             if known.outcome is None:
                 known.waiting.append(trial)
             else:
@@ -129,33 +164,39 @@ class FairraySearcher(Searcher):
         self.exhausted = True
         return Searcher.FINISHED
 
+    def _hand_out(self, trial_id: str, key: str, params: dict[str, Any], index: int) -> dict[str, Any]:
+        self.configs[key].trial_ids.append(trial_id)
+        self.running[trial_id] = key
+        return {**params, "train.seed": self.seed + index} if self.repeats > 1 else dict(params)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         pass  # multi-objective Optuna takes final values only; intermediate ranking is the scheduler's
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        entry = self.running.pop(trial_id, None)
-        if entry is None:
+        key = self.running.pop(trial_id, None)
+        if key is None:
             return
-        trial, key = entry
-        outcome = self.outcome(trial_id, result, error)
-        self._tell(trial, outcome)
         config = self.configs[key]
-        config.outcome = outcome
+        config.repeats[trial_id] = self.outcome(trial_id, result, error)
+        if len(config.repeats) < self.repeats:
+            return
+        config.outcome = combine([config.repeats[t] for t in config.trial_ids])
+        self._tell(config.trial, config.outcome)
         for duplicate in config.waiting:
-            self._tell(duplicate, outcome)
+            self._tell(duplicate, config.outcome)
         config.waiting.clear()
 
     def outcome(self, trial_id: str, result: Mapping[str, Any] | None, error: bool) -> Outcome:
-        """What a finished Tune trial tells Optuna: PRUNED (stopped at a rung), COMPLETE or FAIL."""
+        """What one finished Tune trial amounts to: PRUNED (stopped at a rung), COMPLETE or FAIL."""
         if error or result is None:
-            return Outcome(TrialState.FAIL, attrs={USER_FAILURE: "the trial errored"})
+            return Outcome(TrialState.FAIL, attrs={USER_FAILURE: f"trial {trial_id} errored"})
         pruned = self.pruned(trial_id) if self.pruned is not None else None
         if pruned is not None:
             return Outcome(TrialState.PRUNED, attrs={USER_VALUES: list(pruned.values), USER_PRUNED_RUNG: pruned.rung})
         values = tuple(_number(result.get(m)) for m in self.metrics)
         if not result.get("final") or not all(math.isfinite(v) for v in values):
-            return Outcome(TrialState.FAIL, attrs={USER_FAILURE: f"no finite final values of {list(self.metrics)}: "
-                                                                f"{list(values)}"})
+            return Outcome(TrialState.FAIL, attrs={USER_FAILURE: f"trial {trial_id}: no finite final values of "
+                                                                f"{list(self.metrics)}: {list(values)}"})
         constraints = {str(c): c.violation(result.get(c.metric)) for c in self.constraints}
         return Outcome(TrialState.COMPLETE, values, constraints)
 
@@ -177,6 +218,8 @@ class FairraySearcher(Searcher):
         return self.study.ask(fixed_distributions=dict(self.space))
 
     def _tell(self, trial: optuna.Trial, outcome: Outcome) -> None:
+        if self.repeats > 1:
+            trial.set_user_attr(USER_REPEATS, self.repeats)
         for key, value in outcome.attrs.items():
             trial.set_user_attr(key, value)
         for key, violation in outcome.constraints.items():
@@ -202,7 +245,7 @@ class FairraySearcher(Searcher):
         states: dict[str, int] = {}
         for t in self.study.get_trials(deepcopy=False):
             states[t.state.name] = states.get(t.state.name, 0) + 1
-        return {"samples": len(self.study.trials), "configurations": len(self.configs),
+        return {"samples": len(self.study.trials), "configurations": len(self.configs), "repeats": self.repeats,
                 "duplicates": self.n_duplicates, **{f"optuna_{k.lower()}": v for k, v in sorted(states.items())}}
 
 

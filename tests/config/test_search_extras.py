@@ -90,3 +90,37 @@ def test_a_per_epoch_headline_metric_may_drive_early_stopping(tmp_path):
 def test_the_text_form_is_documented_in_the_error():
     with pytest.raises(ValueError, match=textwrap.shorten("'dev/weighted_f1 >= 0.40'", 40)):
         Constraint.parse("weighted_f1 at least 0.4")
+
+
+def _with(tmp_path: Path, **sections) -> Path:
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw.update(sections)
+    raw["storage"] = {"path": str(tmp_path / "runs")}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("sections", "message"), [
+    ({"budget": {"repeats": 3}, "ablations": {"grid": {"cells": [{"train.lr": [0.001]}], "seeds": [0, 1]}}},
+     "budget.repeats: 3 repeats each configuration under 3 seeds, and ablations.grid.seeds [0, 1] lists seeds"),
+    ({"budget": {"repeats": 2}, "search": {**BASE["search"], "space": {
+        "train.seed": {"type": "categorical", "choices": [0, 1]}}}},
+     "budget.repeats: 2 sets train.seed for each repeat, and search.space samples train.seed too"),
+    ({"budget": {"repeats": 0}}, "budget.repeats: must be >= 1, got 0"),
+])  # fmt: skip
+def test_bad_repeats_are_one_line_exit_2(tmp_path, capsys, sections, message):
+    code = main(["sweep", str(_with(tmp_path, **sections)), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_repeats_seed_an_ablation_that_lists_none(tmp_path):
+    from fairray.config import ablation_points
+
+    path = _with(tmp_path, budget={"repeats": 3}, train={"epochs": 6, "seed": 5},
+                 ablations={"grid": {"cells": [{"train.lr": [0.001, 0.01]}]}})
+    points = ablation_points(load_spec(path).spec, "grid")
+    assert sorted((p["train.lr"], p["train.seed"]) for p in points) == [
+        (lr, s) for lr in (0.001, 0.01) for s in (5, 6, 7)]

@@ -40,11 +40,11 @@ def _scripted(config: dict, uri: str, experiment_id: str, parent: str) -> None:
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    run = TrialRun.open(uri, experiment_id, parent, trial_id, {"fairray.kind": "trial",
-                                                                 "fairray.searched_params": '["curve"]'},
-                        {"curve": config["curve"]})
-    try:
-        curve = CURVES[config["curve"]]
+    run = TrialRun.open(uri, experiment_id, parent, trial_id,
+                        {"fairray.kind": "trial", "fairray.searched_params": json.dumps(sorted(config))},
+                        {k: str(v) for k, v in config.items()})
+    try:  # a seed (budget.repeats) shifts the curve: F1 + 0.01 per seed
+        curve = [(u + 0.01 * config.get("train.seed", 0), g) for u, g in CURVES[config["curve"]]]
         for epoch, (util, gap) in enumerate(curve):
             metrics = {"epoch": epoch, UTIL: util, GAP: gap}
             run.log(metrics, step=epoch)
@@ -59,12 +59,20 @@ def _scripted(config: dict, uri: str, experiment_id: str, parent: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
+def ray_session():
     import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, ray_session):
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     tmp = tmp_path_factory.mktemp("moasha")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     experiment_id = ensure_experiment(uri, "scripted", str(tmp))
@@ -77,19 +85,15 @@ def swept(tmp_path_factory):
                                RandomSampler(seed=0), [CONSTRAINT], pruned=scheduler.record)
     for curve in ("a", "b", "a", "c"):  # the second "a" repeats a finished configuration
         searcher.study.enqueue_trial({"curve": curve})
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        tuner = tune.Tuner(
-            tune.with_parameters(_scripted, uri=uri, experiment_id=experiment_id, parent=parent.run_id),
-            tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, 1), scheduler=scheduler,
-                                        num_samples=3, reuse_actors=True),
-            run_config=tune.RunConfig(name="scripted", storage_path=str(tmp / "ray"), verbose=0,
-                                      callbacks=[TrialMarks(uri, experiment_id, parent.run_id, [CONSTRAINT],
-                                                            scheduler.record)]))
-        results = tuner.fit()
-        close_pruned_runs(uri, experiment_id, parent.run_id, scheduler.pruned)
-    finally:
-        ray.shutdown()
+    tuner = tune.Tuner(
+        tune.with_parameters(_scripted, uri=uri, experiment_id=experiment_id, parent=parent.run_id),
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, 1), scheduler=scheduler,
+                                    num_samples=3, reuse_actors=True),
+        run_config=tune.RunConfig(name="scripted", storage_path=str(tmp / "ray"), verbose=0,
+                                  callbacks=[TrialMarks(uri, experiment_id, parent.run_id, [CONSTRAINT],
+                                                        scheduler.record)]))
+    results = tuner.fit()
+    close_pruned_runs(uri, experiment_id, parent.run_id, scheduler.pruned)
     trial_of = {r.config["curve"]: r.metrics["trial_id"] for r in results}
     return uri, scheduler, searcher, trial_of
 
@@ -153,3 +157,51 @@ def test_the_front_leaves_out_pruned_and_infeasible_trials_unless_asked(swept):
     front = fronts(with_pruned)[0]
     assert not front.on_front[with_pruned.trials.index(b)]  # dominated by a at any time
     np.testing.assert_allclose(front.values[with_pruned.trials.index(b)], CURVES["b"][1])
+
+
+@pytest.fixture(scope="module")
+def repeated(tmp_path_factory, ray_session):
+    """budget.repeats: 3 over two configurations: six Tune trials, two Optuna trials."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    tmp = tmp_path_factory.mktemp("repeats")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    experiment_id = ensure_experiment(uri, "repeated", str(tmp))
+    parent = start_sweep_run(uri, experiment_id, "repeated", str(tmp), {"method": {"name": "erm"}}, OBJECTIVES)
+    MlflowClient(uri).set_tag(parent.run_id, "fairray.repeats", "3")
+    searcher = FairraySearcher({"curve": CategoricalDistribution(list(CURVES))},
+                               {"curve": ParamSpec("categorical", choices=tuple(CURVES))}, OBJECTIVES,
+                               RandomSampler(seed=0), repeats=3, seed=10)
+    for curve in ("a", "c"):
+        searcher.study.enqueue_trial({"curve": curve})
+    tune.Tuner(
+        tune.with_parameters(_scripted, uri=uri, experiment_id=experiment_id, parent=parent.run_id),
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, 2), num_samples=6, reuse_actors=True),
+        run_config=tune.RunConfig(name="repeated", storage_path=str(tmp / "ray"), verbose=0)).fit()
+    return uri, searcher
+
+
+def test_repeats_give_one_run_per_seed_and_optuna_their_mean(repeated):
+    uri, searcher = repeated
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("repeated").experiment_id], "tags.`fairray.kind` = 'trial'")
+    seeds = sorted((r.data.params["curve"], r.data.params["train.seed"]) for r in runs)
+    assert seeds == [(k, str(s)) for k in ("a", "c") for s in (10, 11, 12)]  # three child runs per configuration
+    trials = searcher.study.get_trials()
+    assert [(t.params["curve"], t.state) for t in trials] == [("a", TrialState.COMPLETE), ("c", TrialState.COMPLETE)]
+    for t in trials:  # told once, the mean over the seeds (F1 + 0.10, 0.11, 0.12)
+        util, gap = CURVES[t.params["curve"]][-1]
+        assert t.values == pytest.approx([util + 0.11, gap]) and t.user_attrs["fairray.repeats"] == 3
+
+    sweep = load_sweep(uri, "repeated")
+    assert len(sweep.trials) == 2 and sweep.n_failed == 0
+    for record in sweep.trials:
+        util, gap = CURVES[record.params["curve"]][-1]
+        assert len(record.seeds) == 3 and "train.seed" not in record.params
+        assert record.metrics[UTIL] == pytest.approx(util + 0.11)
+        assert record.spread[UTIL] == pytest.approx((util + 0.10, util + 0.12))
+    from fairray.cli import _format_fronts
+
+    table = _format_fronts(sweep, fronts(sweep), "table", show_all=True)
+    assert "[3 seeds: weighted_f1 0.7300-0.7500; tpr_gap 0.1400-0.1400]" in table  # the spread, on the front

@@ -56,20 +56,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str, timeout_s: float = 90) -> None:
-    """Poll ``ready`` until it is true; fail with the process's output when it exits or the time is up."""
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str, log: Path, timeout_s: float = 90) -> None:
+    """Poll ``ready`` until it is true; fail with the end of the server's ``log`` when it exits or the time is up."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace")[-3000:] if proc.stdout else ""
-            pytest.fail(f"{what} exited with {proc.returncode}: {out}")
+            pytest.fail(f"{what} exited with {proc.returncode}: {log.read_text(errors='replace')[-3000:]}")
         try:
             if ready():
                 return
         except OSError:
             pass
         time.sleep(0.5)
-    pytest.fail(f"{what} did not come up within {timeout_s:.0f} s")
+    pytest.fail(f"{what} did not come up within {timeout_s:.0f} s: {log.read_text(errors='replace')[-3000:]}")
 
 
 def http_ok(url: str) -> bool:
@@ -126,9 +125,129 @@ def head():
                 except (ConnectionError, RuntimeError):
                     return False
 
-            wait_until(ready, proc, f"ray head (log {temp / 'head.log'})", timeout_s=120)
+            wait_until(ready, proc, "ray head", temp / "head.log", timeout_s=120)
             yield url, JobSubmissionClient(url), client_env
     finally:
         stop(proc)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        if os.environ.get("FAIRRAY_REQUIRE_CORPORA") == "1":
+            pytest.fail(f"FAIRRAY_REQUIRE_CORPORA=1 (CI) but {what}")
+        pytest.skip(what)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL 15 server of this test (Debian's ``postgresql`` package) in a temp dir on 127.0.0.1, password
+    authentication (scram-sha-256): (host, port, user, password). Run as the ``postgres`` account when this is root
+    (PostgreSQL refuses root); stopped by handle (SIGINT: fast shutdown)."""
+    _require((PG_BIN / "postgres").is_file(), f"no PostgreSQL at {PG_BIN} (apt-get install postgresql)")
+    import psycopg2
+
+    user = None
+    if os.geteuid() == 0:
+        import pwd
+
+        account = pwd.getpwnam("postgres")
+        user = account.pw_name
+    root = Path(tempfile.mkdtemp(prefix="fr-pg-", dir="/tmp"))
+    password = secrets.token_hex(12)
+    (root / "pw").write_text(password)
+    if user:
+        for p in (root, root / "pw"):
+            os.chown(p, account.pw_uid, account.pw_gid)
+    subprocess.run([str(PG_BIN / "initdb"), "-D", str(root / "data"), "-U", "fairray", "-A", "scram-sha-256",
+                    f"--pwfile={root / 'pw'}", "-E", "UTF8", "--no-sync"],
+                   user=user, cwd=root, check=True, capture_output=True, timeout=120)
+    (root / "pw").unlink()
+    port = free_port()
+    log = open(root / "postgres.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(root / "data"), "-k", str(root), "-h", "127.0.0.1",
+                             "-p", str(port), "-c", "fsync=off"], user=user, cwd=root, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def ready() -> bool:
+        try:
+            psycopg2.connect(host="127.0.0.1", port=port, user="fairray", password=password, dbname="postgres").close()
+            return True
+        except psycopg2.OperationalError:
+            return False
+
+    try:
+        wait_until(ready, proc, "postgres", root / "postgres.log", timeout_s=60)
+        yield "127.0.0.1", port, "fairray", password
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # fast shutdown: no waiting for clients
+        stop(proc)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 with one bucket: (endpoint URL, bucket, the client environment: dummy
+    credentials and AWS_ENDPOINT_URL, which boto3 and pyarrow read)."""
+    exe = Path(sys.executable).parent / "moto_server"
+    _require(exe.is_file(), "no moto_server (pip install 'moto[server]')")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "fairray-test-key", "AWS_SECRET_ACCESS_KEY": SECRETS["AWS_SECRET_ACCESS_KEY"],
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    root = Path(tempfile.mkdtemp(prefix="fr-s3-", dir="/tmp"))
+    log = open(root / "moto.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], env={**os.environ, **env},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: http_ok(f"{endpoint}/moto-api/"), proc, "moto_server", root / "moto.log", timeout_s=60)
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                     region_name="us-east-1").create_bucket(Bucket="fairray-test")
+        yield endpoint, "fairray-test", env
+    finally:
+        stop(proc)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, s3):
+    """``mlflow server`` on 127.0.0.1 backed by the PostgreSQL of :func:`postgres`, artifacts proxied to the bucket of
+    :func:`s3`; the database password reaches it through PGPASSWORD (libpq), the S3 keys through the environment,
+    neither on its command line: (URL, the environment its clients need, the bucket)."""
+    host, port, user, password = postgres
+    endpoint, bucket, s3_env = s3
+    import psycopg2
+
+    conn = psycopg2.connect(host=host, port=port, user=user, password=password, dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE DATABASE mlflow")
+    conn.close()
+    root = Path(tempfile.mkdtemp(prefix="fr-mlflow-", dir="/tmp"))
+    http_port = free_port()
+    store = f"postgresql+psycopg2://{user}@{host}:{port}/mlflow"  # SQLAlchemy's default driver would be psycopg 3
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
+           "--artifacts-destination", f"s3://{bucket}/mlflow", "--host", "127.0.0.1", "--port", str(http_port),
+           "--workers", "1"]
+    env = {**os.environ, **s3_env, "PGPASSWORD": password, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+    log = open(root / "mlflow.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        wait_until(lambda: http_ok(f"{url}/health"), proc, "mlflow server", root / "mlflow.log", timeout_s=180)
+        assert password not in " ".join(cmd)
+        yield url, s3_env, bucket
+    finally:
+        stop(proc)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -4,8 +4,9 @@ Each row times full training steps (forward, loss, backward, AdamW step over the
 as fairray's loop builds them) on random inputs of a fixed shape, after warm-up steps:
 
 * CPU: tiny random configs (``ssl``: :data:`fairray.models.ssl.TINY`, 32 wide, 2 blocks); peak memory is the
-  growth of the process's resident set while the steps run (sampled every 2 ms), i.e. the activations,
-  gradients and optimiser state the step adds;
+  growth of the process's resident set while the timed steps run (sampled every 2 ms): what the steps add
+  beyond the warm-up's high-water mark (it reads 0 when the allocator reuses memory freed by earlier rows, so
+  compare CPU rows with care; the CUDA figure is the true per-row peak);
 * CUDA (when a GPU is visible): the same, plus Base-sized random configs (``ssl``: WavLM Base, 768 wide, 12
   blocks, group-norm feature encoder) under bf16 autocast; peak memory is ``torch.cuda.max_memory_allocated``.
 

@@ -251,3 +251,33 @@ def mlflow_server(postgres, s3):
         stop(proc)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_auth_server():
+    """``mlflow server --app-name basic-auth`` (opt-in authentication) on 127.0.0.1 over a SQLite store: (URL, admin
+    user, its password). The admin password reaches the server through MLFLOW_AUTH_ADMIN_PASSWORD on its first start,
+    not through its command line or the config file."""
+    root = Path(tempfile.mkdtemp(prefix="fr-mlauth-", dir="/tmp"))
+    password = secrets.token_hex(12)
+    (root / "auth.ini").write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root / 'auth.db'}\n"
+                                   "admin_username = admin\n"
+                                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri",
+           f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(root / "auth.ini"), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}  # CSRF key of the auth app
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(root / "mlflow.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{url}/health"), proc, "mlflow server (basic auth)", root / "mlflow.log",
+                   timeout_s=180)
+        yield url, "admin", password
+    finally:
+        stop(proc)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)

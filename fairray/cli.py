@@ -504,8 +504,31 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
     sweep = load_sweep(uri, experiment, args.run_id, args.ablation)
-    rows, cells = idi_rows(sweep, split=args.split, n_boot=args.n_boot, seed=args.seed)
     name = args.ablation or "search"
+    layout = args.layout
+    if layout == "auto":
+        methods = {t.params.get("method.name") or sweep.base_params.get("method.name") for t in sweep.trials}
+        layout = "minmaxgap" if methods and methods <= {"erm", "minmaxgap"} else "idi"
+    if layout == "minmaxgap":
+        from fairray.report.minmaxgap import minmaxgap_report, render_minmaxgap_markdown
+
+        tables, cells = minmaxgap_report(sweep, split=args.split, n_boot=args.n_boot, seed=args.seed)
+        md = render_minmaxgap_markdown(tables, title=(
+            f"{experiment} / {name}: {args.split} metrics (METHODS 2.5), mean over seeds [95% speaker-bootstrap CI]"),
+            notes=[f"MLflow run `{sweep.run_id}` at `{uri}`; {len(sweep.trials)} finished trials in {len(cells)} "
+                   f"cells ({sweep.n_failed} failed or unfinished); {args.n_boot} bootstrap replicates (speakers "
+                   "resampled within their group x stratum), one resample shared by all rows.",
+                   "Gaps are of the attribute inside each subset; AVG = (dTPR + dFPR + dW-F1 + dACC) / 4. direction "
+                   "ours/paper: + / − / ~ (within noise) for our change against ERM, then the sign the paper reports "
+                   "(W-F1 up, AVG down; MELD-ST with Qwen2-Audio: values not comparable)."])
+        print(md)
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / f"{experiment}-{name}.md", md)
+            print(f"wrote {out / f'{experiment}-{name}.md'}", file=sys.stderr)
+        return 0
+    rows, cells = idi_rows(sweep, split=args.split, n_boot=args.n_boot, seed=args.seed)
     title = f"{experiment} / {name}: {args.split} metrics, mean over seeds [95% speaker-bootstrap CI]"
     notes = [f"MLflow run `{sweep.run_id}` at `{uri}`; {len(sweep.trials)} finished trials in {len(cells)} cells "
              f"({sweep.n_failed} failed or unfinished); {args.n_boot} bootstrap replicates (speakers resampled "
@@ -569,10 +592,62 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or _tracking_default()
+    base = f"http://{args.host}:{args.port}"
+    page = f"{base}/#/experiments?workflowType=machine_learning"
+    if args.sweep:  # open the sweep's runs table, in MLflow's model-training workflow (not its GenAI overview)
+        from fairray.tracking import SHARED_VIEW_PREFIX, client, find_sweep_run, ui_url
+
+        experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+        parent = find_sweep_run(uri, experiment)
+        key = f"fairray-{parent.info.run_id[:12]}"
+        tags = client(uri).get_experiment(parent.info.experiment_id).tags
+        page = ui_url(base, parent.info.experiment_id, view=key if SHARED_VIEW_PREFIX + key in tags else None)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
     print(f"MLflow UI for {uri} (Ctrl-C to stop): open {page}", file=sys.stderr)
     os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from fairray.dashboard import DashboardApp, SweepUnavailable, build_page, collect, make_server
+    from fairray.errors import TrackingError
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server: one line, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    uri = args.tracking_uri or _tracking_default()
+    try:
+        experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+        compare = _resolve_sweep_target(args.compare, args.compare_tracking_uri or args.tracking_uri) \
+            if args.compare else None
+        options = {"run_id": args.run_id, "ablation": args.ablation, "n_boot": args.n_boot,
+                   "compare": (compare[1], compare[0], args.compare_run_id) if compare else None,
+                   "mlflow_ui": args.mlflow_ui}
+        if args.out:
+            from fairray._atomic import atomic_write_text
+
+            atomic_write_text(args.out, build_page(collect(uri, experiment, **options)))
+            print(f"wrote {args.out}", file=sys.stderr)
+            return 0
+        app = DashboardApp(uri, experiment, **options)
+        app.page()  # bad input fails here, before the server starts
+        server = make_server(app, args.host, args.port)
+    except TrackingError as exc:  # bad input for this command: exit 2
+        raise SweepUnavailable(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
+    except Exception as exc:  # MLflow's own errors for a store it cannot read
+        if type(exc).__module__.startswith("mlflow"):
+            raise SweepUnavailable(f"cannot read the MLflow store {uri} ({type(exc).__name__}); is it running and "
+                                   "is --tracking-uri right?") from None
+        raise
+    host, port = server.server_address[:2]
+    print(f"fairray dashboard of {experiment!r} on http://{host}:{port}/ (read-only; rebuilt when the sweep "
+          "changes; Ctrl-C to stop)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return 0  # pragma: no cover
 
 
@@ -606,63 +681,12 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     for name in CORPORA:
         cls = CORPORA.get(name)
         verified = " [verified on real data]" if cls.verified_on_real_data else ""
-    base = f"http://{args.host}:{args.port}"
-    page = f"{base}/#/experiments?workflowType=machine_learning"
-    if args.sweep:  # open the sweep's runs table, in MLflow's model-training workflow (not its GenAI overview)
-        from fairray.tracking import SHARED_VIEW_PREFIX, client, find_sweep_run, ui_url
-
-        experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-        parent = find_sweep_run(uri, experiment)
-        key = f"fairray-{parent.info.run_id[:12]}"
-        tags = client(uri).get_experiment(parent.info.experiment_id).tags
-        page = ui_url(base, parent.info.experiment_id, view=key if SHARED_VIEW_PREFIX + key in tags else None)
         print(f"\n{name} ({', '.join(cls.languages)}){verified}")
         if args.layouts:
             print(textwrap.indent(cls.layout(), "    "))
     if not args.layouts:
         print("\n(--layouts shows each corpus's expected directory layout)")
     return 0
-
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    from fairray.dashboard import DashboardApp, SweepUnavailable, build_page, collect, make_server
-    from fairray.errors import TrackingError
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server: one line, not minutes
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    uri = args.tracking_uri or _tracking_default()
-    try:
-        experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-        compare = _resolve_sweep_target(args.compare, args.compare_tracking_uri or args.tracking_uri) \
-            if args.compare else None
-        options = {"run_id": args.run_id, "ablation": args.ablation, "n_boot": args.n_boot,
-                   "compare": (compare[1], compare[0]) if compare else None, "mlflow_ui": args.mlflow_ui}
-        if args.out:
-            from fairray._atomic import atomic_write_text
-
-            atomic_write_text(args.out, build_page(collect(uri, experiment, **options)))
-            print(f"wrote {args.out}", file=sys.stderr)
-            return 0
-        app = DashboardApp(uri, experiment, **options)
-        app.page()  # bad input fails here, before the server starts
-        server = make_server(app, args.host, args.port)
-    except TrackingError as exc:  # bad input for this command: exit 2
-        raise SweepUnavailable(str(exc)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
-    except Exception as exc:  # MLflow's own errors for a store it cannot read
-        if type(exc).__module__.startswith("mlflow"):
-            raise SweepUnavailable(f"cannot read the MLflow store {uri} ({type(exc).__name__}); is it running and "
-                                   "is --tracking-uri right?") from None
-        raise
-    host, port = server.server_address[:2]
-    print(f"fairray dashboard of {experiment!r} on http://{host}:{port}/ (read-only; rebuilt when the sweep "
-          "changes; Ctrl-C to stop)", file=sys.stderr)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-    return 0  # pragma: no cover
-
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
@@ -859,21 +883,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gap budget: add util_at_tau (the utility where the gap is <= GAP, else -1) and name the best "
                         "trial under it; needs one utility and one gap objective")
 
-    p = add("report", cmd_report, "IDI Table 1-style report of an ablation: mean over seeds with CIs", """\
-        Reads the ablation's trials and their logged test predictions from MLflow and prints, per
-        ablation cell (method x group source ...), F1, ACC, TPR gap and DP gap as the mean over seeds
-        with a speaker-level bootstrap interval, the Random baseline, IDI's Overall and Gain rows, and
-        each method's change against ERM (within noise or not, and in the paper's direction or not).
+    p = add("report", cmd_report, "a paper's table from an ablation: mean over seeds with CIs", """\
+        Reads the ablation's trials and their logged test predictions from MLflow and prints a paper's
+        table, every value the mean over seeds with a speaker-level bootstrap interval and each cell's
+        change against ERM (within noise or not, and in the paper's direction or not):
+          idi        IDI Table 1: per cell (method x group source ...) F1, ACC, TPR gap, DP gap, the
+                     Random baseline, IDI's Overall and Gain rows;
+          minmaxgap  MinMaxGAP (METHODS 4.4): per language and pooled W-F1, ACC, dTPR, dFPR, dW-F1,
+                     dACC and their mean AVG;
+          auto       minmaxgap when every cell is ERM or MinMaxGAP, else idi.
 
         examples:
           fairray sweep search_spaces/idi.yaml --ablation table1
           fairray report search_spaces/idi.yaml --ablation table1 --out report/
+          fairray sweep search_spaces/minmaxgap.yaml --ablation paper
+          fairray report search_spaces/minmaxgap.yaml --ablation paper
         """)
     _add_sweep_target(p)
     p.add_argument("--split", choices=["dev", "test"], default="test")
     p.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap replicates (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the Random baseline")
-    p.add_argument("--out", help="folder for the markdown table and the SVG plot")
+    p.add_argument("--layout", choices=["auto", "idi", "minmaxgap"], default="auto", help="which paper's table")
+    p.add_argument("--out", help="folder for the markdown table (and, for idi, the SVG plot)")
 
     p = add("export", cmd_export, "export Pareto-optimal checkpoints, configs and model cards", """\
         examples:
@@ -906,7 +937,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimum support of a per-group rate (the trial's train.s_min reproduces its logged metrics; "
                         "5 for specs that search on a gap and set none)")
 
+    p = add("dashboard", cmd_dashboard, "the fairness explorer of a sweep: fronts per language and gender with "
+            "intervals, trial details, ablations", """\
+        Fronts of the sweep's objectives overall, per language and per gender side by side, each
+        Pareto-optimal trial with its 95% speaker-bootstrap whiskers (from its logged predictions) and ~
+        where its gap ties the next one within noise; hovering a trial rings it in every panel, clicking
+        it shows its hyperparameters, its metrics per gender x language, its curves over epochs, its
+        MLflow run and its `fairray export` line; parallel coordinates of the searched hyperparameters;
+        the tables of the ablations the spec declares. Served read-only on 127.0.0.1 and rebuilt while
+        the sweep runs, or written as one self-contained HTML file (--out) that needs no network.
+
+        examples:
+          fairray dashboard minmaxgap                      # http://127.0.0.1:8050/
+          fairray dashboard minmaxgap --out minmaxgap.html
+          fairray dashboard minmaxgap --compare erm        # another sweep's front on the same axes
+        """)
+    _add_sweep_target(p)
+    p.add_argument("--out", metavar="FILE.html", help="write the page as one self-contained file instead of serving")
+    p.add_argument("--compare", metavar="OTHER", help="another sweep (experiment or spec file) drawn on the same axes")
+    p.add_argument("--compare-tracking-uri", help="MLflow store of --compare (default: the sweep's)")
+    p.add_argument("--compare-run-id", help="a specific sweep run of --compare (default: its latest search)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8050, help="port (default 8050; 0 picks a free one)")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates of the whiskers (0: none)")
+    p.add_argument("--mlflow-ui", metavar="URL", help="base URL of the MLflow UI for run links (default: the "
+                                                       "tracking server, or http://127.0.0.1:5000 of `fairray ui`)")
+
     p = add("ui", cmd_ui, "open the MLflow UI on the sweep store")
+    p.add_argument("sweep", nargs="?", help="a sweep (experiment or spec file): print the link to its runs table")
     p.add_argument("--tracking-uri")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
@@ -977,30 +1035,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    p = add("dashboard", cmd_dashboard, "the fairness explorer of a sweep: fronts per language and gender with "
-            "intervals, trial details, ablations", """\
-        Fronts of the sweep's objectives overall, per language and per gender side by side, each
-        Pareto-optimal trial with its 95% speaker-bootstrap whiskers (from its logged predictions) and ~
-        where its gap ties the next one within noise; hovering a trial rings it in every panel, clicking
-        it shows its hyperparameters, its metrics per gender x language, its curves over epochs, its
-        MLflow run and its `fairray export` line; parallel coordinates of the searched hyperparameters;
-        the tables of the ablations the spec declares. Served read-only on 127.0.0.1 and rebuilt while
-        the sweep runs, or written as one self-contained HTML file (--out) that needs no network.
-
-        examples:
-          fairray dashboard minmaxgap                      # http://127.0.0.1:8050/
-          fairray dashboard minmaxgap --out minmaxgap.html
-          fairray dashboard minmaxgap --compare erm        # another sweep's front on the same axes
-        """)
-    _add_sweep_target(p)
-    p.add_argument("--out", metavar="FILE.html", help="write the page as one self-contained file instead of serving")
-    p.add_argument("--compare", metavar="OTHER", help="another sweep (experiment or spec file) drawn on the same axes")
-    p.add_argument("--compare-tracking-uri", help="MLflow store of --compare (default: the sweep's)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8050, help="port (default 8050; 0 picks a free one)")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates of the whiskers (0: none)")
-    p.add_argument("--mlflow-ui", metavar="URL", help="base URL of the MLflow UI for run links (default: the "
-                                                       "tracking server, or http://127.0.0.1:5000 of `fairray ui`)")
-
     sys.exit(main())
-    p.add_argument("sweep", nargs="?", help="a sweep (experiment or spec file): print the link to its runs table")

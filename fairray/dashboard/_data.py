@@ -25,6 +25,8 @@ from fairray.metrics import METRICS, MetricKey
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 """Where ``fairray ui`` serves the MLflow UI of a local store: the base of the run links."""
+MINMAXGAP_METHODS = frozenset({"erm", "minmaxgap"})
+"""An ablation of only these methods is reported in the MinMaxGAP layout, as ``fairray report`` does."""
 CURVE_PREFIXES = ("method/",)
 CURVE_KEYS = ("train/loss", "dev/loss")
 """Metric histories shown per trial besides its objectives: the method's own logs (``method/...``, e.g.
@@ -214,24 +216,36 @@ def _ablation(sweep: Sweep, name: str, n_boot: int, cache: Cache) -> AblationTab
     if not ablated.trials:
         return AblationTable(name, None, f"run {ablated.run_id} has no finished trial yet ({ablated.n_failed} "
                                          "failed or running)")
+    if n_boot < 1:
+        return AblationTable(name, None, f"run {ablated.run_id}: not computed with --n-boot 0 (its table is a "
+                                         "bootstrap over seeds and speakers)")
     key = (ablated.run_id, tuple(t.run_id for t in ablated.trials), n_boot)
     if key not in cache.ablations:
+        title = f"{sweep.experiment} / {name}: test metrics, mean over seeds [95% speaker-bootstrap CI]"
+        methods = {t.params.get("method.name") or ablated.base_params.get("method.name") for t in ablated.trials}
         try:
-            rows, cells = idi_rows(ablated, split="test", n_boot=n_boot)
+            if methods <= MINMAXGAP_METHODS:  # `fairray report`'s layout "auto": the MinMaxGAP paper's tables
+                from fairray.report.minmaxgap import minmaxgap_report, render_minmaxgap_markdown
+
+                tables, cells = minmaxgap_report(ablated, split="test", n_boot=n_boot)
+                markdown = render_minmaxgap_markdown(tables, title=title)
+            else:
+                rows, cells = idi_rows(ablated, split="test", n_boot=n_boot)
+                markdown = render_markdown(rows, title=title)
         except FairrayError as exc:
             return AblationTable(name, None, f"run {ablated.run_id}: {exc}")
-        title = f"{sweep.experiment} / {name}: test metrics, mean over seeds [95% speaker-bootstrap CI]"
         note = (f"MLflow run {ablated.run_id}; {len(ablated.trials)} finished trials in {len(cells)} cells; "
                 f"as `fairray report SPEC --ablation {name}`")
-        cache.ablations[key] = AblationTable(name, render_markdown(rows, title=title), note)
+        cache.ablations[key] = AblationTable(name, markdown, note)
     return cache.ablations[key]
 
 
 def collect(tracking_uri: str, experiment: str, *, run_id: str | None = None, ablation: str | None = None,
-            compare: tuple[str, str] | None = None, n_boot: int = 200, mlflow_ui: str | None = None,
+            compare: tuple[str, ...] | None = None, n_boot: int = 200, mlflow_ui: str | None = None,
             cache: Cache | None = None) -> DashboardData:
     """Read the sweep (latest search run of ``experiment``, or ``run_id`` / ``ablation``) and everything the
-    page shows; ``compare`` is ``(tracking_uri, experiment)`` of another sweep drawn on the same axes.
+    page shows; ``compare`` is ``(tracking_uri, experiment[, run_id[, ablation]])`` of another sweep drawn on
+    the same axes.
 
     Raises
     ------
@@ -249,8 +263,9 @@ def collect(tracking_uri: str, experiment: str, *, run_id: str | None = None, ab
     compare_panels: dict[str, FrontPanel] = {}
     compare_label = ""
     if compare is not None:
-        other = load_sweep(compare[0], compare[1])
-        compare_label = f"{other.experiment} ({other.run_id[:8]})"
+        other = load_sweep(*compare)
+        compare_label = f"{other.experiment}{f' / {compare[3]}' if len(compare) > 3 and compare[3] else ''} " \
+                        f"({other.run_id[:8]})"
         objectives = sweep.objectives
         other_fronts = list(fronts(other, objectives=objectives))
         for column in [c for c in (stratum, sweep.attribute) if c]:
@@ -280,7 +295,9 @@ def collect(tracking_uri: str, experiment: str, *, run_id: str | None = None, ab
             _run_url(base, parent.info.experiment_id, trial.run_id), where,
             heat_tables(trial.metrics, sweep.attribute, stratum, groups, strata),
             _curves(tracking_uri, trial.run_id, keys, True, cache))
-    ablations = () if ablation else tuple(_ablation(sweep, n, n_boot, cache) for n in _spec_ablations(sweep))
+    # an ablation's page shows its own report table; the search's page those of every declared ablation
+    names = [ablation] if ablation else _spec_ablations(sweep)
+    ablations = tuple(_ablation(sweep, n, n_boot, cache) for n in names)
     command = f"fairray dashboard {_target_args(sweep, ablation)}"
     return DashboardData(sweep, parent.info.experiment_id, parent.info.status, tuple(fronts_), tuple(panels),
                          details, ablations, base, command, compare_panels, compare_label, tuple(notes))

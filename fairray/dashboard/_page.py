@@ -37,22 +37,31 @@ table.md th{background:#f4f4f4}.detail-grid{display:grid;grid-template-columns:m
 """
 
 
-def _markdown_table(markdown: str) -> str:
-    """``fairray report``'s markdown (title, notes, one pipe table) as HTML, every cell escaped."""
-    out, rows = [], []
+def markdown_html(markdown: str) -> str:
+    """``fairray report``'s markdown (headings, notes, pipe tables) as HTML, every cell escaped."""
+    out: list[str] = []
+    rows: list[list[str]] = []
+
+    def flush() -> None:
+        if rows:
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            out.append(f'<table class="md"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+            rows.clear()
+
     for line in markdown.splitlines():
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if not all(set(c) <= {"-", ":"} for c in cells):
+            if not all(c and set(c) <= {"-", ":"} for c in cells):
                 rows.append(cells)
-        elif line.startswith("# "):
-            out.append(f"<p><b>{html.escape(line[2:])}</b></p>")
+            continue
+        flush()
+        if line.startswith("#"):
+            level, _, text = line.partition(" ")
+            out.append(f"<p><b>{html.escape(text)}</b></p>" if level == "#" else f"<h4>{html.escape(text)}</h4>")
         elif line.strip():
             out.append(f'<p class="sub">{html.escape(line)}</p>')
-    if rows:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-        out.append(f'<table class="md"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+    flush()
     return "\n".join(out)
 
 
@@ -119,7 +128,7 @@ def build_page(data: DashboardData, *, served: bool = False, state: str = "") ->
     notes = "".join(f'<li class="note">{e(n)}</li>' for n in data.notes)
     ablations = []
     for table in data.ablations:
-        body = _markdown_table(table.markdown) if table.markdown else ""
+        body = markdown_html(table.markdown) if table.markdown else ""
         ablations.append(f"<h3>{e(table.name)}</h3><p class=\"sub\">{e(table.note)}</p>{body}")
     ablation_html = "\n".join(ablations) or '<p class="sub">The spec declares no ablation.</p>'
     fronts = fronts_figure(list(data.panels), compare=data.compare, compare_label=data.compare_label)
@@ -154,7 +163,7 @@ noise{compare}. Hover a point to ring the trial in every panel; click it to show
 <h2>Hyperparameters against objectives</h2>
 <p class="sub">Drag along an axis to filter trials; objectives of the overall front.</p>
 {figure_div(parallel_figure(data), "parallel")}
-<h2>Ablations declared in the spec</h2>
+<h2>Ablations declared in the spec (<code>fairray report</code>)</h2>
 {ablation_html}
 <script type="application/json" id="fairray-data">{embed_json(page_payload(data, served=served, state=state))}</script>
 <script>{script}</script>

@@ -35,7 +35,7 @@ class DashboardApp:
     """Builds the page on demand and keeps it while the state token is unchanged."""
 
     def __init__(self, tracking_uri: str, experiment: str, *, run_id: str | None = None, ablation: str | None = None,
-                 compare: tuple[str, str] | None = None, n_boot: int = 200, mlflow_ui: str | None = None) -> None:
+                 compare: tuple[str, ...] | None = None, n_boot: int = 200, mlflow_ui: str | None = None) -> None:
         self.target = (tracking_uri, experiment, run_id, ablation)
         self.options = {"compare": compare, "n_boot": n_boot, "mlflow_ui": mlflow_ui}
         self.cache = Cache()

@@ -35,6 +35,7 @@
       idx.push(pair[1]); xs.push(p ? [p[0]] : []); ys.push(p ? [p[1]] : []); cd.push(p ? [trial] : []);
     });
     if (idx.length) Plotly.restyle(fronts, { x: xs, y: ys, customdata: cd }, idx);
+    document.body.setAttribute("data-highlighted", trial ? trial + " " + Object.keys(at).length : "");
   }
 
   function cell(row, text, tag) {

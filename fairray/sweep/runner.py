@@ -289,7 +289,7 @@ def _never_pruned(trial_id: str) -> None:
 def _tag_search_settings(uri: str, run_id: str, spec: SweepSpec, ablation: str | None) -> None:
     """The sweep run records its constraints and early stopping (the frontier reads the constraints back)."""
     c = client(uri)
-    if spec.budget.repeats > 1:
+    if spec.budget.repeats > 1 and ablation is None:  # an ablation's seeds are its own points (fairray report)
         c.set_tag(run_id, TAG_REPEATS, str(spec.budget.repeats))
     if spec.search.constraints:
         c.set_tag(run_id, TAG_CONSTRAINTS, json.dumps([str(x) for x in spec.search.constraints]))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fairray._registry import Registry
-from fairray.errors import ConfigError
+from fairray.errors import ConfigError, DataError
 from fairray.inputs import FEATURES, InputSpec, InputTensor
 
 
@@ -94,3 +94,23 @@ def build_model(name: str, params: Any, inputs: Mapping[str, InputSpec] | int, n
 def vector_input(inputs: Mapping[str, InputTensor] | torch.Tensor, key: str) -> torch.Tensor:
     """The tensor of input ``key`` (a bare tensor is taken as that input, for direct calls ``model(x)``)."""
     return inputs if isinstance(inputs, torch.Tensor) else inputs[key]
+
+
+class PretrainedBase:
+    """Mixin of a module built on a pretrained base model loaded from a folder: ``base`` (the folder and its
+    content hash, :func:`fairray._local_model.base_model_record`) travels with the trainable state in
+    ``model.pt`` (torch's ``get_extra_state``), and a checkpoint trained on another base is refused in one
+    line when it is loaded. ``who`` names the model in that line."""
+
+    base: dict[str, str]
+    who: str = "model"
+
+    def get_extra_state(self) -> dict[str, str]:
+        return {"base_model_path": self.base["path"], "base_model_digest": self.base["digest"]}
+
+    def set_extra_state(self, state: Mapping[str, str]) -> None:
+        saved, here = state.get("base_model_digest"), self.base["digest"]
+        if saved != here:
+            raise DataError(f"{self.who}: the base model in {self.base['path']} is not the one this checkpoint was "
+                            f"trained on (content hash {here[:12]}, trained on {str(saved)[:12]} from "
+                            f"{state.get('base_model_path')}); point model.model_path at that model's folder")

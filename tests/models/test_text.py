@@ -186,3 +186,20 @@ def test_an_unknown_lora_target_is_one_line_listing_the_names(tiny_bert):
                                               r"module names: .*query.*value") as err:
             call()
         assert "\n" not in str(err.value)
+
+
+def test_a_checkpoint_names_its_base_model_and_refuses_another(tiny_bert, tmp_path):
+    from fairray.train.checkpoint import load_trainable_state, trainable_state
+
+    torch.manual_seed(0)
+    model = build_model("text", _params(model_path=tiny_bert, finetune="lora", lora_r=2), _spec(40), 2)
+    state = trainable_state(model)
+    assert not any("backbone" in k and "lora_" not in k for k in state if not k.endswith("_extra_state"))
+    again = build_model("text", _params(model_path=tiny_bert, finetune="lora", lora_r=2), _spec(40), 2)
+    load_trainable_state(again, state)  # the same base: accepted
+    other = str(write_random_model(tmp_path / "other-bert", "tiny", vocab_size=40, seed=1))
+    elsewhere = build_model("text", _params(model_path=other, finetune="lora", lora_r=2), _spec(40), 2)
+    with pytest.raises(DataError, match=r"model text: the base model in .*other-bert is not the one this checkpoint "
+                                        r"was trained on .*point model.model_path at that model's folder") as err:
+        load_trainable_state(elsewhere, state)
+    assert "\n" not in str(err.value)

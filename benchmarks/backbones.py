@@ -8,7 +8,8 @@ as fairray's loop builds them) on random inputs of a fixed shape, after warm-up 
   beyond the warm-up's high-water mark (it reads 0 when the allocator reuses memory freed by earlier rows, so
   compare CPU rows with care; the CUDA figure is the true per-row peak);
 * CUDA (when a GPU is visible): the same, plus Base-sized random configs (``ssl``: WavLM Base, 768 wide, 12
-  blocks, group-norm feature encoder) under bf16 autocast; peak memory is ``torch.cuda.max_memory_allocated``.
+  blocks, group-norm feature encoder; ``text``: BERT-base; ``qwen2_audio``: Qwen2-Audio-7B's shapes, bf16
+  weights, 30 s mel windows) under bf16 autocast; peak memory is ``torch.cuda.max_memory_allocated``.
 
 Model FLOPs per step are counted once with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
 convolutions, forward and backward as executed: a frozen weight costs no weight gradient); achieved FLOP/s =
@@ -16,7 +17,8 @@ FLOPs / step time, and on CUDA the model FLOPs utilisation (MFU) against the GPU
 (``--peak-tflops``, default 989 for an H200 / H100 SXM).
 
 Other backbones join by adding a builder to :data:`BUILDERS`: ``builder(root, size, finetune, device)`` ->
-``(model, batch)`` where ``batch(n)`` gives the model's input mapping for ``n`` samples.
+``(model, batch)`` where ``batch(n)`` gives the model's input mapping for ``n`` samples; :data:`MODES` names the
+finetune modes of a backbone that lacks some.
 
     python benchmarks/backbones.py [--steps 5] [--batch 8] [--seconds 1.0] [--gpu-batch 32] [--gpu-seconds 4]
 """
@@ -71,14 +73,71 @@ def ssl_builder(seconds: float) -> Builder:
     return build
 
 
-#: backbone name -> builder; the text and qwen2_audio models add theirs here.
+def text_builder(tokens: int) -> Builder:
+    """The ``text`` model (BERT: tiny, or BERT-base for ``base``) on rows of 50-100 % of ``tokens`` ids."""
+    from fairray.models.text import write_random_model as write_bert
+
+    folders: dict[str, Path] = {}
+
+    def build(root: Path, size: str, finetune: str, device: torch.device) -> tuple[torch.nn.Module, Batch]:
+        if size not in folders:
+            folders[size] = write_bert(root / f"bert-{size}", size)
+        params = MODELS.get("text").Params(model_path=str(folders[size]), finetune=finetune, top_k=1)
+        model = build_model("text", params, {"text": InputSpec("text", "tokens")}, N_CLASSES).to(device)
+
+        def batch(n: int) -> dict:
+            g = torch.Generator().manual_seed(0)
+            lengths = torch.randint(tokens // 2, tokens + 1, (n,), generator=g)
+            mask = torch.arange(tokens)[None, :] < lengths[:, None]
+            ids = torch.randint(1000, 30000, (n, tokens), generator=g) * mask
+            return {"text": Padded(ids, mask).to(device)}
+
+        return model, batch
+
+    return build
+
+
+def qwen2_audio_builder(seconds: float) -> Builder:
+    """The ``qwen2_audio`` model (head classifier, speech-only prompt) on ``seconds`` of audio per clip: the
+    tiny config, or Qwen2-Audio-7B's shapes for ``base`` (random bf16 weights written once, ~17 GB; its
+    feature extractor pads every clip to 30 s = 750 audio tokens; gradient checkpointing on)."""
+    from fairray.models.qwen2_audio import write_random_model as write_qwen
+
+    folders: dict[str, Path] = {}
+
+    def build(root: Path, size: str, finetune: str, device: torch.device) -> tuple[torch.nn.Module, Batch]:
+        shape = "7b" if size == "base" else "tiny"
+        if shape not in folders:
+            folders[shape] = write_qwen(root / f"qwen2-audio-{shape}", shape, device=device.type)
+        params = MODELS.get("qwen2_audio").Params(model_path=str(folders[shape]), finetune=finetune,
+                                                  gradient_checkpointing=shape == "7b")
+        model = build_model("qwen2_audio", params, {"audio": InputSpec("audio", "waveform")}, N_CLASSES).to(device)
+        samples = int(seconds * SAMPLE_RATE)
+
+        def batch(n: int) -> dict:
+            g = torch.Generator().manual_seed(0)
+            values = torch.randn(n, samples, generator=g) * 0.1
+            return {"audio": Padded(values, torch.ones(n, samples, dtype=torch.bool)).to(device)}
+
+        return model, batch
+
+    return build
+
+
+#: backbone name -> builder.
 BUILDERS: dict[str, Callable[[argparse.Namespace], Builder]] = {
     "ssl": lambda args: ssl_builder(args.seconds),
+    "text": lambda args: text_builder(args.tokens),
+    "qwen2_audio": lambda args: qwen2_audio_builder(args.seconds),
 }
 GPU_BUILDERS: dict[str, Callable[[argparse.Namespace], Builder]] = {
     "ssl": lambda args: ssl_builder(args.gpu_seconds),
+    "text": lambda args: text_builder(args.tokens),
+    "qwen2_audio": lambda args: qwen2_audio_builder(args.gpu_seconds),
 }
 FINETUNE = ("frozen", "top_k", "lora", "full")
+#: The finetune modes a backbone has, where not all of FINETUNE (Qwen2-Audio trains adapters or its head only).
+MODES = {"qwen2_audio": ("frozen", "lora")}
 
 
 class RssPeak:
@@ -167,6 +226,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8, help="clips per step (tiny configs)")
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds of audio per clip (tiny configs)")
+    parser.add_argument("--tokens", type=int, default=64, help="token ids per row (text)")
     parser.add_argument("--gpu-batch", type=int, default=32, help="clips per step (Base-sized configs, CUDA)")
     parser.add_argument("--gpu-seconds", type=float, default=4.0)
     parser.add_argument("--gpu-modes", default="lora,frozen", help="finetune modes of the Base-sized rows")
@@ -185,7 +245,7 @@ def main() -> None:
         cpu = torch.device("cpu")
         for name, make in BUILDERS.items():
             builder = make(args)
-            for mode in FINETUNE:
+            for mode in MODES.get(name, FINETUNE):
                 model, batch = builder(root, "tiny", mode, cpu)
                 print(row(name, "tiny", mode, "cpu", measure(model, batch, args.batch, args.steps, args.warmup, cpu,
                                                               bf16=False), None), flush=True)
@@ -196,8 +256,9 @@ def main() -> None:
         print(f"GPU: {torch.cuda.get_device_name()}; MFU against {args.peak_tflops:g} TFLOP/s dense bf16")
         for name, make in GPU_BUILDERS.items():
             builder = make(args)
-            for size, modes, n in (("tiny", FINETUNE, args.batch), ("base", args.gpu_modes.split(","), args.gpu_batch)):
-                for mode in modes:
+            has = MODES.get(name, FINETUNE)
+            for size, modes, n in (("tiny", has, args.batch), ("base", args.gpu_modes.split(","), args.gpu_batch)):
+                for mode in [m for m in modes if m in has]:
                     model, batch = builder(root, size, mode, cuda)
                     print(row(name, size, mode, "cuda", measure(model, batch, n, args.steps, args.warmup, cuda,
                                                                  bf16=True), args.peak_tflops), flush=True)

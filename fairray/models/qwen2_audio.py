@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,6 +73,8 @@ DEFAULT_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<
 #: LoRA on the decoder's query and value projections only (the audio encoder's have the same names).
 DEFAULT_TARGETS = r".*language_model.*\.(q_proj|v_proj)"
 WHO = "model qwen2_audio"
+#: Shortest clip fed to the feature extractor: 7 mel frames of 160 samples, the fewest that give 2 audio tokens.
+MIN_SAMPLES = 7 * 160
 
 
 def load_processor(folder: Path) -> Any:
@@ -152,6 +155,9 @@ class Qwen2AudioClassifier(PretrainedBase, nn.Module):
         """Log-mel features ``[B, mels, frames]`` and their frame mask, by the folder's own feature extractor."""
         lengths = wav.mask.sum(dim=1).tolist()
         clips = [wav.values[i, :max(int(n), 1)].detach().float().cpu().numpy() for i, n in enumerate(lengths)]
+        # a clip gives at least 2 audio tokens: with a single one in every row transformers would take the prompt
+        # for an unexpanded (legacy) one; shorter clips are padded with silence
+        clips = [np.pad(c, (0, max(0, MIN_SAMPLES - len(c)))) for c in clips]
         with torch.autocast("cpu", enabled=False):  # the extractor computes in float32 on the CPU, then numpy
             out = self.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_attention_mask=True,
                                          padding="max_length", return_tensors="pt")

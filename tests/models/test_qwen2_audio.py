@@ -305,3 +305,12 @@ def test_a_checkpoint_trained_on_another_base_model_is_refused(tiny_qwen, tmp_pa
     with pytest.raises(DataError, match=r"model qwen2_audio: the base model in .*other is not the one this "
                                         r"checkpoint was trained on"):
         load_trainable_state(build_model("qwen2_audio", _params(other, lora_r=2), SPECS, 3), state)
+
+
+def test_very_short_clips_still_get_an_expanded_run_of_audio_tokens(tiny_qwen):
+    """With one audio token in every row transformers would take the prompt for an unexpanded one."""
+    model = build_model("qwen2_audio", _params(tiny_qwen), SPECS, 3)
+    short = {"audio": Padded(torch.randn(2, 300), torch.ones(2, 300, dtype=torch.bool))}  # 19 ms each
+    batch = model.model_inputs(short)
+    assert (batch["input_ids"] == AUDIO_ID).sum(dim=1).tolist() == [2, 2]
+    assert model(short).shape == (2, 3)

@@ -124,6 +124,7 @@ def build_spec(raw: Mapping[str, Any], source: str, *, check_space: bool = True)
             data["search"]["constraints"], where.child("search").child("constraints"))}
     spec = build(SweepSpec, data, where)
     _check_dataset(spec, source)
+    _check_method_data(spec, source)
     if check_space:  # a trial (or predict) builds its model from the prepared data's inputs, checked there
         _check_model(spec, source)
         _check_space(spec, raw, source)
@@ -478,6 +479,10 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
             f"waveform input {waveforms[0]!r} is memory-mapped from a local cache folder, but the cache is "
             f"{cache_root}" + ("" if ds.cache else " (storage.path/features: dataset.cache is not set)")
             + "; set dataset.cache to a local or mounted folder on the machine that starts the sweep")
+    if ds.ood is not None:  # GEAR's OOD test sets cluster declared vector / sequence inputs
+        from fairray.data._ood import check_ood
+
+        check_ood(ds, where.child("ood"))
     if ds.name != "corpora":
         # the built-in data ships resemblyzer speaker embeddings; anything else needs the audio
         audio_only = sorted(f"{a} ({extractor})" for a, (extractor, _) in aux.items()
@@ -525,6 +530,15 @@ def _check_corpus_inputs(ds, i: int, corpus, adapter, where: Where) -> None:
                 raise at.error(f"kind tokens reads transcripts, but corpus {corpus.adapter!r} at {corpus.root} "
                                f"(dataset.corpora[{i}]) has none: {why}; corpora with transcripts: "
                                f"{', '.join(transcript_corpora())}")
+
+
+def _check_method_data(spec: SweepSpec, source: str) -> None:
+    """The method can train on the dataset section (:meth:`fairray.methods.Method.check_dataset`)."""
+    from fairray.methods import METHODS
+
+    why = METHODS.get(spec.method.name).check_dataset(spec.method.params, spec.dataset)
+    if why:
+        raise Where(source, "method").error(why)
 
 
 def _check_model(spec: SweepSpec, source: str) -> None:

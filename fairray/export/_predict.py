@@ -74,7 +74,7 @@ def predict(path: str | Path, split: str = "test") -> pd.DataFrame:
         raise DataError(f"{path}: the dataset differs from the one this model was trained on "
                         f"(fingerprint {data.fingerprint} != {meta['data_fingerprint']}); rebuild it as it was")
     idx = data.indices(split)
-    logits = infer(model, data.inputs, idx, spec.train.eval_batch_size, torch.device("cpu"))
+    logits = infer(model, data.inputs, idx, spec.train.eval_batch_size, torch.device("cpu"), context=data.context)
     proba = torch.softmax(logits, dim=1).numpy()
     classes = np.array(meta["classes"])
     frame = data.meta.loc[idx, ["uid", "speaker", data.attribute, data.stratum_name]].reset_index(drop=True)

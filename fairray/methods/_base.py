@@ -164,6 +164,12 @@ class Method(ABC):
         self.params = params
         self.ctx = ctx
 
+    @classmethod
+    def check_dataset(cls, params: Any, dataset: Any) -> str | None:
+        """What in the spec's ``dataset`` section (a ``DatasetConfig``) this method cannot train on, in one line,
+        or None. Called when a spec is loaded, before anything runs or is written. Default: nothing."""
+        return None
+
     def build_model(self, build: Callable[[int], nn.Module]) -> nn.Module:
         """The training module: the loop optimises its parameters and passes its output to :meth:`loss`.
 

@@ -21,6 +21,8 @@ class SamplerInput:
     attr: np.ndarray
     stratum: np.ndarray
     group: np.ndarray
+    #: Dialogue code per dataset row (-1 = none), when the dataset has dialogue context; else None.
+    dialogue: np.ndarray | None = None
 
 #: name -> fn(SamplerInput, batch_size, rng) -> iterator of index arrays (one epoch)
 SAMPLERS: Registry[Callable[..., Iterator[np.ndarray]]] = Registry("sampler")
@@ -94,3 +96,28 @@ def group_balanced(inp: SamplerInput, batch_size: int, rng: np.random.Generator)
 def class_balanced(inp: SamplerInput, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Each class equally likely per draw (``p_i ∝ 1/n_{c_i}``, with replacement)."""
     return _weighted(inp, inp.y, batch_size, rng)
+
+
+@SAMPLERS.register("dialogues")
+def dialogues(inp: SamplerInput, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Whole dialogues in random order, packed into batches of about ``batch_size`` utterances (a batch closes
+    once it reaches ``batch_size``; a dialogue is never split). Rows without a dialogue (code -1, or data
+    without dialogue context) are dialogues of one utterance."""
+    idx = np.asarray(inp.indices)
+    if inp.dialogue is None:
+        codes = -1 - np.arange(len(idx))
+    else:
+        d = np.asarray(inp.dialogue)[idx]
+        codes = np.where(d >= 0, d, -1 - np.arange(len(idx)))
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    members = [[] for _ in uniq]
+    for row, k in zip(idx, inverse, strict=True):
+        members[k].append(row)
+    batch: list[int] = []
+    for k in rng.permutation(len(uniq)):
+        batch.extend(members[k])
+        if len(batch) >= batch_size:
+            yield np.asarray(batch)
+            batch = []
+    if len(batch) >= 2:
+        yield np.asarray(batch)

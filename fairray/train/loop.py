@@ -92,6 +92,35 @@ def _batch(data: SERData, idx: np.ndarray, stores: Mapping[str, InputStore] | No
                  inputs=inputs, context=context)
 
 
+def forward(module: torch.nn.Module, inputs: Mapping[str, Any], context: DialogueContext | None) -> Any:
+    """``module(inputs)``; a model that declares ``reads_context`` (a dialogue model: CBERL's graph) also gets
+    the rows' :class:`~fairray.inputs.DialogueContext` (None when the dataset has none) as ``context=``."""
+    if getattr(unwrap(module), "reads_context", False):
+        return module(inputs, context=context)
+    return module(inputs)
+
+
+def _context_rows(context: np.ndarray | None, rows: np.ndarray, device: torch.device) -> DialogueContext | None:
+    if context is None:
+        return None
+    c = torch.as_tensor(context[rows]).to(device)
+    return DialogueContext(c[:, 0], c[:, 1], c[:, 2])
+
+
+def _chunks(rows: np.ndarray, batch_size: int, context: np.ndarray | None) -> Iterator[np.ndarray]:
+    """``rows`` in chunks of ``batch_size``; with dialogue context a chunk runs on to the end of the dialogue
+    its last row is in (consecutive rows of one dialogue stay together, so a dialogue model sees them whole)."""
+    start = 0
+    while start < len(rows):
+        stop = min(start + batch_size, len(rows))
+        if context is not None:
+            dialogue = context[rows, 0]
+            while stop < len(rows) and dialogue[stop] >= 0 and dialogue[stop] == dialogue[stop - 1]:
+                stop += 1
+        yield rows[start:stop]
+        start = stop
+
+
 def train_context(data: SERData, epochs: int) -> TrainContext:
     """Training-split counts a method may use (classes, groups, class x group, soft group mass), the
     number of dataset rows (``Batch.index`` range) and the trial's epochs. For multi-label data also
@@ -156,16 +185,20 @@ class Precision:
 
 @torch.no_grad()
 def infer(model: torch.nn.Module, stores: Mapping[str, InputStore], rows: np.ndarray, batch_size: int,
-          device: torch.device, precision: Precision | None = None) -> torch.Tensor:
+          device: torch.device, precision: Precision | None = None, context: np.ndarray | None = None
+          ) -> torch.Tensor:
     """Class logits ``[len(rows), C]`` (float32, CPU) of ``model`` in chunks of ``batch_size`` rows, so peak
-    memory does not grow with the split. Evaluation and ``fairray predict`` both go through here."""
+    memory does not grow with the split. Evaluation and ``fairray predict`` both go through here. ``context``:
+    the dataset's dialogue context ``[N, 3]`` (``SERData.context``), for models that read it (:func:`forward`);
+    chunks then end at dialogue ends."""
     model.eval()
     out = []
     autocast = precision.autocast if precision is not None else contextlib.nullcontext
-    for start in range(0, len(rows), batch_size):
-        chunk = take_inputs(stores, rows[start:start + batch_size])
+    reads = getattr(model, "reads_context", False)
+    for part in _chunks(np.asarray(rows), batch_size, context if reads else None):
+        chunk = take_inputs(stores, part)
         with autocast():
-            logits = model({k: v.to(device) for k, v in chunk.items()})
+            logits = forward(model, {k: v.to(device) for k, v in chunk.items()}, _context_rows(context, part, device))
         out.append(logits.float().cpu())
     return torch.cat(out) if out else torch.zeros((0, 0))
 
@@ -185,11 +218,13 @@ class _Evaluator:
         self.data, self.method, self.s_min = data, method, s_min
         self.batch_size, self.device, self.precision = batch_size, device, precision
         self.stores = data.inputs
-        self.idx = {s: data.indices(s) for s in ("dev", "test")}
-        self.labels = {s: _batch(data, self.idx[s], stores={}).to(device) for s in ("dev", "test")}
-        self.frames = {s: data.groups_frame(s) for s in ("dev", "test")}
+        # dev, test and the dataset's extra test splits (``SERData.test_sets``: subsets of test, e.g. OOD sets)
+        self.idx = {"dev": data.indices("dev"), "test": data.indices("test"), **data.test_sets}
+        self.labels = {s: _batch(data, self.idx[s], stores={}).to(device) for s in self.idx}
+        columns = [data.attribute, data.stratum_name]
+        self.frames = {s: data.meta.iloc[rows][columns].reset_index(drop=True) for s, rows in self.idx.items()}
         self.template = {}  # per split, the rows' Predictions checked once; an epoch adds its outputs
-        for s in ("dev", "test"):
+        for s in self.idx:
             meta = data.meta.iloc[self.idx[s]]
             uid = meta["uid"].astype(str).to_numpy() if "uid" in meta.columns else self.idx[s].astype(str)
             y_true = multi_hot(data.soft[self.idx[s]]) if data.task == "multi" else data.y[self.idx[s]]
@@ -202,7 +237,8 @@ class _Evaluator:
         """Inference logits of the training ``module`` (DDP-wrapped or not) on ``rows``, on the model's device."""
         model = self.method.inference_model(unwrap(module))
         try:
-            return infer(model, self.stores, rows, self.batch_size, self.device, self.precision).to(self.device)
+            return infer(model, self.stores, rows, self.batch_size, self.device, self.precision,
+                         self.data.context).to(self.device)
         finally:
             module.train()
 
@@ -333,7 +369,7 @@ def train_step(module: torch.nn.Module, method: Method, micro: list[Batch], opti
             for m, b in enumerate(micro):
                 states.append(_rng_state(device))
                 with recording(acc, m), precision.autocast():
-                    method.loss(module(b.inputs), b)
+                    method.loss(forward(module, b.inputs, b.context), b)
     optimizer.zero_grad(set_to_none=True)
     outputs: list[LossOutput] = []
     for m, b in enumerate(micro):
@@ -350,7 +386,7 @@ def train_step(module: torch.nn.Module, method: Method, micro: list[Batch], opti
         sync = module.no_sync() if (not last and hasattr(module, "no_sync")) else contextlib.nullcontext()
         with sync:
             with reduction, precision.autocast():
-                out = method.loss(module(b.inputs), b)
+                out = method.loss(forward(module, b.inputs, b.context), b)
             bad = _non_finite(out.loss.detach().float(), device)
             if bad is not None:
                 msg = (f"training loss is {bad} {where}".rstrip()
@@ -418,7 +454,8 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
     method_cls = METHODS.get(spec.method.name)
     method = method_cls(spec.method.params, ctx)
     sampler = method_cls.sampler if tcfg.sampler == "auto" else tcfg.sampler
-    sampler_input = SamplerInput(data.indices("train"), data.y, data.attr, data.stratum, data.group)
+    dialogue = data.context[:, 0] if data.context is not None else None  # dialogue samplers batch whole dialogues
+    sampler_input = SamplerInput(data.indices("train"), data.y, data.attr, data.stratum, data.group, dialogue)
     stores = data.inputs
     # the training module (several nets for some methods); evaluation goes through method.inference_model
     module = method.build_model(model_builder(spec, specs_of(stores))).to(device)
@@ -580,7 +617,12 @@ def _final(spec: SweepSpec, module, state: dict[str, Any], best_file: Path, eval
     _, dev_loss, dev_pred = evaluate(module, "dev")
     _, test_loss, test_pred = evaluate(module, "test")
     dev_report, test_report = dev_pred.report(), test_pred.report()
+    extra = {name: evaluate(module, name) for name in evaluate.data.test_sets}  # logged like test, never selected on
+    extra_reports = {name: pred.report() for name, (_, _, pred) in extra.items()}
     final = {**dev_report.flat("dev"), **test_report.flat("test"), "dev/loss": dev_loss, "test/loss": test_loss,
+             **{f"{name}/{k[len('test/'):]}": v for name, r in extra_reports.items() for k, v in r.flat("test").items()},
+             **{f"{name}/loss": loss for name, (_, loss, _) in extra.items()},
+             **{f"data/{k}": v for k, v in evaluate.data.test_set_info.items()},
              "selected_epoch": float(best["epoch"]), "final": 1.0, "train/skipped_steps_total":
              float(state.get("skipped_steps", 0)),
              **{f"groups/{k}": v for k, v in evaluate.data.group_info.items()}}
@@ -598,10 +640,14 @@ def _final(spec: SweepSpec, module, state: dict[str, Any], best_file: Path, eval
             (root / "groups").mkdir()
             dev_report.table().to_csv(root / "groups" / "dev.csv", index=False)
             test_report.table().to_csv(root / "groups" / "test.csv", index=False)
+            for name, report in extra_reports.items():
+                report.table().to_csv(root / "groups" / f"{name}.csv", index=False)
             # the evaluated predictions: their report() is exactly the logged dev/test metrics
             (root / "predictions").mkdir()
             dev_pred.save(root / "predictions" / "dev.npz")
             test_pred.save(root / "predictions" / "test.npz")
+            for name, (_, _, pred) in extra.items():
+                pred.save(root / "predictions" / f"{name}.npz")
             (root / "method_state.json").write_text(json.dumps(method.state_dict(), indent=1, default=str))
             run.log_artifacts(root)
     return final

@@ -53,6 +53,9 @@ class CorpusAdapter(ABC):
     #: (dialogue corpora: MELD, MELD-ST, IEMOCAP), False (acted corpora, whose text is one of a few scripted
     #: sentences spoken in every emotion, or none), None when it depends on the files (a manifest).
     transcripts: ClassVar[bool | None] = False
+    #: Whether utterances carry dialogue ids and turn positions (``dialogue_id``, ``utt_pos``: the rows'
+    #: dialogue context): True, False, or None when it depends on the files (a manifest).
+    dialogues: ClassVar[bool | None] = False
 
     @abstractmethod
     def load(self, root: str | Path) -> pd.DataFrame:

@@ -92,6 +92,7 @@ class IemocapAdapter(CorpusAdapter):
 
     name = "iemocap"
     transcripts = True
+    dialogues = True
     languages = ("en",)
 
     def load(self, root: str | Path) -> pd.DataFrame:

@@ -62,6 +62,7 @@ class ManifestAdapter(CorpusAdapter):
     has_votes = None
     name = "manifest"
     transcripts = None
+    dialogues = None
     languages = ()
     verified_on_real_data = True
 

@@ -117,6 +117,7 @@ class Meld(CorpusAdapter):
 
     name = "meld"
     transcripts = True
+    dialogues = True
     languages = ("en",)
     verified_on_real_data = True
 
@@ -218,6 +219,7 @@ class MeldST(CorpusAdapter):
 
     name = "meld_st"
     transcripts = True
+    dialogues = True
     languages = ("en", "de", "ja")
 
     def __init__(self, metadata_only: bool = False, gender_map: str | Path | None = None,

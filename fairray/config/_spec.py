@@ -91,6 +91,44 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
+class BinaryLabel:
+    """A 0/1 label from a table column: 1 where the column's value is one of ``positive``."""
+
+    column: str
+    positive: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.positive:
+            raise ValueError("positive: give at least one value of the column that counts as label 1")
+
+
+@dataclass(frozen=True)
+class OODConfig:
+    """GEAR's out-of-distribution test subsets (METHODS 4.3): ``dataset.ood``.
+
+    For each modality (label -> a vector input, or a sequence input, time-averaged) the training split is
+    clustered with K-means (``k``) and a subset of ``fraction`` of the test split is chosen by simulated
+    annealing to maximise the per-cluster shift of the binary ``label`` against its training rate, at the
+    test split's overall label rate. Each subset is an extra test split ``test_ood_<modality>`` (and
+    ``test_ood_joint`` over all modalities together, GEAR's ``tav``, when there are two or more), evaluated
+    and logged like ``test``; never a search objective.
+    """
+
+    modalities: Mapping[str, str]
+    label: BinaryLabel
+    k: int = field(default=10, metadata={"ge": 1})
+    fraction: float = field(default=0.5, metadata={"gt": 0, "lt": 1})
+    moves: int = field(default=20_000, metadata={"ge": 0})
+    seed: int = field(default=0, metadata={"ge": 0})
+    #: Also the joint set over every modality (needs two or more).
+    joint: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.modalities:
+            raise ValueError("modalities: give at least one {label: <input name>} (e.g. {text: features})")
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     """Which data a trial trains and is scored on.
 
@@ -137,6 +175,8 @@ class DatasetConfig:
     #: drop non-majority clips from train/dev. Only corpora with rater votes carry ``soft_<class>``
     #: columns: ``cremad`` (or a manifest that has them).
     targets: Literal["single", "multi"] = "single"
+    #: GEAR's OOD test subsets of the test split, evaluated and logged as extra test splits (see :class:`OODConfig`).
+    ood: OODConfig | None = None
 
     def __post_init__(self) -> None:
         if len(set(self.emotions)) < 2 or len(set(self.emotions)) != len(self.emotions):

@@ -169,6 +169,11 @@ class SERData:
     extra_inputs: Mapping[str, InputStore] = field(default_factory=dict)
     #: Dialogue context per row ``[N, 3]`` int64 (dialogue, position, speaker codes; -1 unknown), or None.
     context: np.ndarray | None = None
+    #: Extra test splits: name -> sorted dataset rows, each a subset of the test split (``dataset.ood``: GEAR's
+    #: OOD sets). The loop evaluates and logs each like ``test`` (``test_ood_text/weighted_f1``).
+    test_sets: Mapping[str, np.ndarray] = field(default_factory=dict)
+    #: How each extra test split was drawn (e.g. ``test_ood_text/label_shift``), logged with every trial.
+    test_set_info: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def inputs(self) -> dict[str, InputStore]:
@@ -350,6 +355,13 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     std = np.where(std > 1e-8, std, 1.0)
     Xs = ((X - mean) / std).astype(np.float32)
 
+    test_sets, test_set_info = {}, {}
+    if cfg.ood is not None:  # GEAR's OOD subsets of test (METHODS 4.3), from the standardised inputs
+        from fairray.data._ood import ood_test_sets
+
+        stores = {**({FEATURES: VectorStore(FEATURES, Xs)} if Xs.shape[1] else {}), **extra}
+        test_sets, test_set_info = ood_test_sets(cfg.ood, meta, split, stores)
+
     from fairray.data.groups import GroupInput, infer_groups
 
     attr_codes = attr.to_numpy(np.int64)
@@ -366,7 +378,7 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
         strata_values=strata_values, mean=mean.astype(np.float32), std=std.astype(np.float32),
         fingerprint=digest.hexdigest()[:16], group=groups.ids, group_values=groups.values, group_prob=groups.prob,
         group_info=groups.info, soft=soft, task=cfg.targets, feature_meta=dict(provenance.get("feature_meta", {})),
-        extra_inputs=extra, context=dialogue_context(meta),
+        extra_inputs=extra, context=dialogue_context(meta), test_sets=test_sets, test_set_info=test_set_info,
     )
 
 

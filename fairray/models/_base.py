@@ -68,6 +68,8 @@ def check_model(name: str, params: Any, inputs: Mapping[str, InputSpec]) -> None
         have = ", ".join(s.describe() for s in inputs.values()) or "none"
         raise ConfigError(f"model {name} accepts {'/'.join(plugin.accepts)} inputs, but the dataset provides {have}; "
                           f"models for these inputs: {', '.join(models_for(kinds)) or 'none'}")
+    if getattr(params, "input", None) is not None:  # a named input must exist and be of a kind the model reads
+        select_input(name, params, inputs, tuple(plugin.accepts))
     check = getattr(plugin, "check", None)
     if check is not None:
         check(params, inputs)

@@ -11,7 +11,7 @@ The training module (:class:`CBERLNets`) chains, per batch of whole dialogues (s
     g = GCN_2(h, A_window)                          unmasked pass: the classifier reads it
     g' = GCN_2(h with ρ·n nodes -> mask token,      masked pass (training only, ``masking_rate`` ρ > 0),
                their outgoing messages dropped)     shared weights; L_rec = SCE_2(dec(g'_M), sg(h_M))
-    logits_k = head_k(g), k = 1..M                  AdaBoost (SAMME) heads, each with the focal loss
+    logits_k = head_k([h; g]), k = 1..M             AdaBoost (SAMME) heads, each with the focal loss
 
     L = mean_k L_focal(head_k | SAMME weights) + λ_rec L_rec + mean L_vae + L_gan
 
@@ -174,7 +174,9 @@ class CBERLNets(nn.Module):
         self.gcn = GCN(width, p.gcn_hidden, p.dropout)
         self.mask_token = nn.Parameter(torch.zeros(width)) if p.masking_rate > 0 else None
         self.decoder = nn.Linear(p.gcn_hidden, width) if p.masking_rate > 0 else None
-        self.heads = nn.ModuleList(nn.Linear(p.gcn_hidden, n_classes) for _ in range(p.heads))
+        # the heads read [h_i; g_i]: the node's own context feature beside its graph feature (two GCN layers
+        # over windows of up to 21 utterances alone smooth a node towards its dialogue's mean)
+        self.heads = nn.ModuleList(nn.Linear(width + p.gcn_hidden, n_classes) for _ in range(p.heads))
         self.register_buffer("head_alpha", torch.ones(p.heads))
         if p.augment_ratio > 0:
             d = sum(dims.values())
@@ -205,7 +207,7 @@ class CBERLNets(nn.Module):
         z, vae = self.fuse(e, p.beta_kl, gen)
         h = self.lstm(z, dialogue, position) if self.lstm is not None else z
         a = window_adjacency(dialogue, position, p.w_past, p.w_fut)
-        g = self.gcn(h, a, gen)
+        g = torch.cat([h, self.gcn(h, a, gen)], dim=1)
         logits = torch.stack([head(g) for head in self.heads])
         rec, k = h.new_zeros(()), 0
         if gen is not None and p.masking_rate > 0:

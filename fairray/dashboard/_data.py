@@ -131,7 +131,8 @@ def heat_tables(metrics: Mapping[str, float], attribute: str, stratum: str | Non
                 strata: Sequence[str], splits: Sequence[str] = ("dev", "test")) -> dict[str, dict]:
     """Every logged metric of a trial per group x stratum: ``utility`` (rows ``split/metric``, columns
     ``group · stratum`` cells, then each group, each stratum and all) and ``gap`` (columns: each stratum,
-    worst and mean over strata, pooled). Each is ``{"x": columns, "y": rows, "z": values, "keys": keys}``."""
+    worst and mean over strata, pooled). Each is ``{"x": columns, "y": rows, "z": values, "good": colour values
+    (1 best; ``1 - value`` for a minimised metric), "keys": metric keys}``."""
     cells = [(g, s) for s in strata for g in groups] if stratum else []
     columns: list[tuple[str, str | None, str | None]] = [(f"{g} · {s}", g, s) for g, s in cells]
     columns += [(f"{g} · all", g, None) for g in groups] + [(f"all · {s}", None, s) for s in strata]
@@ -141,7 +142,7 @@ def heat_tables(metrics: Mapping[str, float], attribute: str, stratum: str | Non
     gap_columns.append(("pooled", None))
     out = {}
     for kind, cols in (("utility", columns), ("gap", gap_columns)):
-        rows, z, keys = [], [], []
+        rows, z, good, keys = [], [], [], []
         for split in splits:
             for name, spec in METRICS.items():
                 if spec.kind != kind:
@@ -159,9 +160,12 @@ def heat_tables(metrics: Mapping[str, float], attribute: str, stratum: str | Non
                 if all(v is None for v in values):
                     continue
                 rows.append(f"{split}/{name}")
-                z.append([None if v is None or not math.isfinite(v) else float(v) for v in values])
+                row = [None if v is None or not math.isfinite(v) else float(v) for v in values]
+                z.append(row)
+                # colour by how good the value is (1 best): a minimised metric (a gap, FPR) is shown as 1 - value
+                good.append([None if v is None else (1.0 - v if spec.direction == "min" else v) for v in row])
                 keys.append(row_keys)
-        out[kind] = {"x": [c[0] for c in cols], "y": rows, "z": z, "keys": keys}
+        out[kind] = {"x": [c[0] for c in cols], "y": rows, "z": z, "good": good, "keys": keys}
     return out
 
 

@@ -136,7 +136,7 @@ def build_page(data: DashboardData, *, served: bool = False, state: str = "") ->
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>fairray — {e(sweep.experiment)}</title><style>{_CSS}</style>
 {plotly_script()}</head>
-<body>
+<body id="fairray-body">
 <h1>fairray — fairness explorer of sweep <code>{e(sweep.experiment)}</code></h1>
 <p class="sub">{len(sweep.trials)} finished trials, {sweep.n_failed} failed or running; sweep run
 <a href="{e(parent_url)}">{e(sweep.run_id)}</a> ({e(data.status)}) at <code>{e(sweep.tracking_uri)}</code>;

@@ -6,9 +6,8 @@
   var fronts = document.getElementById("fronts");
   var picker = document.getElementById("trial-picker");
   var selected = null;
-  // Red (bad) to green (good): utilities are good high, gaps good low.
+  // Red (worse) to green (better); the "good" values are already 1 - value for minimised metrics.
   var GOOD_HIGH = [[0, "#d73027"], [0.5, "#fee08b"], [1, "#1a9850"]];
-  var GOOD_LOW = [[0, "#1a9850"], [0.5, "#fee08b"], [1, "#d73027"]];
 
   function tracesWith(role) {
     var out = [];
@@ -45,13 +44,15 @@
     return c;
   }
 
-  function heat(divId, table, title, reverse) {
+  function heat(divId, table, title) {
     var div = document.getElementById(divId);
     if (!table || !table.y.length) { Plotly.purge(div); div.textContent = "no " + title + " logged"; return; }
     div.textContent = "";
     Plotly.react(div, [{
-      type: "heatmap", x: table.x, y: table.y, z: table.z, zmin: 0, zmax: 1, colorscale: reverse ? GOOD_LOW : GOOD_HIGH, texttemplate: "%{z:.3f}", customdata: table.keys,
-      hovertemplate: "%{customdata} = %{z:.4f}<extra></extra>", colorbar: { thickness: 10 }
+      type: "heatmap", x: table.x, y: table.y, z: table.good, zmin: 0, zmax: 1, colorscale: GOOD_HIGH,
+      text: table.z.map(function (r) { return r.map(function (v) { return v === null ? "" : v.toFixed(3); }); }),
+      texttemplate: "%{text}", customdata: table.keys, hovertemplate: "%{customdata} = %{text}<extra></extra>",
+      colorbar: { thickness: 10, tickvals: [0, 1], ticktext: ["worse", "better"] }
     }], {
       title: { text: title, font: { size: 13 } }, height: 24 * table.y.length + 130,
       margin: { l: 150, r: 20, t: 40, b: 70 }, yaxis: { autorange: "reversed" }
@@ -99,8 +100,8 @@
     trial.places.forEach(function (p) {
       var li = document.createElement("li"); li.textContent = p; places.appendChild(li);
     });
-    heat("heat-utility", trial.heat.utility, "utilities per group (rows: split/metric)", false);
-    heat("heat-gap", trial.heat.gap, "gaps between groups, per stratum", true);
+    heat("heat-utility", trial.heat.utility, "utilities per group (rows: split/metric)");
+    heat("heat-gap", trial.heat.gap, "gaps between groups, per stratum");
     curves(trial);
   }
 

@@ -116,7 +116,11 @@ def head():
         with pytest.MonkeyPatch.context() as mp:
             for k, v in client_env.items():
                 mp.setenv(k, v)
+            from ray._raylet import AuthenticationTokenLoader
             from ray.job_submission import JobSubmissionClient
+
+            # The token is cached per process: a local ray.init of an earlier test in this process left its own.
+            AuthenticationTokenLoader.instance().reset_cache()
 
             def ready() -> bool:
                 try:
@@ -127,6 +131,7 @@ def head():
 
             wait_until(ready, proc, "ray head", temp / "head.log", timeout_s=120)
             yield url, JobSubmissionClient(url), client_env
+        AuthenticationTokenLoader.instance().reset_cache()  # later tests of this process load their own again
     finally:
         stop(proc)
         log.close()

@@ -30,12 +30,14 @@ Classification only: fairray's datasets are labelled with classes, so the biased
 :func:`gmae`) for a regression loop; the loop here never calls them.
 
 The swap permutation is drawn inside the training forward pass (the global torch generator, which the loop
-seeds per epoch) so every module runs inside ``forward``; ``loss()`` reads the swapped outputs only once
-swapping is on. The epoch counter is the method's only state (:meth:`GEAR.on_epoch_end`).
+seeds per epoch) so every module runs inside ``forward``. The epoch counter is the method's only state
+(:meth:`GEAR.on_epoch_end`); the method switches its module's swap branch on from it (``GEARNets.swap``), so
+epochs before ``swap_epochs`` compute no swapped outputs.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -157,6 +159,8 @@ class GEARNets(nn.Module):
         self.project = nn.ModuleDict({m: nn.Sequential(nn.Linear(2 * width[m], d), nn.ReLU())
                                       for m in self.modalities})
         self.fusion = fusion
+        #: Whether the training forward pass draws π and computes the swapped outputs: set by the method from
+        #: its epoch counter (:attr:`GEAR.swapping`), so epochs before ``swap_epochs`` do not pay for them.
         self.swap = swap
 
     def encode(self, inputs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -273,12 +277,17 @@ class GEAR(BaseLossMethod):
     def __init__(self, params: GEARParams, ctx: TrainContext) -> None:
         super().__init__(params, ctx)
         self.epoch = 0  # epochs completed (on_epoch_end); swapping starts at swap_epochs
+        # the module build_model made, whose swap branch follows the epoch (a weak reference: Method.to walks
+        # the method's attributes, and the module is the loop's to move)
+        self._nets: Callable[[], GEARNets | None] = lambda: None
 
     def build_model(self, build: Callable[[int], nn.Module]) -> GEARNets:
         p, n = self.params, self.ctx.n_classes
         robust, biased = _modality_encoders(build(n)), _modality_encoders(build(n))
         fusion = GEARFusion(len(robust), p.d, p.heads, p.fusion_layers, p.hidden, p.dropout, n, p.fusion_branches)
-        return GEARNets(robust, biased, fusion, p.d, n, p.swap)
+        nets = GEARNets(robust, biased, fusion, p.d, n, self.swapping)
+        self._nets = weakref.ref(nets)
+        return nets
 
     def inference_model(self, train_module: GEARNets) -> nn.Module:
         return RobustPrediction(train_module)
@@ -322,10 +331,17 @@ class GEAR(BaseLossMethod):
 
     def on_epoch_end(self, dev: DevEval) -> dict[str, float]:
         self.epoch += 1
+        self._sync_swap()
         return {}
+
+    def _sync_swap(self) -> None:
+        nets = self._nets()
+        if nets is not None:
+            nets.swap = self.swapping
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
+        self._sync_swap()

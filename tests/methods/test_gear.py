@@ -116,14 +116,18 @@ def test_swap_starts_after_swap_epochs_and_the_epoch_count_is_the_state():
     method, module = make(swap_epochs=2)
     b = batch()
     dev = DevEval(torch.zeros(len(b), 3), b.labels_only())
-    seen = []
+    seen, drawn = [], []
     for _ in range(3):
-        seen.append(method.loss(module(b.inputs), b).logs["swapping"])
+        out = module(b.inputs)  # epochs before swap_epochs compute no swapped outputs
+        seen.append(method.loss(out, b).logs["swapping"])
+        drawn.append(out.perm is not None)
         method.on_epoch_end(dev)
-    assert seen == [0.0, 0.0, 1.0] and "l_swap" in method.loss(module(b.inputs), b).logs
-    fresh, _ = make(swap_epochs=2)
-    fresh.load_state_dict(method.state_dict())
-    assert fresh.swapping and fresh.state_dict() == {"epoch": 3}
+    assert seen == [0.0, 0.0, 1.0] and drawn == [False, False, True]
+    assert "l_swap" in method.loss(module(b.inputs), b).logs
+    fresh, fresh_module = make(swap_epochs=2)
+    assert fresh_module(b.inputs).perm is None
+    fresh.load_state_dict(method.state_dict())  # a resumed trial swaps again
+    assert fresh.swapping and fresh.state_dict() == {"epoch": 3} and fresh_module(b.inputs).perm is not None
 
 
 def test_no_permutation_in_evaluation_with_swap_off_and_identity_for_one_row():

@@ -1,0 +1,125 @@
+"""Per-epoch cost of GEAR's components against ERM on the same data, side by side in one run.
+
+Every arm trains the same model plugin section on the same training rows with the same batches (the loop's
+``train_step``: forward, method loss, backward, AdamW step), timed over whole epochs after one warm-up epoch;
+the dev evaluation of the inference net is timed separately. Arms:
+
+  * ``erm``: the trial's model as it is (one encoder per modality, its own head);
+  * ``gear``: robust + biased encoder per modality, biased heads (GCE), IPW, swap on (swap_epochs 0), one
+    Transformer layer in the fusion block; and GEAR with one component changed: ``w/o swap``, ``w/o gce``,
+    ``w/o ipw``, ``no transformer`` (fusion_layers 0), ``IFL_LS`` (fusion_branches).
+
+Data: the spec's dataset (default ``search_spaces/gear.yaml``: MELD's MiniLM features, extracted once into
+``--cache``; minutes on two cores the first time), or the built-in data with ``--builtin`` (88 eGeMAPS features,
+no download, seconds). Prints one table: ms per training epoch, x ERM, ms per dev evaluation, trainable
+parameters.
+
+    python benchmarks/gear_cost.py [--builtin] [--cache fairray_runs/gear_repro/features] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "gear.yaml"
+ARMS = {
+    "erm": {"name": "erm", "loss": "ce"},
+    "gear": {"name": "gear", "swap_epochs": 0},
+    "gear w/o swap": {"name": "gear", "swap": False},
+    "gear w/o gce": {"name": "gear", "swap_epochs": 0, "gce": False},
+    "gear w/o ipw": {"name": "gear", "swap_epochs": 0, "ipw": False},
+    "gear no transformer": {"name": "gear", "swap_epochs": 0, "fusion_layers": 0},
+    "gear IFL_LS": {"name": "gear", "swap_epochs": 0, "fusion_branches": True},
+}
+
+
+def time_arm(raw: dict, data, epochs: int) -> dict[str, float]:
+    from fairray.config import build_spec
+    from fairray.inputs import specs_of
+    from fairray.methods import METHODS
+    from fairray.train.loop import (
+        Precision,
+        _batch,
+        _steps,
+        infer,
+        model_builder,
+        param_groups,
+        train_context,
+        train_step,
+    )
+
+    spec = build_spec(raw, "gear_cost")
+    t = spec.train
+    torch.manual_seed(0)
+    ctx = train_context(data, epochs + 1)
+    method = METHODS.get(spec.method.name)(spec.method.params, ctx)
+    stores = data.inputs
+    module = method.build_model(model_builder(spec, specs_of(stores)))
+    optimizer = torch.optim.AdamW(param_groups(module, t.lr), lr=t.lr, weight_decay=t.weight_decay)
+    precision = Precision("fp32", torch.device("cpu"))
+    from fairray.methods import SamplerInput
+
+    sampler_input = SamplerInput(data.indices("train"), data.y, data.attr, data.stratum, data.group)
+    epoch_s = []
+    for epoch in range(epochs + 1):  # epoch 0 warms up
+        rng = np.random.default_rng([0, epoch])
+        batches = [_batch(data, idx, stores, rng) for step in
+                   _steps(method.batches(sampler_input, t.batch_size, rng, epoch, method.sampler), 1) for idx in step]
+        module.train()
+        start = time.perf_counter()
+        for b in batches:
+            train_step(module, method, [b], optimizer, precision)
+        if epoch:
+            epoch_s.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    infer(method.inference_model(module), stores, data.indices("dev"), t.eval_batch_size, torch.device("cpu"))
+    dev_s = time.perf_counter() - start
+    n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"epoch_ms": 1000 * float(np.median(epoch_s)), "dev_ms": 1000 * dev_s, "params": float(n_params)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--builtin", action="store_true", help="the built-in ser3 data instead of the spec's")
+    parser.add_argument("--spec", default=str(SPEC))
+    parser.add_argument("--cache", default="fairray_runs/gear_repro/features", help="feature cache of the spec's data")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per arm (after one warm-up epoch)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from fairray.config import build_spec
+    from fairray.data import prepare
+
+    raw = yaml.safe_load(Path(args.spec).read_text())
+    raw.pop("ablations", None)
+    raw["search"]["space"] = {}  # fixed arms, no sampling
+    raw["dataset"].pop("ood", None)  # the OOD sets change no training cost
+    if args.builtin:
+        raw["dataset"] = {"name": "ser3"}
+    else:
+        raw["dataset"]["cache"] = args.cache
+    data = prepare(build_spec(raw, args.spec).dataset)
+    n_train = len(data.indices("train"))
+    print(f"data: {'ser3 (built-in)' if args.builtin else raw['dataset']['corpora'][0]['adapter']}, {n_train} training "
+          f"rows, inputs {', '.join(s.spec.describe() for s in data.inputs.values())}; batch "
+          f"{raw['train']['batch_size']}, 1 CPU thread, median of {args.epochs} epochs")
+    rows = {}
+    for arm, method in ARMS.items():
+        arm_raw = copy.deepcopy(raw)
+        arm_raw["method"] = method
+        rows[arm] = time_arm(arm_raw, data, args.epochs)
+    base = rows["erm"]["epoch_ms"]
+    print(f"{'arm':<22}{'ms/epoch':>10}{'x ERM':>8}{'dev ms':>9}{'params':>10}")
+    for arm, r in rows.items():
+        print(f"{arm:<22}{r['epoch_ms']:>10.0f}{r['epoch_ms'] / base:>8.2f}{r['dev_ms']:>9.0f}{int(r['params']):>10}")
+
+
+if __name__ == "__main__":
+    main()

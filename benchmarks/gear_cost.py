@@ -40,49 +40,46 @@ ARMS = {
 }
 
 
-def time_arm(raw: dict, data, epochs: int) -> dict[str, float]:
-    from fairray.config import build_spec
-    from fairray.inputs import specs_of
-    from fairray.methods import METHODS
-    from fairray.train.loop import (
-        Precision,
-        _batch,
-        _steps,
-        infer,
-        model_builder,
-        param_groups,
-        train_context,
-        train_step,
-    )
+class Arm:
+    """One arm's method, training module and optimiser, built as the loop builds them."""
 
-    spec = build_spec(raw, "gear_cost")
-    t = spec.train
-    torch.manual_seed(0)
-    ctx = train_context(data, epochs + 1)
-    method = METHODS.get(spec.method.name)(spec.method.params, ctx)
-    stores = data.inputs
-    module = method.build_model(model_builder(spec, specs_of(stores)))
-    optimizer = torch.optim.AdamW(param_groups(module, t.lr), lr=t.lr, weight_decay=t.weight_decay)
-    precision = Precision("fp32", torch.device("cpu"))
-    from fairray.methods import SamplerInput
+    def __init__(self, raw: dict, data, epochs: int) -> None:
+        from fairray.config import build_spec
+        from fairray.inputs import specs_of
+        from fairray.methods import METHODS, SamplerInput
+        from fairray.train.loop import Precision, model_builder, param_groups, train_context
 
-    sampler_input = SamplerInput(data.indices("train"), data.y, data.attr, data.stratum, data.group)
-    epoch_s = []
-    for epoch in range(epochs + 1):  # epoch 0 warms up
+        spec = build_spec(raw, "gear_cost")
+        self.t, self.data, self.stores = spec.train, data, data.inputs
+        torch.manual_seed(0)
+        self.method = METHODS.get(spec.method.name)(spec.method.params, train_context(data, epochs + 1))
+        self.module = self.method.build_model(model_builder(spec, specs_of(self.stores)))
+        self.optimizer = torch.optim.AdamW(param_groups(self.module, self.t.lr), lr=self.t.lr,
+                                           weight_decay=self.t.weight_decay)
+        self.precision = Precision("fp32", torch.device("cpu"))
+        self.sampler_input = SamplerInput(data.indices("train"), data.y, data.attr, data.stratum, data.group)
+        self.params = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+
+    def epoch(self, epoch: int) -> float:
+        """Seconds of one training epoch's steps (batches assembled beforehand, outside the timing)."""
+        from fairray.train.loop import _batch, _steps, train_step
+
         rng = np.random.default_rng([0, epoch])
-        batches = [_batch(data, idx, stores, rng) for step in
-                   _steps(method.batches(sampler_input, t.batch_size, rng, epoch, method.sampler), 1) for idx in step]
-        module.train()
+        order = self.method.batches(self.sampler_input, self.t.batch_size, rng, epoch, self.method.sampler)
+        batches = [_batch(self.data, idx, self.stores, rng) for step in _steps(order, 1) for idx in step]
+        self.module.train()
         start = time.perf_counter()
         for b in batches:
-            train_step(module, method, [b], optimizer, precision)
-        if epoch:
-            epoch_s.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    infer(method.inference_model(module), stores, data.indices("dev"), t.eval_batch_size, torch.device("cpu"))
-    dev_s = time.perf_counter() - start
-    n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return {"epoch_ms": 1000 * float(np.median(epoch_s)), "dev_ms": 1000 * dev_s, "params": float(n_params)}
+            train_step(self.module, self.method, [b], self.optimizer, self.precision)
+        return time.perf_counter() - start
+
+    def dev(self) -> float:
+        from fairray.train.loop import infer
+
+        start = time.perf_counter()
+        infer(self.method.inference_model(self.module), self.stores, self.data.indices("dev"), self.t.eval_batch_size,
+              torch.device("cpu"))
+        return time.perf_counter() - start
 
 
 def main() -> None:
@@ -109,12 +106,21 @@ def main() -> None:
     n_train = len(data.indices("train"))
     print(f"data: {'ser3 (built-in)' if args.builtin else raw['dataset']['corpora'][0]['adapter']}, {n_train} training "
           f"rows, inputs {', '.join(s.spec.describe() for s in data.inputs.values())}; batch "
-          f"{raw['train']['batch_size']}, 1 CPU thread, median of {args.epochs} epochs")
-    rows = {}
+          f"{raw['train']['batch_size']}, 1 CPU thread, median of {args.epochs} epochs per arm, interleaved; dev: best of 3")
+    arms = {}
     for arm, method in ARMS.items():
         arm_raw = copy.deepcopy(raw)
         arm_raw["method"] = method
-        rows[arm] = time_arm(arm_raw, data, args.epochs)
+        arms[arm] = Arm(arm_raw, data, args.epochs)
+    # epochs interleaved across the arms (epoch 0 warms up): a change of machine load hits every arm alike
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    for epoch in range(args.epochs + 1):
+        for arm, a in arms.items():
+            seconds = a.epoch(epoch)
+            if epoch:
+                times[arm].append(seconds)
+    rows = {arm: {"epoch_ms": 1000 * float(np.median(times[arm])), "dev_ms": 1000 * min(a.dev() for _ in range(3)),
+                  "params": float(a.params)} for arm, a in arms.items()}
     base = rows["erm"]["epoch_ms"]
     print(f"{'arm':<22}{'ms/epoch':>10}{'x ERM':>8}{'dev ms':>9}{'params':>10}")
     for arm, r in rows.items():

@@ -263,10 +263,24 @@ def _init_ray(address: str | None) -> bool:
         return False
     if address:
         ray.init(address=address, log_to_driver=True)
+    elif os.environ.get("RAY_ADDRESS"):  # Ray's own setting (a Ray job's driver has it): join that cluster
+        ray.init(configure_logging=False, log_to_driver=False)
     else:
+        import psutil
+
+        from fairray.sweep import _reaper
+
+        # A cluster of this sweep alone ("local": never one that some `ray start` left on this machine), whose
+        # processes all die with this driver, even of a SIGKILL (fairray/sweep/_reaper.py).
+        before = {c.pid for c in psutil.Process().children()}
         # Trial output stays in the trial logs; Tune's table and error summaries reach the console.
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
+        global _REAPER
+        _REAPER = _reaper.start(os.getpid(), [c.pid for c in psutil.Process().children() if c.pid not in before])
     return True
+
+
+_REAPER = None  # the watchdog of the local cluster this process started last (kept so that it is reaped)
 
 
 def _find_resumable(uri: str, experiment_id: str, sweep: str, ablation: str | None):

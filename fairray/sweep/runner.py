@@ -364,6 +364,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     from ray.tune.search import ConcurrencyLimiter
 
     from fairray.sweep.marks import TrialMarks, close_pruned_runs
+    from fairray.sweep.metrics import TrialStateMetrics
     from fairray.sweep.scheduler import from_spec as moasha_from_spec
     from fairray.sweep.searcher import FairraySearcher
 
@@ -448,6 +449,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     progress_reporter=_reporter(spec, parameters) if verbose else None,
                     callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+                               TrialStateMetrics(spec.name),  # trial counts for dashboards/grafana
                                TrialMarks(uri, experiment_id, sweep.run_id, spec.search.constraints,
                                           scheduler.record if scheduler is not None else _never_pruned)],
                 ),

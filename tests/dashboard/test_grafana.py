@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import tomllib
 
 pytestmark = pytest.mark.slow
 
@@ -133,6 +134,13 @@ def test_dashboard_model_is_importable():
     titles = {p["title"] for p in panels}
     assert {"Running trials", "Pending trials", "Finished trials", "Trial throughput", "CPU use per node",
             "GPU use per node", "Object store memory per node"} <= titles
+
+
+def test_wheel_installs_the_dashboard():
+    """The JSON lies outside any package: pyproject's data-files put it under <prefix>/share/fairray/grafana."""
+    pyproject = tomllib.loads((DASHBOARD.parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    files = pyproject["tool"]["setuptools"]["data-files"]["share/fairray/grafana"]
+    assert [DASHBOARD.parents[2] / f for f in files] == [DASHBOARD]
 
 
 @pytest.fixture(scope="module")

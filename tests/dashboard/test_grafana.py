@@ -2,9 +2,10 @@
 
 A one-node Ray head (``ray start --head --block`` on 127.0.0.1, its own temp dir, stopped by handle) runs a tiny
 Tune experiment with fairray's :class:`~fairray.sweep.metrics.TrialStateMetrics`; Debian's ``prometheus`` (2.42,
-on 127.0.0.1, a temp dir, 1 s scrapes) scrapes the ports the head lists in its service discovery file; every query
-of every panel must then return a series through Prometheus's HTTP API, and the ``sweep`` variable must list the
-experiment. The GPU panels are the named exception: Ray reports GPU metrics only from nodes with GPUs.
+on 127.0.0.1, a temp dir, 1 s scrapes) scrapes the metrics port the head lists in its service discovery file;
+every query of every panel must then return a series through Prometheus's HTTP API, and the ``sweep`` variable
+must list the experiment. The GPU panels are the named exception: Ray reports GPU metrics only from nodes with
+GPUs.
 
 Skipped where ``prometheus`` is absent, except in CI (``FAIRRAY_REQUIRE_PROMETHEUS=1``, set by ``.ci/run``, which
 installs it).
@@ -171,26 +172,29 @@ def prometheus():
                            "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
                            "--include-dashboard", "true", "--temp-dir", str(temp / "ray"),
                            *[str(x) for kv in ports.items() for x in kv]])
-        discovery = temp / "ray" / "prom_metrics_service_discovery.json"
-        metrics_port = f":{ports['--metrics-export-port']}"
-        targets = _wait(lambda: [t for g in json.loads(discovery.read_text()) for t in g["targets"]]
-                        if metrics_port in discovery.read_text() else None,
-                        procs, "Ray's metrics export port in its service discovery file", 90)
-        # Ray lists its targets under the host's address (not --node-ip-address); this Prometheus stays on
-        # loopback, so it scrapes the same ports there
-        loopback = [f"127.0.0.1:{t.rsplit(':', 1)[1]}" for t in targets]
+        # Prometheus and the Tune driver start while the head is still coming up; Ray's service discovery
+        # file lists this head's metrics port once its agent serves it
+        metrics_target = f"127.0.0.1:{ports['--metrics-export-port']}"
         (temp / "prometheus.yml").write_text(
             "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
             "scrape_configs:\n"
             "  - job_name: ray\n"
-            f"    static_configs: [{{targets: {json.dumps(loopback)}}}]\n")
+            f"    static_configs: [{{targets: ['{metrics_target}']}}]\n")
         web = f"127.0.0.1:{_free_port()}"
         start("prometheus", [PROMETHEUS, f"--config.file={temp / 'prometheus.yml'}", f"--web.listen-address={web}",
                              f"--storage.tsdb.path={temp / 'tsdb'}", "--storage.tsdb.retention.time=1h"])
+        _wait(lambda: "Ray runtime started" in procs["ray head"][1].read_text(), procs, "the Ray head", 90)
         workload = temp / "workload.py"
         workload.write_text(WORKLOAD)
         driver = start("tune driver", [sys.executable, str(workload), f"127.0.0.1:{ports['--port']}",
                                        str(temp / "tune"), SWEEP], stdin=subprocess.PIPE, cwd=temp)
+        # Ray lists its targets under the host's address, not --node-ip-address: this Prometheus stays on
+        # loopback and scrapes the same port there. The autoscaler's and dashboard's metrics ports it also lists
+        # are fixed (44217, 44227), so another Ray head on this machine may hold them: only this head's counts.
+        discovery = temp / "ray" / "prom_metrics_service_discovery.json"
+        port = metrics_target.rsplit(":", 1)[1]
+        _wait(lambda: any(t.endswith(f":{port}") for g in json.loads(discovery.read_text()) for t in g["targets"]),
+              procs, "this head's metrics port in Ray's service discovery file", 90)
         _wait(lambda: "DONE" in procs["tune driver"][1].read_text(), procs, "the Tune experiment", 90)
         url = f"http://{web}"
         query = urllib.parse.quote(f'ray_fairray_sweep_trials{{sweep="{SWEEP}", state="TERMINATED"}} == 2')

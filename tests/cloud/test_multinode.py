@@ -1,0 +1,127 @@
+"""A sweep across a Ray cluster of several nodes: a head that offers no CPU and two worker nodes with one CPU each
+(``ray start`` processes on loopback with token authentication, stopped by handle); every trial must run on a
+worker node, which Ray's state API shows for the trials' actors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.cloud.conftest import stop, wait_until
+
+pytestmark = pytest.mark.slow
+SPEC = Path(__file__).resolve().parents[2] / "search_spaces" / "minmaxgap.yaml"
+AGENT_PORTS = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+               "--metrics-export-port", "--node-manager-port", "--object-manager-port")
+
+
+def distinct_ports(n: int) -> list[int]:
+    """``n`` free ports on loopback, all different (held open together while they are picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def ray_start(args: list[str], env: dict, log: Path, ports: list[int]) -> subprocess.Popen:
+    """``ray start --block`` of one node; ``ports`` for its agents (len(AGENT_PORTS) of them)."""
+    ports = [str(x) for flag, port in zip(AGENT_PORTS, ports, strict=True) for x in (flag, port)]
+    with open(log, "wb") as out:
+        return subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--block",
+                                 "--node-ip-address", "127.0.0.1", *args, *ports],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """(GCS address, job API URL, client environment, [head, worker, worker] processes)."""
+    temp = Path(tempfile.mkdtemp(prefix="fr-mn-", dir="/tmp"))  # Ray's socket paths must stay short
+    bin_dir = str(Path(sys.executable).parent)
+    client_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    env = {**os.environ, **client_env, "RAY_USAGE_STATS_ENABLED": "0",
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    # every port of the three nodes picked at once: ports picked one by one may repeat
+    gcs_port, dash_port, client_port, *node_ports = distinct_ports(3 + 3 * len(AGENT_PORTS))
+    node_ports = [node_ports[i::3] for i in range(3)]
+    gcs = f"127.0.0.1:{gcs_port}"
+    procs = [ray_start(["--head", "--num-cpus", "0", "--port", str(gcs_port), "--include-dashboard", "true",
+                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
+                        "--ray-client-server-port", str(client_port), "--temp-dir", str(temp)],
+                       env, temp / "head.log", node_ports[0])]
+    url = f"http://127.0.0.1:{dash_port}"
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in client_env.items():
+                mp.setenv(k, v)
+            from ray._raylet import AuthenticationTokenLoader  # after the settings: Ray reads them on import
+
+            AuthenticationTokenLoader.instance().reset_cache()  # a token of an earlier test in this process
+            from ray.util.state import list_nodes
+
+            def alive_nodes() -> int:
+                try:
+                    return sum(n.state == "ALIVE" for n in list_nodes(address=url, raise_on_missing_output=False))
+                except Exception:  # noqa: BLE001 - any failure of the state API while the head comes up
+                    return 0
+
+            wait_until(lambda: alive_nodes() >= 1, procs[0], "ray head", temp / "head.log", timeout_s=120)
+            for i in range(2):  # one after the other: two raylets starting at once time out on two cores
+                procs.append(ray_start(["--address", gcs, "--num-cpus", "1"], env, temp / f"worker{i}.log",
+                                       node_ports[i + 1]))
+                wait_until(lambda n=i + 2: alive_nodes() == n, procs[-1], "ray worker", temp / f"worker{i}.log",
+                           timeout_s=120)
+            yield gcs, url, client_env, procs
+            AuthenticationTokenLoader.instance().reset_cache()
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+
+def test_sweep_runs_its_trials_on_the_worker_nodes(cluster, tmp_path):
+    gcs, url, client_env, _ = cluster
+    raw = yaml.safe_load(SPEC.read_text())
+    raw["train"]["epochs"] = 2
+    raw["budget"].update(num_samples=2, max_concurrent=2)
+    raw["storage"]["path"] = str(tmp_path / "runs")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, **client_env}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-m", "fairray", "sweep", str(spec), "--address", gcs, "--quiet"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("minmaxgap").experiment_id], max_results=100)
+    assert sorted(r.info.status for r in runs if r.data.tags.get("fairray.kind") == "trial") == ["FINISHED"] * 2
+
+    from ray.util.state import list_actors, list_nodes
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in client_env.items():
+            mp.setenv(k, v)
+        nodes = list_nodes(address=url, raise_on_missing_output=False)
+        head = {n.node_id for n in nodes if n.is_head_node}
+        workers = {n.node_id for n in nodes if not n.is_head_node}
+        actors = list_actors(address=url, detail=True, limit=1000, raise_on_missing_output=False)
+    assert len(head) == 1 and len(workers) == 2
+    trial_actors = [a for a in actors if a.class_name not in ("_StatsActor",) and a.node_id]
+    placed = {a.node_id for a in trial_actors}
+    assert placed, [(a.class_name, a.node_id) for a in actors]
+    assert placed <= workers, [(a.class_name, a.node_id in head) for a in trial_actors]

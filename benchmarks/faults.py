@@ -14,7 +14,8 @@ trials finished / lost / repeated, MLflow runs left RUNNING, processes left behi
 
 "lost" counts trial runs not FINISHED (for a driver kill: a trial started after Tune last saved its state is
 unknown to the restored sweep, its run is closed and a fresh sample takes its place); "repeated" counts trial ids
-finished more than once.
+finished more than once; "epochs redone" the epochs logged twice for one trial (0 when a trial resumes from the
+checkpoint of its last epoch).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def tally(uri: str) -> dict:
     return {"finished": len(done), "lost": sum(r.info.status != "FINISHED" for r in trials),
             "repeated": sum(n > 1 for n in done.values()),
             "running": sum(r.info.status == "RUNNING" for r in runs),
+            # epochs trained twice: a trial restarted from scratch logs its early epochs again, one resumed from
+            # its last checkpoint only the epochs after it
+            "redone": sum(len(h) - len({m.step for m in h}) for h in
+                          (c.get_metric_history(r.info.run_id, "dev/weighted_f1") for r in trials)),
             "reasons": sorted({r.data.tags.get("fairray.failure_reason", "")[:60] for r in trials
                                if r.info.status == "FAILED"})}
 
@@ -165,10 +170,10 @@ def main(names: list[str]) -> None:
         rows.append((label, r))
         print(f"{label}: {r}", file=sys.stderr, flush=True)
     print(f"{'fault':<26} {'finished':>9} {'lost':>5} {'repeated':>9} {'RUNNING':>8} {'left':>5} {'recover s':>10}"
-          f" {'exit':>5}")
+          f" {'epochs redone':>14} {'exit':>5}")
     for label, r in rows:
         print(f"{label:<26} {r['finished']:>4} of {r['of']:<2} {r['lost']:>5} {r['repeated']:>9} {r['running']:>8}"
-              f" {r['left']:>5} {r['seconds']:>10.0f} {r['rc']:>5}")
+              f" {r['left']:>5} {r['seconds']:>10.0f} {r['redone']:>14} {r['rc']:>5}")
     for label, r in rows:
         if r["reasons"]:
             print(f"{label}: FAILED because {'; '.join(r['reasons'])}")

@@ -182,7 +182,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     rows: dict[str, dict[str, list[float]]] = {a: {} for a in ARMS}
     try:
         with tempfile.TemporaryDirectory() as d:

@@ -536,7 +536,13 @@ def _check_method_data(spec: SweepSpec, source: str) -> None:
     """The method can train on the dataset section (:meth:`fairray.methods.Method.check_dataset`)."""
     from fairray.methods import METHODS
 
-    why = METHODS.get(spec.method.name).check_dataset(spec.method.params, spec.dataset)
+    dialogues: bool | None = False  # the built-in data has none
+    if spec.dataset.name == "corpora":
+        from fairray.data.corpora import CORPORA
+
+        known = [getattr(CORPORA.get(c.adapter), "dialogues", None) for c in spec.dataset.corpora]
+        dialogues = False if any(k is False for k in known) else None if None in known else True
+    why = METHODS.get(spec.method.name).check_dataset(spec.method.params, spec.dataset, dialogues)
     if why:
         raise Where(source, "method").error(why)
 

@@ -165,9 +165,10 @@ class Method(ABC):
         self.ctx = ctx
 
     @classmethod
-    def check_dataset(cls, params: Any, dataset: Any) -> str | None:
+    def check_dataset(cls, params: Any, dataset: Any, dialogues: bool | None = None) -> str | None:
         """What in the spec's ``dataset`` section (a ``DatasetConfig``) this method cannot train on, in one line,
-        or None. Called when a spec is loaded, before anything runs or is written. Default: nothing."""
+        or None. Called when a spec is loaded, before anything runs or is written. ``dialogues``: whether the
+        data has dialogue ids (False: known to have none, None: unknown until loaded). Default: nothing."""
         return None
 
     def build_model(self, build: Callable[[int], nn.Module]) -> nn.Module:

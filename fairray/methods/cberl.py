@@ -293,22 +293,15 @@ class CBERL(BaseLossMethod):
                                                     n_train=int(augmented.sum())))
 
     @classmethod
-    def check_dataset(cls, params: CBERLParams, dataset: Any) -> str | None:
+    def check_dataset(cls, params: CBERLParams, dataset: Any, dialogues: bool | None = None) -> str | None:
         """GAN augmentation with dialogue cloning needs dialogue ids: refuse data known to have none."""
-        if params.augment_ratio <= 0 or not params.clone_dialogues:
+        if params.augment_ratio <= 0 or not params.clone_dialogues or dialogues is not False:
             return None
-        if dataset.name != "corpora":
-            return (f"augment_ratio {params.augment_ratio:g} with clone_dialogues: true inserts synthetic utterances "
-                    f"into clones of their dialogues, but dataset {dataset.name!r} has no dialogue ids; use a dialogue "
-                    "corpus (meld, meld_st, iemocap), set clone_dialogues: false, or augment_ratio: 0")
-        from fairray.data.corpora import CORPORA
-
-        for corpus in dataset.corpora:
-            if getattr(CORPORA.get(corpus.adapter), "dialogues", None) is False:
-                return (f"augment_ratio {params.augment_ratio:g} with clone_dialogues: true inserts synthetic "
-                        f"utterances into clones of their dialogues, but corpus {corpus.adapter!r} has no dialogue ids; "
-                        "use a dialogue corpus (meld, meld_st, iemocap), set clone_dialogues: false, or augment_ratio: 0")
-        return None
+        where = (f"corpus {', '.join(repr(c.adapter) for c in dataset.corpora)}" if dataset.name == "corpora"
+                 else f"dataset {dataset.name!r}")
+        return (f"augment_ratio {params.augment_ratio:g} with clone_dialogues: true inserts synthetic utterances "
+                f"into clones of their dialogues, but {where} has no dialogue ids; use a dialogue corpus (meld, "
+                "meld_st, iemocap), set clone_dialogues: false, or augment_ratio: 0")
 
     def build_model(self, build: Callable[[int], nn.Module]) -> CBERLNets:
         self.nets = CBERLNets(build(self.ctx.n_classes), self.params, self.ctx.n_classes)

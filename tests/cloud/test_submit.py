@@ -115,6 +115,7 @@ def test_ctrl_c_stops_the_job_and_the_sweep_stops_as_after_a_local_ctrl_c(head, 
     raw = yaml.safe_load(SPEC.read_text())
     raw["name"] = "erm-stop"
     raw["train"]["epochs"] = 200  # long enough to be interrupted mid-trial
+    raw["train"]["checkpoint_interval_s"] = 0  # a checkpoint per epoch: the signal below waits for the first one
     raw["budget"].update(num_samples=2, max_concurrent=2)
     raw["storage"] = {"path": str(tmp_path / "runs")}
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"

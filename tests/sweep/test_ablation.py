@@ -124,7 +124,7 @@ def test_group_variants_share_one_copy_of_the_features():
 
     loaded = load_spec(SPEC)
     assignments = dataset_assignments(loaded.spec, None)
-    ray.init(num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         variants = DataVariants.prepare(loaded, assignments, verbose=False)
         refs = {id(ref) if not hasattr(ref, "hex") else ref.hex() for ref, _ in variants.items.values()}

@@ -102,7 +102,7 @@ def test_two_gloo_workers_match_one_worker_and_agree_on_non_finite_steps(tmp_pat
     from fairray.train.loop import Precision, train_step
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         TorchTrainer(_worker, train_loop_config={"out": str(tmp_path)},
                      scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),

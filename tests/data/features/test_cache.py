@@ -334,7 +334,7 @@ def test_order_preserved_with_ray_tasks(tmp_path, corpus, monkeypatch):
     monkeypatch.setattr(cache_module, "CHUNK_CLIPS", 2)
     extractor = make_extractor("opensmile_egemaps")
     serial = FeatureCache(tmp_path / "serial").get_or_compute(table, root, extractor, progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         distributed = FeatureCache(tmp_path / "ray").get_or_compute(table, root, extractor, progress=False,
                                                                     num_workers=2)

@@ -5,6 +5,7 @@ venv (its dependencies read from this environment's site-packages, not reinstall
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -24,7 +25,11 @@ pytestmark = pytest.mark.slow
 def installed(tmp_path_factory) -> Path:
     """The ``bin`` folder of a fresh venv holding the built wheel."""
     tmp = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q",
+    # built from a copy: setuptools writes build/ and *.egg-info into the folder it builds
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv*", ".git", "fairray_runs", "build", "dist",
+                                                             "*.egg-info", "__pycache__", ".pytest_cache"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q",
                     "-w", str(tmp / "dist")], check=True, timeout=300)
     (wheel,) = (tmp / "dist").glob("fairray-*.whl")
     env_dir = tmp / "venv"
@@ -36,8 +41,9 @@ def installed(tmp_path_factory) -> Path:
     # running its .pth files, so the checkout's editable install is not seen)
     deps = [p for p in {*site.getsitepackages(), sysconfig.get_paths()["purelib"]} if Path(p).is_dir()]
     Path(purelib, "zz_fairray_test_deps.pth").write_text("\n".join(deps) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--prefix",
-                    str(env_dir), str(wheel)], check=True, timeout=300)
+    # --target (which implies --ignore-installed): pip then never uninstalls the fairray of the environment it runs in
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "-q", "--ignore-installed",
+                    "--target", purelib, str(wheel)], check=True, timeout=300)
     return env_dir / "bin"
 
 

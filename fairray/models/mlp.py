@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from fairray.inputs import InputSpec
@@ -32,6 +33,25 @@ def head_embed(head: nn.Sequential, x):
 def drop_classifier(head: nn.Sequential) -> None:
     """Replace the head's final linear layer by the identity (early fusion puts its own head on top)."""
     head[len(head) - 1] = nn.Identity()
+
+
+class PooledEncoder(nn.Module):
+    """A model whose ``pool(inputs) -> [B, D]`` feeds an MLP ``head``: its logits, the embedding the fusion
+    encoder protocol asks for (:mod:`fairray.models.fusion`) and the head without its classifier, written once."""
+
+    head: nn.Sequential
+
+    def pool(self, inputs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, inputs) -> torch.Tensor:
+        return self.head(self.pool(inputs))
+
+    def embed(self, inputs) -> torch.Tensor:
+        return head_embed(self.head, self.pool(inputs))
+
+    def drop_classifier(self) -> None:
+        drop_classifier(self.head)
 
 
 class VectorMLP(nn.Sequential):

@@ -15,7 +15,7 @@ from torch import nn
 
 from fairray.inputs import InputSpec, Padded
 from fairray.models._base import MODELS, select_input
-from fairray.models.mlp import drop_classifier, head_embed, mlp_layers
+from fairray.models.mlp import PooledEncoder, mlp_layers
 
 
 def masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +28,7 @@ def masked_mean_std(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
     return mean, var.clamp(min=1e-8).sqrt()
 
 
-class PooledHead(nn.Module):
+class PooledHead(PooledEncoder):
     """Masked mean (``mean``) or mean + std (``stats``, x-vector statistics pooling) over the frames of a
     sequence input, then an MLP head. A fusion encoder: ``embed`` is the head's last hidden layer."""
 
@@ -41,15 +41,6 @@ class PooledHead(nn.Module):
         seq: Padded = inputs[self.key]
         mean, std = masked_mean_std(seq.values, seq.mask)
         return mean if self.pooling == "mean" else torch.cat([mean, std], dim=-1)
-
-    def forward(self, inputs) -> torch.Tensor:
-        return self.head(self.pool(inputs))
-
-    def embed(self, inputs) -> torch.Tensor:
-        return head_embed(self.head, self.pool(inputs))
-
-    def drop_classifier(self) -> None:
-        drop_classifier(self.head)
 
 
 @MODELS.register("seq_pool")
@@ -87,7 +78,7 @@ class ChannelNorm(nn.LayerNorm):
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
-class WaveformCNN(nn.Module):
+class WaveformCNN(PooledEncoder):
     """A small convolutional encoder over raw samples (wav2vec 2.0-style front end, layer norm per frame),
     masked mean pooling over the frames that see only valid samples, then an MLP head. A fusion encoder:
     ``embed`` is the head's last hidden layer."""
@@ -123,15 +114,6 @@ class WaveformCNN(nn.Module):
         h = self.frontend(x.unsqueeze(1)).transpose(1, 2)  # [B, frames, channels]
         mean, _ = masked_mean_std(h, self.frame_mask(wav.mask))
         return mean
-
-    def forward(self, inputs) -> torch.Tensor:
-        return self.head(self.pool(inputs))
-
-    def embed(self, inputs) -> torch.Tensor:
-        return head_embed(self.head, self.pool(inputs))
-
-    def drop_classifier(self) -> None:
-        drop_classifier(self.head)
 
     def lr_scales(self) -> dict[str, float]:
         return {"frontend": self.frontend_lr_scale}

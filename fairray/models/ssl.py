@@ -51,7 +51,7 @@ from fairray.errors import ConfigError, DataError
 from fairray.inputs import SAMPLE_RATE, InputSpec, Padded
 from fairray.models._base import MODELS, select_input
 from fairray.models._peft import check_targets, set_finetune, unreached_adapters
-from fairray.models.mlp import drop_classifier, head_embed, mlp_layers
+from fairray.models.mlp import PooledEncoder, mlp_layers
 from fairray.models.sequence import masked_mean_std
 
 WHO = "model ssl"
@@ -146,7 +146,7 @@ def run_feature_encoder_per_clip(encoder: nn.Module, config: Any) -> None:
 
 # -- the module ---------------------------------------------------------------------------------------
 
-class SSLClassifier(nn.Module):
+class SSLClassifier(PooledEncoder):
     """Waveforms -> SSL encoder -> (weighted) hidden states -> pooled over valid frames -> head. A fusion
     encoder (:mod:`fairray.models.fusion`): ``embed`` is the head's last hidden layer."""
 
@@ -191,16 +191,6 @@ class SSLClassifier(nn.Module):
 
     def lr_scales(self) -> dict[str, float]:
         return {"backbone": self.backbone_lr_scale}
-
-    def forward(self, inputs) -> torch.Tensor:
-        return self.head(self.pool(inputs))
-
-    def embed(self, inputs) -> torch.Tensor:
-        """What the head's final linear layer reads (the fusion encoder protocol, :mod:`fairray.models.fusion`)."""
-        return head_embed(self.head, self.pool(inputs))
-
-    def drop_classifier(self) -> None:
-        drop_classifier(self.head)
 
     def pool(self, inputs) -> torch.Tensor:
         """The pooled (layer-weighted) backbone output of the waveform input: ``[B, D]`` or ``[B, 2D]``."""

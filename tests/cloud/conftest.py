@@ -286,3 +286,119 @@ def mlflow_auth_server():
         stop(proc)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+class Postgres:
+    """A PostgreSQL 15 cluster of one test in a temp dir on 127.0.0.1, driven by ``pg_ctl`` so that a test can stop
+    and start it again mid-sweep (same port, same data). Run as the ``postgres`` account when this is root."""
+
+    def __init__(self, root: Path) -> None:
+        _require((PG_BIN / "pg_ctl").is_file(), f"no PostgreSQL at {PG_BIN} (apt-get install postgresql)")
+        self.root, self.port, self.password = root, free_port(), secrets.token_hex(12)
+        self.account = None
+        if os.geteuid() == 0:
+            import pwd
+
+            self.account = pwd.getpwnam("postgres")
+            os.chown(root, self.account.pw_uid, self.account.pw_gid)
+        pw = root / "pw"
+        pw.write_text(self.password)
+        if self.account:
+            os.chown(pw, self.account.pw_uid, self.account.pw_gid)
+        self._run("initdb", "-D", str(root / "data"), "-U", "fairray", "-A", "scram-sha-256", f"--pwfile={pw}",
+                  "-E", "UTF8", "--no-sync")
+        pw.unlink()
+
+    def _run(self, exe: str, *args: str, timeout: float = 120) -> None:
+        subprocess.run([str(PG_BIN / exe), *args], user=self.account.pw_name if self.account else None,
+                       cwd=self.root, check=True, capture_output=True, timeout=timeout)
+
+    def start(self) -> None:
+        """Start and wait until it accepts connections (``pg_ctl start -w``)."""
+        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.root / "data"), "-l",
+                  str(self.root / "postgres.log"), "-o",
+                  f"-k {self.root} -h 127.0.0.1 -p {self.port} -c fsync=off")
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop``: ``fast`` rolls back open transactions and drops every client connection."""
+        self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", mode, "-D", str(self.root / "data"))
+
+    def running(self) -> bool:
+        return (self.root / "data" / "postmaster.pid").exists()
+
+    def connect(self, dbname: str = "postgres"):
+        import psycopg2
+
+        return psycopg2.connect(host="127.0.0.1", port=self.port, user="fairray", password=self.password,
+                                dbname=dbname)
+
+
+@pytest.fixture
+def restartable_postgres():
+    """A :class:`Postgres` started for this test, with an empty ``mlflow`` database; stopped (immediate) after it."""
+    root = Path(tempfile.mkdtemp(prefix="fr-pgr-", dir="/tmp"))
+    pg = Postgres(root)
+    pg.start()
+    try:
+        conn = pg.connect()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE mlflow")
+        conn.close()
+        yield pg
+    finally:
+        if pg.running():
+            with contextlib.suppress(subprocess.SubprocessError):
+                pg.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mlflow_server_process(store: str, artifacts: str, env: dict[str, str]):
+    """``mlflow server`` on 127.0.0.1 over ``store`` with artifacts proxied to ``artifacts``, its secrets in ``env``
+    (never on its command line), stopped by handle: yields (URL, process, log path)."""
+    root = Path(tempfile.mkdtemp(prefix="fr-mlflow-", dir="/tmp"))
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--artifacts-destination",
+           artifacts, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    full_env = {**os.environ, **env}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(root / "mlflow.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, env=full_env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_ok(f"{url}/health"), proc, "mlflow server", root / "mlflow.log", timeout_s=180)
+        yield url, proc, root / "mlflow.log"
+    finally:
+        stop(proc)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def moto_process():
+    """moto's S3 server on 127.0.0.1 with the bucket ``fairray-test``, stopped by handle (a test may kill it first):
+    yields (endpoint URL, the client environment, process)."""
+    exe = Path(sys.executable).parent / "moto_server"
+    _require(exe.is_file(), "no moto_server (pip install 'moto[server]')")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "fairray-test-key", "AWS_SECRET_ACCESS_KEY": SECRETS["AWS_SECRET_ACCESS_KEY"],
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    root = Path(tempfile.mkdtemp(prefix="fr-s3-", dir="/tmp"))
+    log = open(root / "moto.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], env={**os.environ, **env},
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: http_ok(f"{endpoint}/moto-api/"), proc, "moto_server", root / "moto.log", timeout_s=60)
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                     aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                     region_name="us-east-1").create_bucket(Bucket="fairray-test")
+        yield endpoint, env, proc
+    finally:
+        stop(proc)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -11,7 +11,8 @@ Columns (every one a mean over the cell's seeds with a speaker-bootstrap interva
 - ``minority WA-F1`` and ``minority WA-acc``: the support-weighted mean F1 and the recall (weighted-average
   accuracy) of the minority classes together, the form of the seed's claim ("fear and disgust reach 25.0 %
   weighted-average accuracy and 22.2 % weighted-average F1");
-- ``W-F1`` and ``macro-F1`` (GroupReport keys ``weighted_f1``, ``macro_f1``);
+- ``W-F1``, ``macro-F1`` and ``ACC`` (GroupReport keys ``weighted_f1``, ``macro_f1``, ``acc``; ``hamming_acc``
+  for a multi-label sweep);
 - ``ΔW-F1`` and ``TPR gap`` of the attribute (``weighted_f1_gap``, ``tpr_gap``): on MELD only the six main
   characters have a gender, everyone else is ``U`` and outside every gap.
 
@@ -45,8 +46,9 @@ MINORITY = ("fear", "disgust")
 #: The seed's claim on those classes together: weighted-average accuracy and F1 (METHODS 4.5).
 SEED_CLAIM = {"minority WA-acc": 0.250, "minority WA-F1": 0.222}
 #: label -> GroupReport metric (``{split}/{metric}`` or, for a gap, ``{split}/{metric}/{attribute}``).
+#: ``ACC`` is exact-match accuracy, Hamming accuracy for a multi-label sweep.
 REPORT_COLUMNS: dict[str, tuple[str, bool]] = {
-    "W-F1": ("weighted_f1", False), "macro-F1": ("macro_f1", False),
+    "W-F1": ("weighted_f1", False), "macro-F1": ("macro_f1", False), "ACC": ("acc", False),
     "ΔW-F1": ("weighted_f1_gap", True), "TPR gap": ("tpr_gap", True),
 }
 #: Cell labels of the ablation switches of ``search_spaces/cberl.yaml``.
@@ -161,7 +163,8 @@ def per_class_table(sweep: Sweep, labels: Sequence[str], preds: Sequence[Sequenc
     if missing:
         raise DataError(f"minority class(es) {missing} not among the predictions' classes {list(flat[0].classes)}")
     ks = key_split(split)
-    keys = [f"{ks}/{m}/{sweep.attribute}" if gap else f"{ks}/{m}" for m, gap in REPORT_COLUMNS.values()]
+    metrics = [("hamming_acc" if m == "acc" and flat[0].task == "multi" else m, gap) for m, gap in REPORT_COLUMNS.values()]
+    keys = [f"{ks}/{m}/{sweep.attribute}" if gap else f"{ks}/{m}" for m, gap in metrics]
     for key in keys:
         flat[0].report().get(key)  # a key the report cannot hold fails now, before any resampling
     columns = columns_of(minority)

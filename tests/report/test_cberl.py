@@ -70,7 +70,7 @@ def _table(n_boot: int = 80, seed: int = 3):
 def test_values_are_seed_means_of_the_logged_predictions_reports_with_intervals_holding_them():
     labels, preds, table = _table()
     assert table.columns == columns_of(MINORITY) == ("F1 fear", "F1 disgust", "minority WA-F1", "minority WA-acc",
-                                                     "W-F1", "macro-F1", "ΔW-F1", "TPR gap")
+                                                     "W-F1", "macro-F1", "ACC", "ΔW-F1", "TPR gap")
     for row, cell_preds in enumerate(preds):
         for c in MINORITY:
             assert table.values[row][f"F1 {c}"].estimate == pytest.approx(
@@ -79,7 +79,9 @@ def test_values_are_seed_means_of_the_logged_predictions_reports_with_intervals_
             np.mean([p.report().get("test/weighted_f1") for p in cell_preds]))
         assert table.values[row]["TPR gap"].estimate == pytest.approx(
             np.mean([p.report().get("test/tpr_gap/gender") for p in cell_preds]))
-        for c in ("F1 fear", "F1 disgust", "minority WA-acc", "W-F1", "macro-F1"):
+        assert table.values[row]["ACC"].estimate == pytest.approx(
+            np.mean([(p.y_pred == p.y_true).mean() for p in cell_preds]))
+        for c in ("F1 fear", "F1 disgust", "minority WA-acc", "W-F1", "macro-F1", "ACC"):
             iv = table.values[row][c]
             assert iv.defined and iv.lo <= iv.estimate <= iv.hi and iv.width > 0, (labels[row], c)
     # weighted-average accuracy of the minority classes = their pooled recall, by hand on one report

@@ -1,4 +1,6 @@
-"""Tracking: MLflow parent/child runs for sweeps and trials."""
+"""Tracking: MLflow parent/child runs for sweeps and trials; failures of the remote stores a sweep writes to."""
+
+from fairray.tracking._faults import StorageUnreachable, storage_endpoint, storage_failure
 
 from fairray.tracking._mlflow import (
     EXPERIMENT_KIND,
@@ -34,6 +36,7 @@ __all__ = [
     "EXPERIMENT_KIND_TAG",
     "NOTE_TAG",
     "SHARED_VIEW_PREFIX",
+    "StorageUnreachable",
     "TAG_ABLATION",
     "TAG_OBJECTIVES",
     "TAG_SWEEP",
@@ -54,6 +57,8 @@ __all__ = [
     "runs_view",
     "set_descriptions",
     "start_sweep_run",
+    "storage_endpoint",
+    "storage_failure",
     "trial_runs",
     "ui_url",
 ]

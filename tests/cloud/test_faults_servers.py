@@ -83,3 +83,48 @@ def test_postgres_restart_mid_sweep_loses_nothing(restartable_postgres, tmp_path
             assert sorted(steps) == list(range(epochs + 1)), steps
             assert "test/weighted_f1" in r.data.metrics
         assert " 503 " in log.read_text(errors="replace")  # the outage was seen by the clients, not missed
+
+
+def test_s3_endpoint_dies_mid_sweep(tmp_path):
+    from tests.cloud.conftest import moto_process, stop
+
+    with moto_process() as (endpoint, s3_env, moto):
+        store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        with mlflow_server_process(store, "s3://fairray-test/mlflow", {**s3_env, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+                                   ) as (url, _, _):
+            # a checkpoint every epoch, so that the trials write to the bucket when it is gone; no retry of a
+            # trial whose store is down
+            spec = write_spec(tmp_path / "spec.yaml", epochs=30, storage={"path": "s3://fairray-test/fairray"},
+                              tracking={"uri": url}, train={"checkpoint_interval_s": 0}, budget={"max_failures": 0})
+            proc = sweep(spec, tmp_path, s3_env)
+            deadline = time.monotonic() + 180
+            c = MlflowClient(url)
+            while True:  # the trials are training
+                exp = c.get_experiment_by_name("minmaxgap")
+                runs = c.search_runs([exp.experiment_id], max_results=100) if exp else []
+                if any(METRIC in r.data.metrics for r in runs):
+                    break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail(f"no epoch logged in time: {proc.communicate()[1][-3000:]}")
+                time.sleep(0.5)
+            killed_ms = time.time() * 1000
+            stop(moto, timeout_s=0)  # SIGKILL: the endpoint refuses every connection from now on
+            _, err = proc.communicate(timeout=400)
+            runs = c.search_runs([exp.experiment_id], max_results=100)
+    assert proc.returncode == 1, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"fairray: error: storage.path s3://fairray-test/fairray: the object store at {endpoint}"
+                           ), err[-3000:]
+    assert "--resume" in last
+    statuses = [(r.data.tags.get("fairray.kind"), r.info.status) for r in runs]
+    assert not [s for s in statuses if s[1] == "RUNNING"], statuses
+    sweep_run = next(r for r in runs if r.data.tags.get("fairray.kind") == "sweep")
+    assert sweep_run.info.status == "FAILED" and endpoint in sweep_run.data.tags["fairray.failure_reason"]
+    trials = [r for r in runs if r.data.tags.get("fairray.kind") == "trial"]
+    assert trials
+    for r in trials:  # nothing presented as complete that ended after the store was gone
+        if r.info.status == "FINISHED":
+            assert r.info.end_time < killed_ms, statuses
+        else:
+            assert r.info.status == "FAILED" and r.data.tags.get("fairray.failure_reason"), statuses

@@ -56,6 +56,10 @@ class BaseLoss:
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``l_i`` of every row: ``target`` holds integer labels ``[B]`` or soft targets ``[B, C]``."""
         if target.dim() == 1:
+            if self.kind != "focal" and logits.dtype == torch.float32:
+                # −α_y log p_y as one fused op (log_softmax + nll_loss): the same products as below
+                weight = None if self.kind == "ce" else self.alpha.to(logits.device)  # ce: every α_c is 1
+                return F.cross_entropy(logits, target, weight=weight, reduction="none")
             log_p = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
             alpha = self.alpha.to(logits.device)[target]
             if self.kind == "focal":

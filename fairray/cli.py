@@ -515,8 +515,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         table, cells = cberl_report(sweep, minority=args.minority, split=args.split, n_boot=args.n_boot,
                                     seed=args.seed)
         md = render_cberl_markdown(table, title=(
-            f"{experiment} / {name}: {args.split} per-class metrics (METHODS 3.12, 4.5), mean over seeds [95% "
-            "speaker-bootstrap CI]"),
+            f"{experiment} / {name}: {args.split} per-class metrics, mean over seeds [95% speaker-bootstrap CI]"),
             notes=[f"MLflow run `{sweep.run_id}` at `{uri}`; {len(sweep.trials)} finished trials in {len(cells)} "
                    f"cells ({sweep.n_failed} failed or unfinished); {args.n_boot} bootstrap replicates (speakers "
                    "resampled within their group x stratum), one resample shared by all rows.",

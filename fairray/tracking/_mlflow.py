@@ -61,10 +61,35 @@ def default_tracking_uri(storage_path: str) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+_READY: set[str] = set()  # SQLite stores whose schema this process has seen complete
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for an in-memory or non-SQLite store)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def client(uri: str):
+    """An MLflow client of ``uri``. A SQLite store is opened the first time in this process under an exclusive
+    lock on ``<db>.lock`` beside it: MLflow creates a fresh store's schema without a guard, so two processes that
+    open one fresh file at once (two sweeps, or a sweep's trials) both create its tables and one fails with ``table
+    ... already exists`` or reads a schema half migrated. The lock is a ``flock`` of a file next to the database,
+    so it holds for every process that reaches that file (one machine, or a shared filesystem of a cluster)."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    db = _sqlite_file(uri)
+    if db is None or uri in _READY or not db.parent.is_dir():
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        c = MlflowClient(tracking_uri=uri)  # opens the store: creates or migrates its schema, once per process
+    _READY.add(uri)
+    return c
 
 
 def ensure_experiment(uri: str, name: str, storage_path: str) -> str:

@@ -128,3 +128,19 @@ def test_s3_endpoint_dies_mid_sweep(tmp_path):
             assert r.info.end_time < killed_ms, statuses
         else:
             assert r.info.status == "FAILED" and r.data.tags.get("fairray.failure_reason"), statuses
+
+
+def test_two_sweeps_at_once_on_one_fresh_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    (tmp_path / "shared").mkdir()  # the folder only: the store is created by the sweeps themselves
+    specs = [write_spec(tmp_path / f"{name}.yaml", name=name, epochs=2, storage={"path": str(tmp_path / name)},
+                        tracking={"uri": uri}) for name in ("race-a", "race-b")]
+    procs = [sweep(spec, tmp_path) for spec in specs]  # started together: both open the fresh store at once
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    c = MlflowClient(uri)
+    for name in ("race-a", "race-b"):
+        runs = c.search_runs([c.get_experiment_by_name(name).experiment_id], max_results=100)
+        assert sorted((r.data.tags["fairray.kind"], r.info.status) for r in runs) == \
+            [("sweep", "FINISHED"), ("trial", "FINISHED"), ("trial", "FINISHED")]

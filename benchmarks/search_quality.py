@@ -85,7 +85,9 @@ def _fairray(tmp: Path, raw: dict) -> Trace:
         full = t.pruned_rung is None
         values.append([t.metrics[m] if full else np.nan for m in objectives])
         done.append(c.get_run(t.run_id).info.end_time / 1000 - t0)
-        epochs.append(raw["train"]["epochs"] if full else t.pruned_rung)
+        # a stopped trial may train past its rung before the stop reaches it: count the epochs it logged
+        trained = len({m.step for m in c.get_metric_history(t.run_id, "epoch")})
+        epochs.append(raw["train"]["epochs"] if full else max(t.pruned_rung, trained))
     return Trace(np.array(values, dtype=float).reshape(-1, 2), np.array(done), np.array(epochs), wall)
 
 

@@ -226,6 +226,9 @@ def _function_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants
     run_trial(raw, config, data.select(config), TuneSession(), TrialTracking(trial_id=trial_id, **tracking))
 
 
+_TRAIN_POLL_S = 0.05  # seconds between a Ray Train controller's polls of its workers (see _train_trainable)
+
+
 def _train_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants, tracking: dict, threads: int,
                      scaling: dict, storage: str) -> None:
     """The Tune trial builds and fits a TorchTrainer; a fixed name per trial resumes its checkpoints."""
@@ -234,6 +237,10 @@ def _train_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants, t
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    # Ray Train's controller takes a worker's report off its one-slot queue only when it polls the workers, every
+    # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default), and the worker waits until then: 2 s per epoch. The
+    # controller reads the setting from this process's environment (propagated to the actors it starts).
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(_TRAIN_POLL_S))
     trial_id = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -281,6 +288,35 @@ def _init_ray(address: str | None) -> bool:
 
 
 _REAPER = None  # the watchdog of the local cluster this process started last (kept so that it is reaped)
+
+
+def _init_ray_while(address: str | None, work):
+    """:func:`_init_ray` on this thread while ``work()`` runs on another; ``(connected, *work())``.
+
+    Whichever fails, nothing is left behind: Ray is shut down again if ``work`` raised, and the sweep run
+    ``work`` opened is ended FAILED if Ray could not start.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    with ThreadPoolExecutor(1, thread_name_prefix="fairray-mlflow") as pool:
+        future = pool.submit(work)
+        try:
+            connected = _init_ray(address)
+        except BaseException as exc:
+            try:
+                _, _, sweep = future.result()
+                end_run(sweep.uri, sweep.run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+            except Exception:
+                pass
+            raise
+        try:
+            return (connected, *future.result())
+        except BaseException:
+            if connected:
+                ray.shutdown()
+            raise
 
 
 def _find_resumable(uri: str, experiment_id: str, sweep: str, ablation: str | None):
@@ -371,27 +407,35 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     root = storage_root(spec)
     ray_root = f"{root.rstrip('/')}/ray"
     uri = tracking_uri(spec)
-    experiment_id = ensure_experiment(uri, spec.experiment, root)
-    previous = _find_resumable(uri, experiment_id, spec.name, ablation) if resume else None
-    what = f"ablation {ablation!r} of sweep {spec.name!r}" if ablation else f"sweep {spec.name!r}"
-    if resume and previous is None:
-        raise FairrayError(f"--resume: no earlier {what} in MLflow experiment {spec.experiment!r} "
-                           f"at {uri}; run without --resume to start one")
-    run_name = previous.data.tags[TAG_RAY_PATH].rsplit("/", 1)[1] if previous else \
-        f"{spec.name}{'-' + ablation if ablation else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
-    ray_path = f"{ray_root}/{run_name}"
     objectives = [(o.metric, o.direction.value) for o in spec.search.objectives]
-    sweep = start_sweep_run(uri, experiment_id, spec.name, root, raw, objectives,
-                            resume_run_id=previous.info.run_id if previous else None, ablation=ablation)
-    client(uri).set_tag(sweep.run_id, TAG_RAY_PATH, ray_path)
-    _tag_search_settings(uri, sweep.run_id, spec, ablation)
-    tracking = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": sweep.run_id, "sweep": spec.name}
+
+    def open_sweep_run():
+        experiment_id = ensure_experiment(uri, spec.experiment, root)
+        previous = _find_resumable(uri, experiment_id, spec.name, ablation) if resume else None
+        what = f"ablation {ablation!r} of sweep {spec.name!r}" if ablation else f"sweep {spec.name!r}"
+        if resume and previous is None:
+            raise FairrayError(f"--resume: no earlier {what} in MLflow experiment {spec.experiment!r} "
+                               f"at {uri}; run without --resume to start one")
+        run_name = previous.data.tags[TAG_RAY_PATH].rsplit("/", 1)[1] if previous else \
+            f"{spec.name}{'-' + ablation if ablation else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+        sweep = start_sweep_run(uri, experiment_id, spec.name, root, raw, objectives,
+                                resume_run_id=previous.info.run_id if previous else None, ablation=ablation)
+        client(uri).set_tag(sweep.run_id, TAG_RAY_PATH, f"{ray_root}/{run_name}")
+        _tag_search_settings(uri, sweep.run_id, spec, ablation)
+        return experiment_id, run_name, sweep
 
     t0 = time.time()
-    status, reason, connected = "FAILED", None, False
+    if resume:  # a missing earlier sweep is reported before Ray starts
+        opened = open_sweep_run()
+        connected, experiment_id, run_name, sweep = _init_ray_while(address, lambda: opened)
+    else:  # the MLflow store's set-up (imports, schema) runs while Ray starts: ~40 % of a small sweep's fixed cost
+        connected, experiment_id, run_name, sweep = _init_ray_while(address, open_sweep_run)
+    ray_path = f"{ray_root}/{run_name}"
+    tracking = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": sweep.run_id, "sweep": spec.name}
+
+    status, reason = "FAILED", None
     scheduler, searcher_impl = None, None
     try:
-        connected = _init_ray(address)
         # once per sweep, before any trial: feature extraction (as Ray tasks with dataset.extract_workers > 1)
         # or the cache; trials get the result through the object store
         data = DataVariants.prepare(loaded, dataset_assignments(spec, points), verbose=bool(verbose))
@@ -479,6 +523,11 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         raise
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}"
+        from fairray.tracking import storage_failure
+
+        if (unreachable := storage_failure(exc, root)) is not None:  # one line naming the store, not a traceback
+            reason = str(unreachable)
+            raise unreachable from exc
         raise
     finally:
         if scheduler is not None:  # pruned runs end KILLED with their reason, never as orphans

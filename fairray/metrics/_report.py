@@ -129,17 +129,8 @@ class GroupReport:
         None, the stratum column. Samples whose value is missing (NaN, ``U`` ...; see
         :data:`MISSING_VALUES`) count in the overall numbers but not in that column's groups.
         """
-        classes, y_true, y_pred = _check_inputs(classes, y_true, y_pred, groups, _labels, s_min, gap_op, class_agg)
-        n_classes = len(classes)
-        g_idx, group_values, s_idx, stratum_values = _encode_cells(groups, attribute, stratum)
-        n_g, n_s = len(group_values), len(stratum_values)
-        flat_idx = ((g_idx * (n_s + 1) + s_idx) * n_classes + y_true) * n_classes + y_pred
-        counts = np.bincount(flat_idx, minlength=(n_g + 1) * (n_s + 1) * n_classes * n_classes)
-        counts = counts.reshape(n_g + 1, n_s + 1, n_classes, n_classes)
-        return cls.from_counts(
-            counts, classes, attribute, stratum, group_values, stratum_values,
-            s_min=s_min, gap_op=gap_op, class_agg=class_agg, task="single",
-        )  # fmt: skip
+        return cls._from_cells(_encode_cells(groups, attribute, stratum), y_true, y_pred, classes, groups, attribute,
+                               stratum, s_min=s_min, gap_op=gap_op, class_agg=class_agg, task="single")
 
     @classmethod
     def compute_multilabel(
@@ -164,17 +155,33 @@ class GroupReport:
         the class-wise gaps (``tpr_gap``, ``fpr_gap``, ``dp_gap``) for any number of groups, and
         no ``acc_gap`` / ``avg_gap``. ``groups``, missing values and strata as in :meth:`compute`.
         """
-        classes, y_true, y_pred = _check_inputs(classes, y_true, y_pred, groups, _binary_labels, s_min, gap_op, class_agg)
+        return cls._from_cells(_encode_cells(groups, attribute, stratum), y_true, y_pred, classes, groups, attribute,
+                               stratum, s_min=s_min, gap_op=gap_op, class_agg=class_agg, task="multi")
+
+    @classmethod
+    def _from_cells(cls, cells: tuple[np.ndarray, tuple[str, ...], np.ndarray, tuple[str, ...]], y_true, y_pred,
+                    classes: Sequence[str], groups: pd.DataFrame, attribute: str, stratum: str | None, *, s_min: int,
+                    gap_op: str, class_agg: str, task: str) -> GroupReport:
+        """:meth:`compute` (``task="single"``) or :meth:`compute_multilabel` (``"multi"``) from the rows' cells as
+        :func:`_encode_cells` gives them for ``groups`` — which a caller evaluating the same rows again (an
+        epoch's :class:`~fairray.metrics.Predictions`) computes once."""
+        labels = _labels if task == "single" else _binary_labels
+        classes, y_true, y_pred = _check_inputs(classes, y_true, y_pred, groups, labels, s_min, gap_op, class_agg)
         n_classes = len(classes)
-        g_idx, group_values, s_idx, stratum_values = _encode_cells(groups, attribute, stratum)
+        g_idx, group_values, s_idx, stratum_values = cells
         n_g, n_s = len(group_values), len(stratum_values)
-        cell = (g_idx * (n_s + 1) + s_idx)[:, None] * n_classes + np.arange(n_classes)
-        flat_idx = (cell * 2 + y_true) * 2 + y_pred
-        counts = np.bincount(flat_idx.reshape(-1), minlength=(n_g + 1) * (n_s + 1) * n_classes * 4)
-        counts = counts.reshape(n_g + 1, n_s + 1, n_classes, 2, 2)
+        if task == "single":
+            flat_idx = ((g_idx * (n_s + 1) + s_idx) * n_classes + y_true) * n_classes + y_pred
+            counts = np.bincount(flat_idx, minlength=(n_g + 1) * (n_s + 1) * n_classes * n_classes)
+            counts = counts.reshape(n_g + 1, n_s + 1, n_classes, n_classes)
+        else:
+            cell = (g_idx * (n_s + 1) + s_idx)[:, None] * n_classes + np.arange(n_classes)
+            flat_idx = (cell * 2 + y_true) * 2 + y_pred
+            counts = np.bincount(flat_idx.reshape(-1), minlength=(n_g + 1) * (n_s + 1) * n_classes * 4)
+            counts = counts.reshape(n_g + 1, n_s + 1, n_classes, 2, 2)
         return cls.from_counts(
             counts, classes, attribute, stratum, group_values, stratum_values,
-            s_min=s_min, gap_op=gap_op, class_agg=class_agg, task="multi",
+            s_min=s_min, gap_op=gap_op, class_agg=class_agg, task=task,
         )  # fmt: skip
 
     @classmethod
@@ -765,11 +772,10 @@ def _build_columns(
     n_g, n_s = len(groups), len(strata)
     samples = _sample_counts(counts, task)  # [G+1, S+1]
     counts = _one_vs_rest(counts) if task == "single" else counts  # [G+1, S+1, C, 2, 2] from here on
-    rows: dict[str, list] = {c: [] for c in TABLE_COLUMNS}
+    table: list[tuple] = []  # one tuple per row, in TABLE_COLUMNS order; transposed into columns at the end
 
     def add(scope, metric, a, g, s, sv, value, support, n_cls=np.nan, n_str=np.nan):
-        for col, v in zip(TABLE_COLUMNS, (scope, metric, a, g, s, sv, value, support, n_cls, n_str), strict=True):
-            rows[col].append(v)
+        table.append((scope, metric, a, g, s, sv, value, support, n_cls, n_str))
 
     # Partition scopes: overall, each group, each stratum, each cell; one stacked utility call.
     cells = [("overall", None, None, counts.sum((0, 1)))]
@@ -777,10 +783,12 @@ def _build_columns(
     cells += [("stratum", None, s, counts[:, j].sum(0)) for j, s in enumerate(strata)]
     cells += [("cell", g, s, counts[i, j]) for i, g in enumerate(groups) for j, s in enumerate(strata)]
     util = _utilities(np.stack([c[3] for c in cells]), s_min, task)
+    values = {m: util[m].tolist() for m in _PARTITION_METRICS[task]}  # Python floats: the table's cells
+    n_rows = util["n"].tolist()
     for k, (scope, g, s, _) in enumerate(cells):
         for metric in _PARTITION_METRICS[task]:
             add(scope, metric, None if g is None else attr, g, None if s is None else stratum, s,
-                util[metric][k], util["n"][k])  # fmt: skip
+                values[metric][k], n_rows[k])  # fmt: skip
 
     # Gap scopes: pooled over the known groups, then inside each stratum.
     known = counts[:n_g]
@@ -802,6 +810,7 @@ def _build_columns(
             mean = per_stratum[ok].mean() if ok.any() else np.nan
             for agg, value in (("worst", worst), ("mean", mean)):
                 add("gap", metric, attr, None, stratum, agg, value, support[1:][ok].sum(), np.nan, float(ok.sum()))
+    rows: dict[str, list] = {col: list(column) for col, column in zip(TABLE_COLUMNS, zip(*table), strict=True)}
     for col in _NUMERIC_COLUMNS:
         rows[col] = [float(v) for v in rows[col]]
     return rows

@@ -32,7 +32,7 @@ import pandas as pd
 from fairray._atomic import atomic_write_bytes
 from fairray.errors import ConfigError, DataError
 from fairray.metrics._keys import TASKS
-from fairray.metrics._report import CLASS_AGGS, GAP_OPS, GroupReport
+from fairray.metrics._report import CLASS_AGGS, GAP_OPS, GroupReport, _encode_cells
 
 FORMAT = "fairray.predictions"
 VERSION = 1
@@ -122,6 +122,7 @@ class Predictions:
         if len(y_pred) != len(self) or (prob is not None and len(prob) != len(self)):
             raise DataError(f"Predictions: rows do not align: {len(self)} rows, y_pred {len(y_pred)}"
                             + ("" if prob is None else f", prob {len(prob)}"))
+        _ = self._group_cells  # computed on the template once, shared by every Predictions made from it
         new = object.__new__(Predictions)
         new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in _CACHED})
         object.__setattr__(new, "y_pred", y_pred)
@@ -132,8 +133,16 @@ class Predictions:
 
     @cached_property
     def full_report(self) -> GroupReport:
-        """The report on all rows (computed once)."""
-        return self._compute(self.y_true, self.y_pred, self.groups)
+        """The report on all rows (computed once; the rows' group cells once for all :meth:`with_outputs`)."""
+        return GroupReport._from_cells(self._group_cells, self.y_true, self.y_pred, self.classes, self.groups,
+                                       self.attribute, self.stratum, s_min=self.s_min, gap_op=self.gap_op,
+                                       class_agg=self.class_agg, task=self.task)
+
+    @cached_property
+    def _group_cells(self) -> tuple[np.ndarray, tuple[str, ...], np.ndarray, tuple[str, ...]]:
+        """The rows' attribute and stratum codes and values (:func:`_encode_cells`): they depend on the groups
+        only, so :meth:`with_outputs` keeps them."""
+        return _encode_cells(self.groups, self.attribute, self.stratum)
 
     def report(self, rows: Sequence[int] | np.ndarray | None = None) -> GroupReport:
         """The :class:`GroupReport` on all rows (``rows=None``) or on ``rows``.
@@ -262,8 +271,9 @@ class Predictions:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-#: Values a :class:`Predictions` computes once from its outputs (dropped by :meth:`Predictions.with_outputs`).
-_CACHED = frozenset(n for n, v in vars(Predictions).items() if isinstance(v, cached_property))
+#: Values a :class:`Predictions` computes once from its outputs (dropped by :meth:`Predictions.with_outputs`);
+#: ``_group_cells`` depends on the rows' groups only and is kept.
+_CACHED = frozenset(n for n, v in vars(Predictions).items() if isinstance(v, cached_property)) - {"_group_cells"}
 
 
 def _positions(column: pd.Series, values: Sequence[str]) -> np.ndarray:

@@ -11,6 +11,15 @@ trials finished / lost / repeated, MLflow runs left RUNNING, processes left behi
   seconds to recover = from the kill to the sweep's end.
 - nan: a two-cell ablation whose first cell trains with lr 1e12 (the loss becomes NaN): that trial FAILED with its
   reason, the other cell still finishes; seconds = the sweep.
+- postgres: a sweep tracking to an MLflow server on PostgreSQL 15 (artifacts proxied to a local folder); once an
+  epoch is logged, `pg_ctl stop -m fast`, 8 s down, `pg_ctl start`; the server answers 503 meanwhile and MLflow's
+  client retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, backoff); seconds to recover = from the restart until the next
+  epoch reaches the database.
+- s3: a sweep with storage.path on moto's S3 server and MLflow's artifacts proxied to it; the endpoint is SIGKILLed
+  once an epoch is logged (checkpoint every epoch, max_failures 0); the sweep must exit 1 with one line naming the
+  endpoint, every run closed; "lost" are the trials it failed; seconds = from the kill to the sweep's exit.
+- sqlite: two `fairray sweep` processes (2 trials each) started together on one fresh sqlite:/// store; seconds =
+  until both ended.
 
 "lost" counts trial runs not FINISHED (for a driver kill: a trial started after Tune last saved its state is
 unknown to the restored sweep, its run is closed and a fresh sample takes its place); "repeated" counts trial ids
@@ -23,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +48,7 @@ sys.path.insert(0, str(REPO))  # the cluster helpers of the tests
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from tests.cloud.conftest import Postgres, mlflow_server_process, moto_process, stop  # noqa: E402
 from tests.cloud.test_faults import descendants, finished_trials, survivors  # noqa: E402
 from tests.cloud.test_multinode import AGENT_PORTS, distinct_ports, ray_start  # noqa: E402
 
@@ -52,9 +63,9 @@ def write_spec(root: Path, **train) -> tuple[Path, str, dict]:
     return spec, f"sqlite:///{root / 'runs' / 'mlflow.db'}", raw
 
 
-def tally(uri: str) -> dict:
+def tally(uri: str, experiment: str = "minmaxgap") -> dict:
     c = MlflowClient(uri)
-    runs = c.search_runs([c.get_experiment_by_name("minmaxgap").experiment_id], max_results=1000)
+    runs = c.search_runs([c.get_experiment_by_name(experiment).experiment_id], max_results=1000)
     trials = [r for r in runs if r.data.tags.get("fairray.kind") == "trial"]
     done = Counter(r.data.tags["fairray.trial_id"] for r in trials if r.info.status == "FINISHED")
     return {"finished": len(done), "lost": sum(r.info.status != "FINISHED" for r in trials),
@@ -157,8 +168,120 @@ def nan_trial(root: Path) -> dict:
     return {**tally(uri), "left": 0, "seconds": time.monotonic() - t0, "rc": out.returncode, "of": 2}
 
 
+def _wait_epochs(count, n: int, proc: subprocess.Popen, timeout_s: float = 300) -> int:
+    """Poll ``count()`` (epochs logged) until it reaches ``n``; the count."""
+    deadline = time.monotonic() + timeout_s
+    while (got := count()) < n:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"only {got} epochs logged before the sweep ended or the time ran out")
+        time.sleep(0.3)
+    return got
+
+
+def postgres_restart(root: Path) -> dict:
+    pg_root = Path(tempfile.mkdtemp(prefix="fr-pgb-", dir="/tmp"))  # the postgres account must reach it
+    pg = Postgres(pg_root)
+    pg.start()
+    try:
+        with pg.connect() as conn:
+            conn.autocommit = True
+            conn.cursor().execute("CREATE DATABASE mlflow")
+        conn.close()
+
+        def epochs() -> int:
+            try:
+                with pg.connect("mlflow") as conn, conn.cursor() as cur:
+                    cur.execute("SELECT count(*) FROM metrics WHERE key = 'dev/weighted_f1'")
+                    return cur.fetchone()[0]
+            except Exception:  # noqa: BLE001 - no table yet, or the server is down
+                return 0
+
+        store = f"postgresql+psycopg2://fairray@127.0.0.1:{pg.port}/mlflow"
+        with mlflow_server_process(store, str(root / "artifacts"), {"PGPASSWORD": pg.password}) as (url, _, _):
+            spec, _, raw = write_spec(root, epochs=8)
+            raw["budget"].update(num_samples=2, max_concurrent=2)
+            raw["tracking"]["uri"] = url
+            spec.write_text(yaml.safe_dump(raw))
+            proc = subprocess.Popen([sys.executable, "-m", "fairray", "sweep", str(spec), "--quiet"], cwd=root,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _wait_epochs(epochs, 1, proc)
+            pg.stop("fast")
+            time.sleep(8)
+            pg.start()
+            t0 = time.monotonic()
+            with pg.connect("mlflow") as conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM metrics WHERE key = 'dev/weighted_f1'")
+                at_restart = cur.fetchone()[0]
+            got = at_restart
+            while got <= at_restart and proc.poll() is None:
+                time.sleep(0.2)
+                got = epochs()
+            seconds = time.monotonic() - t0
+            rc = proc.wait(timeout=900)
+            return {**tally(url), "left": 0, "seconds": seconds, "rc": rc, "of": 2}
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            pg.stop("immediate")
+        shutil.rmtree(pg_root, ignore_errors=True)
+
+
+def s3_stop(root: Path) -> dict:
+    with moto_process() as (endpoint, s3_env, moto):
+        store = f"sqlite:///{root / 'mlflow.db'}"
+        with mlflow_server_process(store, "s3://fairray-test/mlflow", {**s3_env, "MLFLOW_S3_ENDPOINT_URL": endpoint}
+                                   ) as (url, _, _):
+            spec, _, raw = write_spec(root, epochs=30, checkpoint_interval_s=0)
+            raw["budget"].update(num_samples=2, max_concurrent=2, max_failures=0)
+            raw["tracking"]["uri"] = url
+            raw["storage"]["path"] = "s3://fairray-test/fairray"
+            spec.write_text(yaml.safe_dump(raw))
+            proc = subprocess.Popen([sys.executable, "-m", "fairray", "sweep", str(spec), "--quiet"], cwd=root,
+                                    env={**os.environ, **s3_env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+            c = MlflowClient(url)
+
+            def epochs() -> int:
+                exp = c.get_experiment_by_name("minmaxgap")
+                runs = c.search_runs([exp.experiment_id], max_results=100) if exp else []
+                return sum("dev/weighted_f1" in r.data.metrics for r in runs)
+
+            _wait_epochs(epochs, 1, proc)
+            stop(moto, timeout_s=0)
+            t0 = time.monotonic()
+            _, err = proc.communicate(timeout=900)
+            seconds = time.monotonic() - t0
+            line = err.strip().splitlines()[-1] if err.strip() else ""
+            r = {**tally(url), "left": 0, "seconds": seconds, "rc": proc.returncode, "of": 2}
+            r["reasons"] = [*r["reasons"], f"last line: {line[:160]}"]
+            return r
+
+
+def sqlite_race(root: Path) -> dict:
+    (root / "shared").mkdir()
+    uri = f"sqlite:///{root / 'shared' / 'mlflow.db'}"
+    procs = []
+    for name in ("race-a", "race-b"):
+        spec, _, raw = write_spec(root, epochs=4)
+        raw.update(name=name)
+        raw["tracking"].update(uri=uri, experiment=name)
+        raw["storage"]["path"] = str(root / name)
+        raw["budget"].update(num_samples=2, max_concurrent=2)
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    t0 = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-m", "fairray", "sweep", str(root / f"{n}.yaml"), "--quiet"],
+                              cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for n in ("race-a", "race-b")]
+    rcs = [p.wait(timeout=900) for p in procs]
+    seconds = time.monotonic() - t0
+    a, b = (tally(uri, n) for n in ("race-a", "race-b"))
+    return {**{k: a[k] + b[k] for k in ("finished", "lost", "repeated", "running", "redone", "reasons")},
+            "left": 0, "seconds": seconds, "rc": max(rcs), "of": 4}
+
+
 FAULTS = {"driver": ("SIGKILL driver, --resume", driver_kill), "worker": ("SIGKILL a worker node", worker_kill),
-          "nan": ("loss becomes NaN", nan_trial)}
+          "nan": ("loss becomes NaN", nan_trial), "postgres": ("restart PostgreSQL", postgres_restart),
+          "s3": ("S3 endpoint killed", s3_stop), "sqlite": ("2 sweeps, 1 fresh SQLite", sqlite_race)}
 
 
 def main(names: list[str]) -> None:

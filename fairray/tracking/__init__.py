@@ -1,7 +1,6 @@
 """Tracking: MLflow parent/child runs for sweeps and trials; failures of the remote stores a sweep writes to."""
 
 from fairray.tracking._faults import StorageUnreachable, storage_endpoint, storage_failure
-
 from fairray.tracking._mlflow import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,

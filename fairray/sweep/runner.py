@@ -141,6 +141,27 @@ class DataVariants:
             base = ray.get(base)
         return dataclasses.replace(base, **groups) if groups else base
 
+    def by_reference(self) -> DataVariants:
+        """The same variants with every dataset in the object store (put here, once per sweep)."""
+        import ray
+
+        refs: dict[int, Any] = {}
+        items = {}
+        for key, (base, groups) in self.items.items():
+            if isinstance(base, SERData):
+                base = refs.setdefault(id(base), ray.put(base))
+            items[key] = (base, groups)
+        return DataVariants(self.paths, self.aliases, items)
+
+    def reference(self, params: Mapping[str, Any]):
+        """:meth:`select` as an object reference when the variant is a stored dataset as it is (no groups of its
+        own to patch in), else the dataset itself."""
+        key = self.key({p: params[p] for p in self.paths if p in params})
+        base, groups = self.items.get(self.aliases.get(key), (None, None))
+        if base is not None and not isinstance(base, SERData) and not groups:
+            return base
+        return self.select(params)
+
     def datasets(self) -> list[SERData]:
         """Each distinct prepared dataset once (variants that differ only in their groups share one)."""
         seen, out = set(), []
@@ -226,6 +247,37 @@ def _function_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants
     run_trial(raw, config, data.select(config), TuneSession(), TrialTracking(trial_id=trial_id, **tracking))
 
 
+def _train_worker(config: dict) -> None:
+    """Ray Train's entry point on each worker: :func:`fairray.train.train_loop_per_worker` with the dataset
+    fetched from the object store when it came by reference."""
+    import ray
+
+    if isinstance(config["data"], ray.ObjectRef):
+        config = {**config, "data": ray.get(config["data"])}
+    train_loop_per_worker(config)
+
+
+def _trainer_class():
+    """Ray Train's ``TorchTrainer``, less its Ray Data set-up when the run has no Ray Datasets: Ray Train 2.60
+    starts a ``DatasetManager`` actor (a process importing Ray Data) for every run, datasets or not. Ray Train's
+    own worker group, placement group and its cleaner, and torch.distributed set-up are kept as they are."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    except ImportError:  # another Ray Train: keep its defaults
+        return TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return Trainer
+
+
 _TRAIN_POLL_S = 0.05  # seconds between a Ray Train controller's polls of its workers (see _train_trainable)
 
 
@@ -234,7 +286,6 @@ def _train_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants, t
     """The Tune trial builds and fits a TorchTrainer; a fixed name per trial resumes its checkpoints."""
     import ray.train
     from ray import tune
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     # Ray Train's controller takes a worker's report off its one-slot queue only when it polls the workers, every
@@ -242,9 +293,9 @@ def _train_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants, t
     # controller reads the setting from this process's environment (propagated to the actors it starts).
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(_TRAIN_POLL_S))
     trial_id = tune.get_context().get_trial_id()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"raw": raw, "params": dict(config), "data": data.select(config), "threads": threads,
+    trainer = _trainer_class()(
+        _train_worker,  # the dataset goes by reference: put once per sweep, not once per trial with its config
+        train_loop_config={"raw": raw, "params": dict(config), "data": data.reference(config), "threads": threads,
                            "tracking": TrialTracking(trial_id=trial_id, **tracking)},
         scaling_config=ray.train.ScalingConfig(**scaling),
         run_config=ray.train.RunConfig(name=f"train-{trial_id}", storage_path=storage,
@@ -447,6 +498,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                                              threads=threads)
             resources = {"cpu": spec.resources.cpus_per_worker, "gpu": spec.resources.gpus_per_worker}
         else:
+            data = data.by_reference()
             scaling = {"num_workers": spec.resources.num_workers, "use_gpu": spec.resources.gpus_per_worker > 0,
                        "resources_per_worker": {"CPU": spec.resources.cpus_per_worker,
                                                 **({"GPU": spec.resources.gpus_per_worker}

@@ -810,7 +810,7 @@ def _build_columns(
             mean = per_stratum[ok].mean() if ok.any() else np.nan
             for agg, value in (("worst", worst), ("mean", mean)):
                 add("gap", metric, attr, None, stratum, agg, value, support[1:][ok].sum(), np.nan, float(ok.sum()))
-    rows: dict[str, list] = {col: list(column) for col, column in zip(TABLE_COLUMNS, zip(*table), strict=True)}
+    rows: dict[str, list] = {col: list(column) for col, column in zip(TABLE_COLUMNS, zip(*table, strict=True), strict=True)}
     for col in _NUMERIC_COLUMNS:
         rows[col] = [float(v) for v in rows[col]]
     return rows

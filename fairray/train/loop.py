@@ -603,6 +603,8 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             if session.world_rank != 0 or not due:
                 session.report(metrics, None)
                 return
+            if run is not None:  # MLflow gets every epoch a checkpoint holds: a trial resumed from it loses none
+                run.flush()
             d = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
             try:
                 write_checkpoint(d, module, trainer_state(), texts, best=best_file)

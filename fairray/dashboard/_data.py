@@ -64,6 +64,9 @@ class AblationTable:
 
 @dataclass(frozen=True)
 class DashboardData:
+    """What :func:`collect` read: the sweep, its fronts and panels, each trial's detail, the ablation tables,
+    and the stratum column (e.g. ``language``, None without strata), groups and strata the heat tables span."""
+
     sweep: Sweep
     experiment_id: str
     status: str
@@ -76,6 +79,9 @@ class DashboardData:
     compare: dict[str, FrontPanel] = field(default_factory=dict)
     compare_label: str = ""
     notes: tuple[str, ...] = ()
+    stratum: str | None = None
+    groups: tuple[str, ...] = ()
+    strata: tuple[str, ...] = ()
 
 
 @dataclass
@@ -304,4 +310,5 @@ def collect(tracking_uri: str, experiment: str, *, run_id: str | None = None, ab
     ablations = tuple(_ablation(sweep, n, n_boot, cache) for n in names)
     command = f"fairray dashboard {_target_args(sweep, ablation)}"
     return DashboardData(sweep, parent.info.experiment_id, parent.info.status, tuple(fronts_), tuple(panels),
-                         details, ablations, base, command, compare_panels, compare_label, tuple(notes))
+                         details, ablations, base, command, compare_panels, compare_label, tuple(notes), stratum,
+                         tuple(groups), tuple(strata))

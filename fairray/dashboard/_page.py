@@ -11,7 +11,7 @@ import html
 import math
 from importlib import resources
 
-from fairray.dashboard._data import DashboardData
+from fairray.dashboard._data import DashboardData, heat_tables
 from fairray.dashboard._notes import places
 from fairray.frontier.plot import (
     COMPARE_COLOR,
@@ -22,6 +22,7 @@ from fairray.frontier.plot import (
     fronts_figure,
     plotly_script,
 )
+from fairray.metrics import METRICS
 
 POLL_MS = 10_000
 """How often a served page asks whether the sweep changed."""
@@ -103,17 +104,53 @@ def parallel_figure(data: DashboardData):
     return fig
 
 
+def _round(value: float | None, digits: int = 5) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
+
+
+def _heat_layouts(data: DashboardData) -> dict[str, dict]:
+    """The heat tables' shared layout: every row any trial logged, in ``heat_tables``' order, with its metric
+    keys and direction; a trial then carries only its values (``_heat_values``), not its own copy of the keys."""
+    union = {k: 0.0 for t in data.sweep.trials for k in t.metrics}
+    full = heat_tables(union, data.sweep.attribute, data.stratum, data.groups, data.strata)
+    return {kind: {"x": t["x"], "y": t["y"], "keys": t["keys"],
+                   "dirs": [METRICS[row.split("/", 1)[1]].direction for row in t["y"]]}
+            for kind, t in full.items()}
+
+
+def _heat_values(heat: dict[str, dict], layouts: dict[str, dict]) -> dict[str, list]:
+    out = {}
+    for kind, layout in layouts.items():
+        rows = dict(zip(heat[kind]["y"], heat[kind]["z"], strict=True))
+        out[kind] = [[_round(v) for v in rows[name]] if name in rows else None for name in layout["y"]]
+    return out
+
+
 def page_payload(data: DashboardData, *, served: bool = False, state: str = "") -> dict:
-    """The JSON the page script reads: every trial's detail, the first trial to show, the refresh token."""
+    """The JSON the page script reads: the heat tables' shared layout, every trial's detail (its heat values
+    in that layout), the first trial to show, the refresh token."""
     overall = data.fronts[0]
     pareto = {t.trial_id for t, on in zip(overall.trials, overall.on_front, strict=True) if on}
     first = next((t.trial_id for t, on in zip(overall.trials, overall.on_front, strict=True) if on),
                  overall.trials[0].trial_id)
+    layouts = _heat_layouts(data)
     trials = {}
     for tid, d in data.details.items():
+        curves = {k: [steps, [_round(v, 6) for v in values]] for k, (steps, values) in d.curves.items()}
         trials[tid] = {"run_id": d.run_id, "method": d.method, "params": d.params, "url": d.url, "export": d.export,
-                       "heat": d.heat, "curves": d.curves, "pareto": tid in pareto, "places": places(data.panels, tid)}
-    return {"trials": trials, "first": first, "served": served, "state": state, "poll_ms": POLL_MS}
+                       "heat": _heat_values(d.heat, layouts), "curves": curves, "pareto": tid in pareto,
+                       "places": places(data.panels, tid)}
+    return {"heat": layouts, "trials": trials, "first": first, "served": served, "state": state,
+            "poll_ms": POLL_MS}
+
+
+def figure_json(fig) -> str:
+    """A figure as JSON for a ``<script type="application/json">`` element (drawn later by the page script)."""
+    import json
+
+    import plotly.io as pio
+
+    return embed_json(json.loads(pio.to_json(fig, validate=False)))
 
 
 def build_page(data: DashboardData, *, served: bool = False, state: str = "") -> str:
@@ -162,7 +199,8 @@ noise{compare}. Hover a point to ring the trial in every panel; click it to show
 </div>
 <h2>Hyperparameters against objectives</h2>
 <p class="sub">Drag along an axis to filter trials; objectives of the overall front.</p>
-{figure_div(parallel_figure(data), "parallel")}
+<div id="parallel" style="height:460px;width:100%"></div>
+<script type="application/json" id="parallel-figure">{figure_json(parallel_figure(data))}</script>
 <h2>Ablations declared in the spec (<code>fairray report</code>)</h2>
 {ablation_html}
 <script type="application/json" id="fairray-data">{embed_json(page_payload(data, served=served, state=state))}</script>

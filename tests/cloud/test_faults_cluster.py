@@ -36,20 +36,21 @@ def write_spec(tmp_path: Path, *, train: dict, budget: dict, **extra) -> tuple[P
     return spec, f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
 
 
-def epochs_logged(db: Path) -> int:
-    """Epochs logged so far, read without MLflow (a client on a store being created races its migration)."""
+def runs_training(db: Path) -> int:
+    """Runs that have logged an epoch so far, read without MLflow (a client on a store being created races its
+    migration)."""
     if not db.exists():
         return 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            return con.execute("select count(*) from metrics where key = ?", (METRIC,)).fetchone()[0]
+            return con.execute("select count(distinct run_uuid) from metrics where key = ?", (METRIC,)).fetchone()[0]
     except sqlite3.Error:
         return 0
 
 
 def test_worker_node_killed_mid_trial_resumes_from_its_checkpoint(cluster, tmp_path):  # noqa: F811
     gcs, _, client_env, procs = cluster
-    epochs = 10
+    epochs = 200  # long enough (tens of seconds) that both trials are mid-training when the node dies
     spec, uri = write_spec(tmp_path, train={"epochs": epochs, "checkpoint_interval_s": 0},
                            budget={"num_samples": 2, "max_concurrent": 2, "max_failures": 2})
     env = {**os.environ, **client_env}
@@ -57,7 +58,7 @@ def test_worker_node_killed_mid_trial_resumes_from_its_checkpoint(cluster, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "fairray", "sweep", str(spec), "--address", gcs, "--quiet"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
-    while epochs_logged(tmp_path / "runs" / "mlflow.db") < 2:  # both trials (one per worker node) are training
+    while runs_training(tmp_path / "runs" / "mlflow.db") < 2:  # both trials (one per worker node) are training
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"no epochs logged in time: {proc.communicate()[0][-3000:]}")

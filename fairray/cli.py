@@ -509,6 +509,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if layout == "auto":
         methods = {t.params.get("method.name") or sweep.base_params.get("method.name") for t in sweep.trials}
         layout = choose_layout(methods)
+
+    def provenance(n_cells: int) -> str:
+        return (f"MLflow run `{sweep.run_id}` at `{uri}`; {len(sweep.trials)} finished trials in {n_cells} cells "
+                f"({sweep.n_failed} failed or unfinished); {args.n_boot} bootstrap replicates (speakers resampled "
+                "within their group x stratum), one resample shared by all rows.")
+
+    svg = None
     if layout == "cberl":
         from fairray.report.cberl import cberl_report, render_cberl_markdown
 
@@ -516,55 +523,38 @@ def cmd_report(args: argparse.Namespace) -> int:
                                     seed=args.seed)
         md = render_cberl_markdown(table, title=(
             f"{experiment} / {name}: {args.split} per-class metrics, mean over seeds [95% speaker-bootstrap CI]"),
-            notes=[f"MLflow run `{sweep.run_id}` at `{uri}`; {len(sweep.trials)} finished trials in {len(cells)} "
-                   f"cells ({sweep.n_failed} failed or unfinished); {args.n_boot} bootstrap replicates (speakers "
-                   "resampled within their group x stratum), one resample shared by all rows.",
+            notes=[provenance(len(cells)),
                    f"F1 <class>: one-vs-rest F1 of that class; minority WA-F1 / WA-acc: support-weighted F1 and "
                    f"recall of {' and '.join(args.minority)} together (the seed's claim); ΔW-F1, TPR gap: "
                    f"{sweep.attribute} gaps (on MELD: the main cast; U speakers are outside every gap)."])
-        print(md)
-        if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / f"{experiment}-{name}.md", md)
-            print(f"wrote {out / f'{experiment}-{name}.md'}", file=sys.stderr)
-        return 0
-    if layout == "minmaxgap":
+    elif layout == "minmaxgap":
         from fairray.report.minmaxgap import minmaxgap_report, render_minmaxgap_markdown
 
         tables, cells = minmaxgap_report(sweep, split=args.split, n_boot=args.n_boot, seed=args.seed)
         md = render_minmaxgap_markdown(tables, title=(
             f"{experiment} / {name}: {args.split} metrics (METHODS 2.5), mean over seeds [95% speaker-bootstrap CI]"),
-            notes=[f"MLflow run `{sweep.run_id}` at `{uri}`; {len(sweep.trials)} finished trials in {len(cells)} "
-                   f"cells ({sweep.n_failed} failed or unfinished); {args.n_boot} bootstrap replicates (speakers "
-                   "resampled within their group x stratum), one resample shared by all rows.",
+            notes=[provenance(len(cells)),
                    "Gaps are of the attribute inside each subset; AVG = (dTPR + dFPR + dW-F1 + dACC) / 4. direction "
                    "ours/paper: + / − / ~ (within noise) for our change against ERM, then the sign the paper reports "
                    "(W-F1 up, AVG down; MELD-ST with Qwen2-Audio: values not comparable)."])
-        print(md)
-        if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / f"{experiment}-{name}.md", md)
-            print(f"wrote {out / f'{experiment}-{name}.md'}", file=sys.stderr)
-        return 0
-    rows, cells = idi_rows(sweep, split=args.split, n_boot=args.n_boot, seed=args.seed)
-    title = f"{experiment} / {name}: {args.split} metrics, mean over seeds [95% speaker-bootstrap CI]"
-    notes = [f"MLflow run `{sweep.run_id}` at `{uri}`; {len(sweep.trials)} finished trials in {len(cells)} cells "
-             f"({sweep.n_failed} failed or unfinished); {args.n_boot} bootstrap replicates (speakers resampled "
-             "within their group x stratum), one resample shared by all rows.",
-             "Random: uniform random scores decided like the models' outputs. Overall: mean of RW, DS, GDRO, "
-             "GADRO per supervision; Gain: relative to ERM (positive = fairer / more useful).",
-             "Δ vs ERM: difference of the seed means with its interval; direction ours/paper: + / − / ~ (within "
-             "noise) for our change against the sign of IDI Table 1's change (CREMA-D; values not comparable)."]
-    md = render_markdown(rows, title=title, notes=notes)
+    else:
+        rows, cells = idi_rows(sweep, split=args.split, n_boot=args.n_boot, seed=args.seed)
+        md = render_markdown(rows, title=f"{experiment} / {name}: {args.split} metrics, mean over seeds [95% "
+                             "speaker-bootstrap CI]", notes=[
+            provenance(len(cells)),
+            "Random: uniform random scores decided like the models' outputs. Overall: mean of RW, DS, GDRO, "
+            "GADRO per supervision; Gain: relative to ERM (positive = fairer / more useful).",
+            "Δ vs ERM: difference of the seed means with its interval; direction ours/paper: + / − / ~ (within "
+            "noise) for our change against the sign of IDI Table 1's change (CREMA-D; values not comparable)."])
+        svg = lambda: render_svg(rows, title=f"{experiment} / {name}")  # noqa: E731 - drawn only when written
     print(md)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / f"{experiment}-{name}.md", md)
-        atomic_write_text(out / f"{experiment}-{name}.svg", render_svg(rows, title=f"{experiment} / {name}"))
-        print(f"wrote {out / f'{experiment}-{name}.md'} and .svg", file=sys.stderr)
+        if svg is not None:
+            atomic_write_text(out / f"{experiment}-{name}.svg", svg())
+        print(f"wrote {out / f'{experiment}-{name}.md'}" + (" and .svg" if svg is not None else ""), file=sys.stderr)
     return 0
 
 

@@ -284,7 +284,16 @@ FAULTS = {"driver": ("SIGKILL driver, --resume", driver_kill), "worker": ("SIGKI
           "s3": ("S3 endpoint killed", s3_stop), "sqlite": ("2 sweeps, 1 fresh SQLite", sqlite_race)}
 
 
-def main(names: list[str]) -> None:
+def main(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0] if __doc__ else None)
+    parser.add_argument("faults", nargs="*", metavar="FAULT",
+                        help=f"faults to inject, in order (default: all): {', '.join(FAULTS)}")
+    names = parser.parse_args(argv).faults
+    unknown = [n for n in names if n not in FAULTS]
+    if unknown:  # (argparse's choices reject the empty default of nargs="*" on Python 3.11)
+        parser.error(f"unknown fault {unknown[0]!r}; choose from {', '.join(FAULTS)}")
     rows = []
     for name in names or list(FAULTS):
         label, fn = FAULTS[name]

@@ -200,28 +200,8 @@ def postgres():
 def s3():
     """moto's S3 server on 127.0.0.1 with one bucket: (endpoint URL, bucket, the client environment: dummy
     credentials and AWS_ENDPOINT_URL, which boto3 and pyarrow read)."""
-    exe = Path(sys.executable).parent / "moto_server"
-    _require(exe.is_file(), "no moto_server (pip install 'moto[server]')")
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "fairray-test-key", "AWS_SECRET_ACCESS_KEY": SECRETS["AWS_SECRET_ACCESS_KEY"],
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
-    root = Path(tempfile.mkdtemp(prefix="fr-s3-", dir="/tmp"))
-    log = open(root / "moto.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], env={**os.environ, **env},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(lambda: http_ok(f"{endpoint}/moto-api/"), proc, "moto_server", root / "moto.log", timeout_s=60)
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                     aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                     region_name="us-east-1").create_bucket(Bucket="fairray-test")
+    with moto_process() as (endpoint, env, _):
         yield endpoint, "fairray-test", env
-    finally:
-        stop(proc)
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

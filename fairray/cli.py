@@ -604,11 +604,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or _tracking_default()
     base = f"http://{args.host}:{args.port}"
     page = f"{base}/#/experiments?workflowType=machine_learning"
+    if args.ablation and not args.sweep:
+        raise ConfigError(f"--ablation {args.ablation} needs the SWEEP it belongs to: "
+                          f"`fairray ui SPEC --ablation {args.ablation}`")
     if args.sweep:  # open the sweep's runs table, in MLflow's model-training workflow (not its GenAI overview)
         from fairray.tracking import SHARED_VIEW_PREFIX, client, find_sweep_run, ui_url
 
         experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-        parent = find_sweep_run(uri, experiment)
+        parent = find_sweep_run(uri, experiment, ablation=args.ablation)
         key = f"fairray-{parent.info.run_id[:12]}"
         tags = client(uri).get_experiment(parent.info.experiment_id).tags
         page = ui_url(base, parent.info.experiment_id, view=key if SHARED_VIEW_PREFIX + key in tags else None)
@@ -1001,6 +1004,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ui", cmd_ui, "open the MLflow UI on the sweep store")
     p.add_argument("sweep", nargs="?", help="a sweep (experiment or spec file): print the link to its runs table")
     p.add_argument("--tracking-uri")
+    p.add_argument("--ablation", metavar="NAME", help="with SWEEP: the latest run of the spec's declared ablation "
+                                                      "NAME (`fairray sweep SPEC --ablation NAME`) instead of the search")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
 

@@ -636,24 +636,31 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         options = {"run_id": args.run_id, "ablation": args.ablation, "n_boot": args.n_boot,
                    "compare": (compare[1], compare[0], args.compare_run_id) if compare else None,
                    "mlflow_ui": args.mlflow_ui}
-        if args.out:
-            from fairray._atomic import atomic_write_text
-
-            atomic_write_text(args.out, build_page(collect(uri, experiment, **options)))
-            print(f"wrote {args.out}", file=sys.stderr)
-            return 0
-        app = DashboardApp(uri, experiment, **options)
-        app.page()  # bad input fails here, before the server starts
-        server = make_server(app, args.host, args.port)
+        if args.out:  # the whole page is built before anything is written: bad input leaves no file
+            page = build_page(collect(uri, experiment, **options))
+        else:
+            app = DashboardApp(uri, experiment, **options)
+            app.page()  # bad input fails here, before the server binds
     except TrackingError as exc:  # bad input for this command: exit 2
         raise SweepUnavailable(str(exc)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
     except Exception as exc:  # MLflow's own errors for a store it cannot read
         if type(exc).__module__.startswith("mlflow"):
             raise SweepUnavailable(f"cannot read the MLflow store {uri} ({type(exc).__name__}); is it running and "
                                    "is --tracking-uri right?") from None
         raise
+    if args.out:
+        from fairray._atomic import atomic_write_text
+
+        try:
+            atomic_write_text(args.out, page)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.out}: {exc.strerror or exc}; pick a writable --out") from None
+        print(f"wrote {args.out}", file=sys.stderr)
+        return 0
+    try:
+        server = make_server(app, args.host, args.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
     host, port = server.server_address[:2]
     print(f"fairray dashboard of {experiment!r} on http://{host}:{port}/ (read-only; rebuilt when the sweep "
           "changes; Ctrl-C to stop)", file=sys.stderr)

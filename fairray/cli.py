@@ -608,10 +608,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ablation {args.ablation} needs the SWEEP it belongs to: "
                           f"`fairray ui SPEC --ablation {args.ablation}`")
     if args.sweep:  # open the sweep's runs table, in MLflow's model-training workflow (not its GenAI overview)
+        from fairray.dashboard import SweepUnavailable
+        from fairray.errors import TrackingError
         from fairray.tracking import SHARED_VIEW_PREFIX, client, find_sweep_run, ui_url
 
-        experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-        parent = find_sweep_run(uri, experiment, ablation=args.ablation)
+        try:
+            experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+            parent = find_sweep_run(uri, experiment, ablation=args.ablation)
+        except TrackingError as exc:  # an unknown sweep or ablation, no store there: bad input, exit 2
+            raise SweepUnavailable(str(exc)) from None
         key = f"fairray-{parent.info.run_id[:12]}"
         tags = client(uri).get_experiment(parent.info.experiment_id).tags
         page = ui_url(base, parent.info.experiment_id, view=key if SHARED_VIEW_PREFIX + key in tags else None)

@@ -636,8 +636,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or _tracking_default()
     try:
         experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-        compare = _resolve_sweep_target(args.compare, args.compare_tracking_uri or args.tracking_uri) \
-            if args.compare else None
+        compare = None
+        if args.compare:  # by default in the sweep's store (a spec file: the store it names)
+            default = None if args.compare.endswith((".yaml", ".yml")) else uri
+            compare = _resolve_sweep_target(args.compare, args.compare_tracking_uri or default)
         options = {"run_id": args.run_id, "ablation": args.ablation, "n_boot": args.n_boot,
                    "compare": (compare[1], compare[0], args.compare_run_id) if compare else None,
                    "mlflow_ui": args.mlflow_ui}

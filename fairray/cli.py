@@ -628,7 +628,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from fairray.dashboard import DashboardApp, SweepUnavailable, build_page, collect, make_server
+    from fairray.dashboard import DashboardApp, SweepUnavailable, build_page, check_store, collect, make_server
     from fairray.errors import TrackingError
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server: one line, not minutes
@@ -636,10 +636,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or _tracking_default()
     try:
         experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+        check_store(uri)
         compare = None
         if args.compare:  # by default in the sweep's store (a spec file: the store it names)
             default = None if args.compare.endswith((".yaml", ".yml")) else uri
             compare = _resolve_sweep_target(args.compare, args.compare_tracking_uri or default)
+            check_store(compare[1])
         options = {"run_id": args.run_id, "ablation": args.ablation, "n_boot": args.n_boot,
                    "compare": (compare[1], compare[0], args.compare_run_id) if compare else None,
                    "mlflow_ui": args.mlflow_ui}

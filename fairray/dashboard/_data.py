@@ -94,6 +94,38 @@ class Cache:
     ablations: dict[tuple, AblationTable] = field(default_factory=dict)
 
 
+SQL_CONNECT_TIMEOUT_S = 10
+"""How long the dashboard waits for a database server's answer before it calls the store unreachable."""
+
+
+def check_store(uri: str) -> None:
+    """Raise :class:`SweepUnavailable` when ``uri`` is a database server (PostgreSQL, MySQL, MSSQL) that does not
+    answer or refuses the connection: one connection attempt, not MLflow's ten retries over about 100 s followed
+    by a traceback. Other stores (SQLite, a tracking server) are left to the reads themselves."""
+    dialect = uri.split(":", 1)[0].split("+", 1)[0]
+    if dialect not in ("postgresql", "mysql", "mssql"):
+        return
+    import sqlalchemy
+
+    where = uri.split("@", 1)[-1]  # no user name or password in the message
+    timeout = {"postgresql": {"connect_timeout": SQL_CONNECT_TIMEOUT_S},
+               "mysql": {"connect_timeout": SQL_CONNECT_TIMEOUT_S}}.get(dialect, {})
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=timeout)
+    except (ImportError, sqlalchemy.exc.ArgumentError) as exc:
+        raise SweepUnavailable(f"cannot open the MLflow store at {where}: {exc}; install its driver or fix "
+                               "--tracking-uri") from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise SweepUnavailable(f"cannot reach the MLflow store at {where} ({reason}); is the database running and "
+                               "is --tracking-uri right?") from None
+    finally:
+        engine.dispose()
+
+
 def _client(uri: str):
     from fairray.tracking import client
 

@@ -278,13 +278,18 @@ def test_bad_input_through_the_installed_command(tiny_sweep, tmp_path):
     script = Path(sys.executable).with_name("fairray")
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "fairray.cli"]
     missing = tmp_path / "mlflow.db"
+    closed = _free_port()  # nothing listens there
     for uri, needle in ((f"http://127.0.0.1:{_free_port()}", "cannot read the MLflow store"),
-                        (f"sqlite:///{missing}", "no MLflow store at")):
+                        (f"sqlite:///{missing}", "no MLflow store at"),
+                        # a database server that does not answer: one attempt, not MLflow's ~100 s of retries
+                        (f"postgresql+psycopg2://fairray:secret@127.0.0.1:{closed}/mlflow",
+                         f"cannot reach the MLflow store at 127.0.0.1:{closed}/mlflow (connection to server")):
         out = tmp_path / "page.html"
         proc = subprocess.run([*cli, "dashboard", "x", "--tracking-uri", uri, "--out", str(out)],
                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
-        assert needle in _one_line(proc.stderr) and proc.stdout == ""
+        line = _one_line(proc.stderr)
+        assert needle in line and "secret" not in line and proc.stdout == ""
         assert not out.exists() and not missing.exists()
 
 

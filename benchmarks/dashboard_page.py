@@ -271,6 +271,7 @@ def main() -> None:
     ap.add_argument("--keep", metavar="DIR", help="build the store in DIR and keep it (reused when it exists)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the whiskers read 40-odd predictions
 
     from fairray.dashboard import Cache, DashboardApp, build_page, collect, make_server
 

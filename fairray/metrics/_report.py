@@ -100,6 +100,8 @@ class GroupReport:
     counts: np.ndarray = field(repr=False)
     columns: Mapping[str, list] = field(repr=False)
     task: str = "single"
+    #: each row's key without the split (``acc/gender:F``), when the builder knows them; else read from ``columns``
+    row_keys: tuple[str, ...] | None = field(default=None, repr=False)
 
     @cached_property
     def frame(self) -> pd.DataFrame:
@@ -222,19 +224,21 @@ class GroupReport:
             per_class = counts.sum((-2, -1))
             if not (per_class == per_class[..., :1]).all():
                 raise DataError("multi-label counts: every class's 2x2 table of a cell must sum to the cell's samples")
-        columns = _build_columns(
+        columns, keys = _build_columns(
             counts, attribute, stratum, tuple(groups), tuple(strata), s_min, gap_op, class_agg, task
         )  # fmt: skip
         return cls(
             tuple(classes), attribute, stratum, tuple(groups), tuple(strata),
-            s_min, gap_op, class_agg, counts, columns, task,
+            s_min, gap_op, class_agg, counts, columns, task, keys,
         )  # fmt: skip
 
     @cached_property
     def _index(self) -> dict[str, float]:
         """``{key without split: value}``, built once from the columns."""
         c = self.columns
-        keys = map(_suffix, *(map(_none_if_missing, c[name]) for name in TABLE_COLUMNS[1:6]))
+        keys = self.row_keys
+        if keys is None:
+            keys = map(_suffix, *(map(_none_if_missing, c[name]) for name in TABLE_COLUMNS[1:6]))
         return dict(zip(keys, map(float, c["value"]), strict=True))
 
     @property
@@ -766,54 +770,84 @@ def _build_columns(
     gap_op: str,
     class_agg: str,
     task: str = "single",
-) -> pd.DataFrame:
+) -> tuple[dict[str, list], tuple[str, ...]]:
     """The long table of every metric of ``task`` as ``{column: list}``, from the cell counts (see
-    ``GroupReport.counts``); numeric columns hold floats."""
+    ``GroupReport.counts``), and its keys without the split, row by row. Numeric columns hold floats.
+
+    The rows and their text columns depend on the layout only (attribute, stratum, groups, strata, task):
+    :func:`_layout` builds them once, so an epoch's report only computes and places its numbers."""
     n_g, n_s = len(groups), len(strata)
+    text, keys = _layout(attr, stratum, groups, strata, task)
     samples = _sample_counts(counts, task)  # [G+1, S+1]
     counts = _one_vs_rest(counts) if task == "single" else counts  # [G+1, S+1, C, 2, 2] from here on
-    table: list[tuple] = []  # one tuple per row, in TABLE_COLUMNS order; transposed into columns at the end
-
-    def add(scope, metric, a, g, s, sv, value, support, n_cls=np.nan, n_str=np.nan):
-        table.append((scope, metric, a, g, s, sv, value, support, n_cls, n_str))
+    partition, gap_metrics = _PARTITION_METRICS[task], _GAPS[task]
 
     # Partition scopes: overall, each group, each stratum, each cell; one stacked utility call.
-    cells = [("overall", None, None, counts.sum((0, 1)))]
-    cells += [("group", g, None, counts[i].sum(0)) for i, g in enumerate(groups)]
-    cells += [("stratum", None, s, counts[:, j].sum(0)) for j, s in enumerate(strata)]
-    cells += [("cell", g, s, counts[i, j]) for i, g in enumerate(groups) for j, s in enumerate(strata)]
-    util = _utilities(np.stack([c[3] for c in cells]), s_min, task)
-    values = {m: util[m].tolist() for m in _PARTITION_METRICS[task]}  # Python floats: the table's cells
-    n_rows = util["n"].tolist()
-    for k, (scope, g, s, _) in enumerate(cells):
-        for metric in _PARTITION_METRICS[task]:
-            add(scope, metric, None if g is None else attr, g, None if s is None else stratum, s,
-                values[metric][k], n_rows[k])  # fmt: skip
+    cells = [counts.sum((0, 1))]
+    cells += [counts[i].sum(0) for i in range(n_g)]
+    cells += [counts[:, j].sum(0) for j in range(n_s)]
+    cells += [counts[i, j] for i in range(n_g) for j in range(n_s)]
+    util = _utilities(np.stack(cells), s_min, task)
+    value = [np.stack([util[m] for m in partition], 1).reshape(-1)]  # cell by cell, metric by metric
+    support = [np.repeat(util["n"], len(partition))]
+    n_cls = [np.full(len(cells) * len(partition), np.nan)]
+    n_str = [n_cls[0]]
 
-    # Gap scopes: pooled over the known groups, then inside each stratum.
+    # Gap scopes: pooled over the known groups, then inside each stratum (each: the gaps, n_excluded, n_groups_eff).
     known = counts[:n_g]
     gcm = np.concatenate([known.sum(1)[None], known[:, :n_s].transpose(1, 0, 2, 3, 4)])
     gaps, n_classes, n_groups = _gaps(gcm, s_min, gap_op, class_agg, task)
-    support = np.concatenate([[samples[:n_g].sum()], samples[:n_g, :n_s].sum(0)]).astype(float)
+    sup = np.concatenate([[samples[:n_g].sum()], samples[:n_g, :n_s].sum(0)]).astype(float)
     excluded = np.concatenate([[samples[n_g].sum()], samples[n_g, :n_s]]).astype(float)
-    scopes = [(None, None)] + [(stratum, s) for s in strata]
-    for b, (s, sv) in enumerate(scopes):
-        for metric in _GAPS[task]:
-            add("gap", metric, attr, None, s, sv, gaps[metric][b], support[b], n_classes[metric][b])
-        add("gap", "n_excluded", attr, None, s, sv, excluded[b], support[b] + excluded[b])
-        add("gap", "n_groups_eff", attr, None, s, sv, float(n_groups[b]), support[b])
-    if n_s:
-        for metric in _GAPS[task]:
+    n_m, n_b = len(gap_metrics), len(sup)
+    value.append(np.concatenate([np.stack([gaps[m] for m in gap_metrics], 1), excluded[:, None],
+                                 n_groups.astype(float)[:, None]], 1).reshape(-1))
+    support.append(np.concatenate([np.repeat(sup[:, None], n_m, 1), (sup + excluded)[:, None], sup[:, None]],
+                                  1).reshape(-1))
+    n_cls.append(np.concatenate([np.stack([np.asarray(n_classes[m], float) for m in gap_metrics], 1),
+                                 np.full((n_b, 2), np.nan)], 1).reshape(-1))
+    n_str.append(np.full(n_b * (n_m + 2), np.nan))
+    if n_s:  # worst and mean over the strata whose gap is defined
+        agg_value, agg_support, agg_strata = [], [], []
+        for metric in gap_metrics:
             per_stratum = gaps[metric][1:]
             ok = np.isfinite(per_stratum)
             worst = per_stratum[ok].max() if ok.any() else np.nan
             mean = per_stratum[ok].mean() if ok.any() else np.nan
-            for agg, value in (("worst", worst), ("mean", mean)):
-                add("gap", metric, attr, None, stratum, agg, value, support[1:][ok].sum(), np.nan, float(ok.sum()))
-    rows: dict[str, list] = {col: list(column) for col, column in zip(TABLE_COLUMNS, zip(*table, strict=True), strict=True)}
-    for col in _NUMERIC_COLUMNS:
-        rows[col] = [float(v) for v in rows[col]]
-    return rows
+            behind = sup[1:][ok].sum()
+            agg_value += [worst, mean]
+            agg_support += [behind, behind]
+            agg_strata += [float(ok.sum())] * 2
+        value.append(np.asarray(agg_value, float))
+        support.append(np.asarray(agg_support, float))
+        n_cls.append(np.full(2 * n_m, np.nan))
+        n_str.append(np.asarray(agg_strata, float))
+    rows: dict[str, list] = {col: list(column) for col, column in text.items()}
+    for col, parts in (("value", value), ("support", support), ("n_classes", n_cls), ("n_strata", n_str)):
+        rows[col] = np.concatenate(parts).astype(float).tolist()  # Python floats: the table's cells
+    return rows, keys
+
+
+@lru_cache(maxsize=256)
+def _layout(attr: str, stratum: str | None, groups: tuple[str, ...], strata: tuple[str, ...], task: str
+            ) -> tuple[dict[str, tuple], tuple[str, ...]]:
+    """The text columns of a report's table (``scope`` ... ``stratum_value``) and each row's key without its
+    split, in the row order of :func:`_build_columns`; the same for every report of one layout."""
+    rows: list[tuple] = []
+    cells = [("overall", None, None)] + [("group", g, None) for g in groups] + [("stratum", None, s) for s in strata]
+    cells += [("cell", g, s) for g in groups for s in strata]
+    for scope, g, s in cells:
+        for metric in _PARTITION_METRICS[task]:
+            rows.append((scope, metric, None if g is None else attr, g, None if s is None else stratum, s))
+    for s, sv in [(None, None)] + [(stratum, s) for s in strata]:
+        for metric in (*_GAPS[task], "n_excluded", "n_groups_eff"):
+            rows.append(("gap", metric, attr, None, s, sv))
+    if strata:
+        for metric in _GAPS[task]:
+            for agg in ("worst", "mean"):
+                rows.append(("gap", metric, attr, None, stratum, agg))
+    text = {col: tuple(column) for col, column in zip(TABLE_COLUMNS[:6], zip(*rows, strict=True), strict=True)}
+    return text, tuple(_suffix(*row[1:]) for row in rows)
 
 
 def _none_if_missing(value: Any) -> Any:

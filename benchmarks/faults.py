@@ -1,5 +1,6 @@
 """Faults injected into real sweeps (built-in ser3 data, minmaxgap MLP, real Ray + MLflow on this machine), measured:
-trials finished / lost / repeated, MLflow runs left RUNNING, processes left behind, seconds to recover.
+trials finished / lost / repeated, MLflow runs left RUNNING, processes left behind, seconds to recover, epochs
+redone and epochs missing.
 
     python benchmarks/faults.py            # all faults, about 5 minutes on 2 cores
     python benchmarks/faults.py driver nan # some of them
@@ -7,8 +8,9 @@ trials finished / lost / repeated, MLflow runs left RUNNING, processes left behi
 - driver: SIGKILL of `fairray sweep` (its own local cluster) once a trial has finished, then `--resume`; seconds
   to recover = the `--resume` run; left = processes of the killed sweep alive 20 s after the kill.
 - worker: SIGKILL of a worker node (its raylet and trial processes; `ray start` process group) of a 3-node cluster
-  (head with 0 CPUs, two 1-CPU workers) mid-trial, with `budget.max_failures: 2` and a checkpoint every epoch;
-  seconds to recover = from the kill to the sweep's end.
+  (head with 0 CPUs, two 1-CPU workers; tests/cloud/test_multinode.py's local_cluster) once both 200-epoch trials
+  have logged an epoch, with `budget.max_failures: 2` and a checkpoint every epoch; seconds to recover = from the
+  kill to the sweep's end; left = processes of the sweep or of the cluster alive after the cluster was stopped.
 - nan: a two-cell ablation whose first cell trains with lr 1e12 (the loss becomes NaN): that trial FAILED with its
   reason, the other cell still finishes; seconds = the sweep.
 - postgres: a sweep tracking to an MLflow server on PostgreSQL 15 (artifacts proxied to a local folder); once an
@@ -21,17 +23,19 @@ trials finished / lost / repeated, MLflow runs left RUNNING, processes left behi
 - sqlite: two `fairray sweep` processes (2 trials each) started together on one fresh sqlite:/// store; seconds =
   until both ended.
 
-"lost" counts trial runs not FINISHED (for a driver kill: a trial started after Tune last saved its state is
-unknown to the restored sweep, its run is closed and a fresh sample takes its place); "repeated" counts trial ids
-finished more than once; "epochs redone" the epochs logged twice for one trial (0 when a trial resumes from the
-checkpoint of its last epoch).
+Every row watches the processes below the sweep (and the cluster) while it runs; "left" counts those alive 20 s
+after it ended. "RUNNING" counts MLflow runs (sweep and trials) left RUNNING. "lost" counts trial runs not
+FINISHED (for a driver kill: a trial started after Tune last saved its state is unknown to the restored sweep,
+its run is closed and a fresh sample takes its place); "repeated" counts trial ids
+finished more than once; "epochs redone" the epochs logged twice for one trial (0 or 1 when a trial resumes from
+the checkpoint of its last epoch, all it had trained when it restarts from scratch), read from the MLflow metric
+history of dev/weighted_f1; "epochs missing" the epochs of a finished trial that never reached the store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -50,9 +54,11 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from tests.cloud.conftest import Postgres, mlflow_server_process, moto_process, stop  # noqa: E402
 from tests.cloud.test_faults import descendants, finished_trials, survivors  # noqa: E402
-from tests.cloud.test_multinode import AGENT_PORTS, distinct_ports, ray_start  # noqa: E402
+from tests.cloud.test_faults_cluster import runs_training  # noqa: E402
+from tests.cloud.test_multinode import local_cluster  # noqa: E402
 
 SPEC = REPO / "search_spaces" / "minmaxgap.yaml"
+METRIC = "dev/weighted_f1"
 
 
 def write_spec(root: Path, **train) -> tuple[Path, str, dict]:
@@ -63,115 +69,152 @@ def write_spec(root: Path, **train) -> tuple[Path, str, dict]:
     return spec, f"sqlite:///{root / 'runs' / 'mlflow.db'}", raw
 
 
-def tally(uri: str, experiment: str = "minmaxgap") -> dict:
+class Watch:
+    """Every process below the watched ones, seen while they ran (pid -> start time): what a sweep started, so that
+    what outlives it can be counted afterwards."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, float] = {}
+
+    def poll(self, *procs: subprocess.Popen) -> None:
+        for p in procs:
+            descendants(p.pid, self.seen)
+
+    def wait(self, *procs: subprocess.Popen, timeout_s: float = 900) -> list[int]:
+        """Poll until every one of ``procs`` has exited; their exit codes."""
+        deadline = time.monotonic() + timeout_s
+        while any(p.poll() is None for p in procs):
+            if time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                raise RuntimeError(f"the sweep did not end within {timeout_s:.0f} s")
+            self.poll(*procs)
+            time.sleep(0.2)
+        return [p.returncode for p in procs]
+
+    def left(self, grace_s: float = 20) -> list[str]:
+        """The processes seen that are still alive ``grace_s`` after the sweep ended (sooner when none is)."""
+        deadline = time.monotonic() + grace_s
+        while (alive := survivors(self.seen)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return alive
+
+
+def sweep(spec: Path, *args: str, cwd: Path, env: dict | None = None, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    full = {**os.environ, **(env or {})}
+    full.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "fairray", "sweep", str(spec), *args, "--quiet"], cwd=cwd,
+                            env=full, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+
+
+def tally(uri: str, epochs: int, experiment: str = "minmaxgap") -> dict:
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name(experiment).experiment_id], max_results=1000)
     trials = [r for r in runs if r.data.tags.get("fairray.kind") == "trial"]
     done = Counter(r.data.tags["fairray.trial_id"] for r in trials if r.info.status == "FINISHED")
+    steps = {r.info.run_id: [m.step for m in c.get_metric_history(r.info.run_id, METRIC)] for r in trials}
     return {"finished": len(done), "lost": sum(r.info.status != "FINISHED" for r in trials),
             "repeated": sum(n > 1 for n in done.values()),
             "running": sum(r.info.status == "RUNNING" for r in runs),
             # epochs trained twice: a trial restarted from scratch logs its early epochs again, one resumed from
             # its last checkpoint only the epochs after it
-            "redone": sum(len(h) - len({m.step for m in h}) for h in
-                          (c.get_metric_history(r.info.run_id, "dev/weighted_f1") for r in trials)),
+            "redone": sum(len(s) - len(set(s)) for s in steps.values()),
+            # epochs of a finished trial that never reached the store (steps 0..epochs: the epoch-0 evaluation)
+            "missing": sum(epochs + 1 - len(set(steps[r.info.run_id])) for r in trials if r.info.status == "FINISHED"),
+            "resumed": sum(r.data.tags.get("fairray.resumed") == "true" for r in trials),
+            "steps": steps,
             "reasons": sorted({r.data.tags.get("fairray.failure_reason", "")[:60] for r in trials
-                               if r.info.status == "FAILED"})}
+                               if r.info.status == "FAILED"}), "notes": []}
 
 
-def fairray(*args: str, env: dict | None = None, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fairray", *args, "--quiet"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+def row(t: dict, watch: Watch, seconds: float, rc: int, of: int) -> dict:
+    left = watch.left()
+    t = {**t, "left": len(left), "seen": len(watch.seen), "seconds": seconds, "rc": rc, "of": of}
+    if left:
+        t["notes"] = [*t["notes"], f"left behind: {'; '.join(left)[:400]}"]
+    return t
 
 
 def driver_kill(root: Path) -> dict:
     spec, uri, raw = write_spec(root, epochs=10)
     raw["budget"].update(num_samples=6, max_concurrent=2)
     spec.write_text(yaml.safe_dump(raw))
-    proc = subprocess.Popen([sys.executable, "-m", "fairray", "sweep", str(spec), "--quiet"], cwd=root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    seen: dict[int, float] = {}
+    watch = Watch()
+    proc = sweep(spec, cwd=root)
     while finished_trials(root / "runs" / "mlflow.db") < 1:
-        descendants(proc.pid, seen)
+        watch.poll(proc)
         if proc.poll() is not None:
             raise RuntimeError("the sweep ended before any trial finished")
         time.sleep(0.2)
-    descendants(proc.pid, seen)
+    watch.poll(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(20)
-    left = len(survivors(seen))
+    killed_left = watch.left()  # processes of the killed sweep alive 20 s after the kill
     t0 = time.monotonic()
-    out = fairray("sweep", str(spec), "--resume", cwd=root)
-    seconds = time.monotonic() - t0
-    return {**tally(uri), "left": left, "seconds": seconds, "rc": out.returncode, "of": 6}
+    resume = sweep(spec, "--resume", cwd=root)
+    (rc,) = watch.wait(resume)
+    r = row(tally(uri, 10), watch, time.monotonic() - t0, rc, 6)
+    if killed_left:
+        r["notes"].append(f"{len(killed_left)} of the killed sweep's processes alive 20 s after the kill")
+    return r
+
+
+def _last_steps(db: Path) -> dict[str, int]:
+    """The last epoch each run has logged so far, read without MLflow."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return dict(con.execute("select run_uuid, max(step) from metrics where key = ? group by run_uuid",
+                                (METRIC,)).fetchall())
 
 
 def worker_kill(root: Path) -> dict:
-    spec, uri, raw = write_spec(root, epochs=12, checkpoint_interval_s=0)
+    epochs = 200  # tens of seconds: both trials are mid-training when the node dies (as in the test)
+    spec, uri, raw = write_spec(root, epochs=epochs, checkpoint_interval_s=0)
     raw["budget"].update(num_samples=2, max_concurrent=2, max_failures=2)
     spec.write_text(yaml.safe_dump(raw))
-    temp = Path(tempfile.mkdtemp(prefix="fr-fb-", dir="/tmp"))
-    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(token, RAY_USAGE_STATS_ENABLED="0", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
-    gcs_port, dash_port, client_port, *ports = distinct_ports(3 + 3 * len(AGENT_PORTS))
-    gcs = f"127.0.0.1:{gcs_port}"
-    procs = [ray_start(["--head", "--num-cpus", "0", "--port", str(gcs_port), "--include-dashboard", "false",
-                        "--ray-client-server-port", str(client_port), "--temp-dir", str(temp)], env,
-                       temp / "head.log", ports[0::3])]
-    try:
-        time.sleep(15)
-        for i in range(2):
-            procs.append(ray_start(["--address", gcs, "--num-cpus", "1"], env, temp / f"w{i}.log", ports[i + 1::3]))
-            time.sleep(12)
-        sweep = subprocess.Popen([sys.executable, "-m", "fairray", "sweep", str(spec), "--address", gcs, "--quiet"],
-                                 cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watch = Watch()
+    with local_cluster() as (gcs, _, client_env, procs):
+        watch.poll(*procs)
+        proc = sweep(spec, "--address", gcs, cwd=root, env=client_env)
         db = root / "runs" / "mlflow.db"
-        while not _some_epoch_logged(db):
-            if sweep.poll() is not None:
-                raise RuntimeError("the sweep ended before a trial logged an epoch")
-            time.sleep(0.5)
+        deadline = time.monotonic() + 240
+        while runs_training(db) < 2:  # both trials (one per worker node) are training
+            watch.poll(proc, *procs)
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the trials did not both log an epoch in time")
+            time.sleep(0.3)
+        watch.poll(proc, *procs)
+        at_kill = _last_steps(db)
         os.killpg(procs[1].pid, signal.SIGKILL)  # the first worker node, raylet, agents and trial processes
         t0 = time.monotonic()
-        rc = sweep.wait(timeout=900)
+        (rc,) = watch.wait(proc)
         seconds = time.monotonic() - t0
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=40)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-    return {**tally(uri), "left": 0, "seconds": seconds, "rc": rc, "of": 2}
-
-
-def _some_epoch_logged(db: Path) -> bool:
-    import sqlite3
-
-    if not db.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-            return con.execute("select count(*) from metrics where key = 'dev/weighted_f1'").fetchone()[0] >= 2
-    except sqlite3.Error:
-        return False
+    # the cluster is stopped now: nothing of it, nor of the sweep, may be left (row() counts what is)
+    t = tally(uri, epochs)
+    t["notes"] = [f"at the kill the trials had logged epochs {sorted(at_kill.values())}; {t['resumed']} trial"
+                  " resumed (fairray.resumed)",
+                  *(f"trial run {run[:8]}: {len(s)} epoch logs, {len(s) - len(set(s))} epochs logged twice"
+                    for run, s in t["steps"].items())]
+    return row(t, watch, seconds, rc, 2)
 
 
 def nan_trial(root: Path) -> dict:
     spec, uri, raw = write_spec(root, epochs=2)
     raw["ablations"] = {"nan": {"seeds": [0], "cells": [{"train.lr": [1.0e12, 0.001]}]}}
     spec.write_text(yaml.safe_dump(raw))
+    watch = Watch()
     t0 = time.monotonic()
-    out = fairray("sweep", str(spec), "--ablation", "nan", cwd=root)
-    return {**tally(uri), "left": 0, "seconds": time.monotonic() - t0, "rc": out.returncode, "of": 2}
+    (rc,) = watch.wait(sweep(spec, "--ablation", "nan", cwd=root))
+    return row(tally(uri, 2), watch, time.monotonic() - t0, rc, 2)
 
 
-def _wait_epochs(count, n: int, proc: subprocess.Popen, timeout_s: float = 300) -> int:
+def _wait_epochs(count, n: int, proc: subprocess.Popen, watch: Watch, timeout_s: float = 300) -> int:
     """Poll ``count()`` (epochs logged) until it reaches ``n``; the count."""
     deadline = time.monotonic() + timeout_s
     while (got := count()) < n:
+        watch.poll(proc)
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"only {got} epochs logged before the sweep ended or the time ran out")
@@ -184,45 +227,52 @@ def postgres_restart(root: Path) -> dict:
     pg = Postgres(pg_root)
     pg.start()
     try:
-        with pg.connect() as conn:
-            conn.autocommit = True
-            conn.cursor().execute("CREATE DATABASE mlflow")
+        conn = pg.connect()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE DATABASE mlflow")
         conn.close()
 
         def epochs() -> int:
             try:
                 with pg.connect("mlflow") as conn, conn.cursor() as cur:
-                    cur.execute("SELECT count(*) FROM metrics WHERE key = 'dev/weighted_f1'")
+                    cur.execute("SELECT count(*) FROM metrics WHERE key = %s", (METRIC,))
                     return cur.fetchone()[0]
             except Exception:  # noqa: BLE001 - no table yet, or the server is down
                 return 0
 
         store = f"postgresql+psycopg2://fairray@127.0.0.1:{pg.port}/mlflow"
-        with mlflow_server_process(store, str(root / "artifacts"), {"PGPASSWORD": pg.password}) as (url, _, _):
-            spec, _, raw = write_spec(root, epochs=8)
+        with mlflow_server_process(store, str(root / "artifacts"), {"PGPASSWORD": pg.password}) as (url, _, log):
+            n_epochs = 8
+            spec, _, raw = write_spec(root, epochs=n_epochs)
             raw["budget"].update(num_samples=2, max_concurrent=2)
             raw["tracking"]["uri"] = url
             spec.write_text(yaml.safe_dump(raw))
-            proc = subprocess.Popen([sys.executable, "-m", "fairray", "sweep", str(spec), "--quiet"], cwd=root,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            _wait_epochs(epochs, 1, proc)
-            pg.stop("fast")
-            time.sleep(8)
+            watch = Watch()
+            proc = sweep(spec, cwd=root)
+            _wait_epochs(epochs, 1, proc, watch)
+            pg.stop("fast")  # every connection of the MLflow server dropped; its requests answer 503
+            down = time.monotonic()
+            while time.monotonic() - down < 8:
+                watch.poll(proc)
+                time.sleep(0.2)
             pg.start()
             t0 = time.monotonic()
-            with pg.connect("mlflow") as conn, conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM metrics WHERE key = 'dev/weighted_f1'")
-                at_restart = cur.fetchone()[0]
-            got = at_restart
+            at_restart = got = epochs()
             while got <= at_restart and proc.poll() is None:
+                watch.poll(proc)
                 time.sleep(0.2)
                 got = epochs()
             seconds = time.monotonic() - t0
-            rc = proc.wait(timeout=900)
-            return {**tally(url), "left": 0, "seconds": seconds, "rc": rc, "of": 2}
+            (rc,) = watch.wait(proc)
+            r = row(tally(url, n_epochs), watch, seconds, rc, 2)
+            r["notes"].append(f"the MLflow server answered 503 {log.read_text(errors='replace').count(' 503 ')} "
+                              "times while PostgreSQL was down")
+            return r
     finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            pg.stop("immediate")
+        if pg.running():
+            with contextlib.suppress(subprocess.SubprocessError):
+                pg.stop("immediate")
         shutil.rmtree(pg_root, ignore_errors=True)
 
 
@@ -231,36 +281,46 @@ def s3_stop(root: Path) -> dict:
         store = f"sqlite:///{root / 'mlflow.db'}"
         with mlflow_server_process(store, "s3://fairray-test/mlflow", {**s3_env, "MLFLOW_S3_ENDPOINT_URL": endpoint}
                                    ) as (url, _, _):
-            spec, _, raw = write_spec(root, epochs=30, checkpoint_interval_s=0)
+            n_epochs = 30
+            spec, _, raw = write_spec(root, epochs=n_epochs, checkpoint_interval_s=0)
             raw["budget"].update(num_samples=2, max_concurrent=2, max_failures=0)
             raw["tracking"]["uri"] = url
             raw["storage"]["path"] = "s3://fairray-test/fairray"
             spec.write_text(yaml.safe_dump(raw))
-            proc = subprocess.Popen([sys.executable, "-m", "fairray", "sweep", str(spec), "--quiet"], cwd=root,
-                                    env={**os.environ, **s3_env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    text=True)
+            watch = Watch()
+            proc = sweep(spec, cwd=root, env=s3_env, stderr=subprocess.PIPE)
             c = MlflowClient(url)
 
             def epochs() -> int:
                 exp = c.get_experiment_by_name("minmaxgap")
                 runs = c.search_runs([exp.experiment_id], max_results=100) if exp else []
-                return sum("dev/weighted_f1" in r.data.metrics for r in runs)
+                return sum(METRIC in r.data.metrics for r in runs)
 
-            _wait_epochs(epochs, 1, proc)
-            stop(moto, timeout_s=0)
+            _wait_epochs(epochs, 1, proc, watch)
+            stop(moto, timeout_s=0)  # SIGKILL: the endpoint refuses every connection from now on
             t0 = time.monotonic()
-            _, err = proc.communicate(timeout=900)
+            err = []
+            import threading
+
+            reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+            reader.start()  # the pipe drained while the sweep is watched
+            (rc,) = watch.wait(proc)
             seconds = time.monotonic() - t0
-            line = err.strip().splitlines()[-1] if err.strip() else ""
-            r = {**tally(url), "left": 0, "seconds": seconds, "rc": proc.returncode, "of": 2}
-            r["reasons"] = [*r["reasons"], f"last line: {line[:160]}"]
+            reader.join(timeout=30)
+            text = (err[0] if err else "").strip()
+            line = text.splitlines()[-1] if text else ""
+            r = row(tally(url, n_epochs), watch, seconds, rc, 2)
+            r["missing"] = 0  # finished trials end before the kill; the others are lost, not missing epochs
+            ok = line.startswith(f"fairray: error: storage.path s3://fairray-test/fairray: the object store at "
+                                 f"{endpoint}")
+            r["notes"].append(f"last line{' (names storage.path and the endpoint)' if ok else ' (UNEXPECTED)'}:"
+                              f" {line[:200]}")
             return r
 
 
 def sqlite_race(root: Path) -> dict:
-    (root / "shared").mkdir()
+    (root / "shared").mkdir()  # the folder only: the store is created by the sweeps themselves
     uri = f"sqlite:///{root / 'shared' / 'mlflow.db'}"
-    procs = []
     for name in ("race-a", "race-b"):
         spec, _, raw = write_spec(root, epochs=4)
         raw.update(name=name)
@@ -268,15 +328,15 @@ def sqlite_race(root: Path) -> dict:
         raw["storage"]["path"] = str(root / name)
         raw["budget"].update(num_samples=2, max_concurrent=2)
         (root / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    watch = Watch()
     t0 = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, "-m", "fairray", "sweep", str(root / f"{n}.yaml"), "--quiet"],
-                              cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for n in ("race-a", "race-b")]
-    rcs = [p.wait(timeout=900) for p in procs]
+    procs = [sweep(root / f"{n}.yaml", cwd=root) for n in ("race-a", "race-b")]  # both open the fresh store
+    rcs = watch.wait(*procs)
     seconds = time.monotonic() - t0
-    a, b = (tally(uri, n) for n in ("race-a", "race-b"))
-    return {**{k: a[k] + b[k] for k in ("finished", "lost", "repeated", "running", "redone", "reasons")},
-            "left": 0, "seconds": seconds, "rc": max(rcs), "of": 4}
+    a, b = (tally(uri, 4, n) for n in ("race-a", "race-b"))
+    both = {k: a[k] + b[k] for k in ("finished", "lost", "repeated", "running", "redone", "missing", "resumed",
+                                     "reasons", "notes")}
+    return row(both, watch, seconds, max(rcs), 4)
 
 
 FAULTS = {"driver": ("SIGKILL driver, --resume", driver_kill), "worker": ("SIGKILL a worker node", worker_kill),
@@ -294,22 +354,26 @@ def main(argv: list[str]) -> None:
     unknown = [n for n in names if n not in FAULTS]
     if unknown:  # (argparse's choices reject the empty default of nargs="*" on Python 3.11)
         parser.error(f"unknown fault {unknown[0]!r}; choose from {', '.join(FAULTS)}")
+    load = os.getloadavg()
     rows = []
     for name in names or list(FAULTS):
         label, fn = FAULTS[name]
         with tempfile.TemporaryDirectory(prefix=f"fr-fault-{name}-") as d:
             r = fn(Path(d))
         rows.append((label, r))
-        print(f"{label}: {r}", file=sys.stderr, flush=True)
+        print(f"{label}: {({k: v for k, v in r.items() if k != 'steps'})}", file=sys.stderr, flush=True)
     print(f"{'fault':<26} {'finished':>9} {'lost':>5} {'repeated':>9} {'RUNNING':>8} {'left':>5} {'recover s':>10}"
-          f" {'epochs redone':>14} {'exit':>5}")
+          f" {'seen':>8} {'epochs redone':>14} {'epochs missing':>15} {'exit':>5}")
     for label, r in rows:
         print(f"{label:<26} {r['finished']:>4} of {r['of']:<2} {r['lost']:>5} {r['repeated']:>9} {r['running']:>8}"
-              f" {r['left']:>5} {r['seconds']:>10.0f} {r['redone']:>14} {r['rc']:>5}")
+              f" {r['left']:>5} {r['seconds']:>10.0f} {r['seen']:>8} {r['redone']:>14} {r['missing']:>15} {r['rc']:>5}")
     for label, r in rows:
         if r["reasons"]:
             print(f"{label}: FAILED because {'; '.join(r['reasons'])}")
-
+        for note in r["notes"]:
+            print(f"{label}: {note}")
+    print(f"load average (1, 5, 15 min) before: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}, after: "
+          + " ".join(f"{x:.1f}" for x in os.getloadavg()) + f"; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

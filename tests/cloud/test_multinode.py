@@ -44,18 +44,21 @@ def ray_start(args: list[str], env: dict, log: Path, ports: list[int]) -> subpro
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """(GCS address, job API URL, client environment, [head, worker, worker] processes)."""
+@contextlib.contextmanager
+def local_cluster(worker_cpus: tuple[int, ...] = (1, 1)):
+    """A head that offers no CPU and one worker node per entry of ``worker_cpus``, on loopback with token
+    authentication, each node a ``ray start --block`` process group stopped by handle: yields (GCS address, job API
+    URL, client environment, [head, worker, ...] processes). Also used by ``benchmarks/faults.py``."""
     temp = Path(tempfile.mkdtemp(prefix="fr-mn-", dir="/tmp"))  # Ray's socket paths must stay short
     bin_dir = str(Path(sys.executable).parent)
     client_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     env = {**os.environ, **client_env, "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    # every port of the three nodes picked at once: ports picked one by one may repeat
-    gcs_port, dash_port, client_port, *node_ports = distinct_ports(3 + 3 * len(AGENT_PORTS))
-    node_ports = [node_ports[i::3] for i in range(3)]
+    n = 1 + len(worker_cpus)
+    # every port of the nodes picked at once: ports picked one by one may repeat
+    gcs_port, dash_port, client_port, *node_ports = distinct_ports(3 + n * len(AGENT_PORTS))
+    node_ports = [node_ports[i::n] for i in range(n)]
     gcs = f"127.0.0.1:{gcs_port}"
     procs = [ray_start(["--head", "--num-cpus", "0", "--port", str(gcs_port), "--include-dashboard", "true",
                         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash_port),
@@ -78,8 +81,8 @@ def cluster():
                     return 0
 
             wait_until(lambda: alive_nodes() >= 1, procs[0], "ray head", temp / "head.log", timeout_s=120)
-            for i in range(2):  # one after the other: two raylets starting at once time out on two cores
-                procs.append(ray_start(["--address", gcs, "--num-cpus", "1"], env, temp / f"worker{i}.log",
+            for i, cpus in enumerate(worker_cpus):  # one after the other: raylets starting at once time out
+                procs.append(ray_start(["--address", gcs, "--num-cpus", str(cpus)], env, temp / f"worker{i}.log",
                                        node_ports[i + 1]))
                 wait_until(lambda n=i + 2: alive_nodes() == n, procs[-1], "ray worker", temp / f"worker{i}.log",
                            timeout_s=120)
@@ -90,6 +93,12 @@ def cluster():
             stop(proc)
         shutil.rmtree(temp, ignore_errors=True)
 
+
+@pytest.fixture(scope="module")
+def cluster():
+    """(GCS address, job API URL, client environment, [head, worker, worker] processes): :func:`local_cluster`."""
+    with local_cluster() as c:
+        yield c
 
 
 def test_sweep_runs_its_trials_on_the_worker_nodes(cluster, tmp_path):

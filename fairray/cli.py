@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fairray.errors import ConfigError, FairrayError
+from fairray.tracking import shown_uri
 
 DEFAULT_STORAGE = "fairray_runs"
 
@@ -57,7 +58,7 @@ def _resolve_sweep_target(target: str, tracking_uri: str | None) -> tuple[str, s
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         from fairray.errors import TrackingError
 
-        raise TrackingError(f"no MLflow store at {uri} for sweep {experiment!r}; run `fairray sweep SPEC` first, "
+        raise TrackingError(f"no MLflow store at {shown_uri(uri)} for sweep {experiment!r}; run `fairray sweep SPEC` first, "
                             "or pass --tracking-uri (or the spec file) of the store that has it")
     return experiment, uri
 
@@ -98,7 +99,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f", {outcome.n_duplicates} duplicate samples (told, not trained)"
     exhausted = "; the search space ran out of new configurations" if outcome.exhausted else ""
     print(f"\nsweep {loaded.spec.name!r}: {outcome.n_finished} trials finished{pruned}, {outcome.n_errored} errored"
-          f"{repeats}, in {outcome.wall_s:.0f} s{exhausted}; MLflow {outcome.tracking_uri} run {outcome.sweep_run_id}")
+          f"{repeats}, in {outcome.wall_s:.0f} s{exhausted}; MLflow {shown_uri(outcome.tracking_uri)} run {outcome.sweep_run_id}")
     from fairray.frontier.query import fronts, load_sweep
 
     sweep = load_sweep(outcome.tracking_uri, outcome.experiment, outcome.sweep_run_id)
@@ -176,7 +177,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     shown = {k: v for k, v in final.items() if shown_key(k)}
     print(json.dumps({k: round(v, 4) for k, v in sorted(shown.items())}, indent=1))
     if tracking:
-        print(f"MLflow: {tracking.uri} experiment {spec.experiment!r} run {tracking.trial_id}")
+        print(f"MLflow: {shown_uri(tracking.uri)} experiment {spec.experiment!r} run {tracking.trial_id}")
     return 0
 
 
@@ -511,7 +512,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         layout = choose_layout(methods)
 
     def provenance(n_cells: int) -> str:
-        return (f"MLflow run `{sweep.run_id}` at `{uri}`; {len(sweep.trials)} finished trials in {n_cells} cells "
+        return (f"MLflow run `{sweep.run_id}` at `{shown_uri(uri)}`; {len(sweep.trials)} finished trials in {n_cells} cells "
                 f"({sweep.n_failed} failed or unfinished); {args.n_boot} bootstrap replicates (speakers resampled "
                 "within their group x stratum), one resample shared by all rows.")
 
@@ -620,10 +621,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
         key = f"fairray-{parent.info.run_id[:12]}"
         tags = client(uri).get_experiment(parent.info.experiment_id).tags
         page = ui_url(base, parent.info.experiment_id, view=key if SHARED_VIEW_PREFIX + key in tags else None)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI for {uri} (Ctrl-C to stop): open {page}", file=sys.stderr)
-    os.execv(sys.executable, cmd)
+    # the store's URI goes to MLflow's server through its environment (MLFLOW_BACKEND_STORE_URI), never on the
+    # command line, where a database password would show in every process listing
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    print(f"MLflow UI for {shown_uri(uri)} (Ctrl-C to stop): open {page}", file=sys.stderr)
+    os.execve(sys.executable, cmd, {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
     return 0  # pragma: no cover
 
 
@@ -654,7 +656,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         raise SweepUnavailable(str(exc)) from None
     except Exception as exc:  # MLflow's own errors for a store it cannot read
         if type(exc).__module__.startswith("mlflow"):
-            raise SweepUnavailable(f"cannot read the MLflow store {uri} ({type(exc).__name__}); is it running and "
+            raise SweepUnavailable(f"cannot read the MLflow store {shown_uri(uri)} ({type(exc).__name__}); is it running and "
                                    "is --tracking-uri right?") from None
         raise
     if args.out:

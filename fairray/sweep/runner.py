@@ -34,6 +34,7 @@ from fairray.tracking import (
     ensure_experiment,
     is_remote,
     local_path,
+    shown_uri,
     start_sweep_run,
     trial_runs,
 )
@@ -466,7 +467,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         what = f"ablation {ablation!r} of sweep {spec.name!r}" if ablation else f"sweep {spec.name!r}"
         if resume and previous is None:
             raise FairrayError(f"--resume: no earlier {what} in MLflow experiment {spec.experiment!r} "
-                               f"at {uri}; run without --resume to start one")
+                               f"at {shown_uri(uri)}; run without --resume to start one")
         run_name = previous.data.tags[TAG_RAY_PATH].rsplit("/", 1)[1] if previous else \
             f"{spec.name}{'-' + ablation if ablation else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
         sweep = start_sweep_run(uri, experiment_id, spec.name, root, raw, objectives,

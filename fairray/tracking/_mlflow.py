@@ -47,6 +47,22 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def shown_uri(uri: str | None) -> str:
+    """``uri`` as it may be printed, logged or stored: a ``user:password@`` in its network location (a database
+    URI, ``https://user:token@host``) becomes ``***@``; everything else is kept."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not uri or "@" not in uri or "://" not in uri:
+        return str(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri.split("://", 1)[0] + "://***"
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def local_path(path: str) -> Path:
     return Path(path[len("file://"):] if path.startswith("file://") else path).expanduser().resolve()
 
@@ -78,11 +94,9 @@ def client(uri: str):
     open one fresh file at once (two sweeps, or a sweep's trials) both create its tables and one fails with ``table
     ... already exists`` or reads a schema half migrated. The lock is a ``flock`` of a file next to the database,
     so it holds for every process that reaches that file (one machine, or a shared filesystem of a cluster)."""
-    from mlflow.tracking import MlflowClient
-
     db = _sqlite_file(uri)
     if db is None or uri in _READY or not db.parent.is_dir():
-        return MlflowClient(tracking_uri=uri)
+        return _open(uri)
     import fcntl
 
     # the store's module takes seconds to import: import it before the lock, so processes opening the store at
@@ -91,9 +105,27 @@ def client(uri: str):
 
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        c = MlflowClient(tracking_uri=uri)  # opens the store: creates or migrates its schema, once per process
+        c = _open(uri)  # opens the store: creates or migrates its schema, once per process
     _READY.add(uri)
     return c
+
+
+_DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql",
+            "MySQLdb": "mysqlclient", "pyodbc": "pyodbc", "pymssql": "pymssql"}
+
+
+def _open(uri: str):
+    """``MlflowClient(uri)``; a database URI whose SQLAlchemy driver is not installed is one ConfigError."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except ModuleNotFoundError as exc:
+        if exc.name not in _DRIVERS:
+            raise
+        raise ConfigError(f"the MLflow store {shown_uri(uri)} needs the database driver {exc.name!r}, which is not "
+                            f"installed: pip install '{_DRIVERS[exc.name]}' (or name an installed driver in the URI, "
+                            "e.g. postgresql+psycopg2://)") from None
 
 
 def ensure_experiment(uri: str, name: str, storage_path: str) -> str:
@@ -178,7 +210,7 @@ def start_sweep_run(uri: str, experiment_id: str, sweep: str, storage: str, raw_
         p.write_text(yaml.safe_dump(dict(raw_spec), sort_keys=False))
         c.log_artifact(run.info.run_id, str(p))
     note = (f"fairray sweep `{sweep}` ({kind}), running: its trials are the nested runs; the front's summary "
-            f"is written here when it ends. Explore it: `fairray dashboard {sweep} --tracking-uri {uri} "
+            f"is written here when it ends. Explore it: `fairray dashboard {sweep} --tracking-uri {shown_uri(uri)} "
             f"--run-id {run.info.run_id}`")
     c.set_tag(run.info.run_id, NOTE_TAG, note)
     return SweepRun(uri, experiment_id, run.info.run_id)
@@ -314,7 +346,7 @@ def find_sweep_run(uri: str, experiment: str, run_id: str | None = None, ablatio
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in c.search_experiments()]
-        raise TrackingError(f"no MLflow experiment {experiment!r} at {uri}; experiments there: {names or 'none'} "
+        raise TrackingError(f"no MLflow experiment {experiment!r} at {shown_uri(uri)}; experiments there: {names or 'none'} "
                             "(run `fairray sweep SPEC` first, or pass --tracking-uri)")
     if run_id:
         return c.get_run(run_id)
@@ -324,7 +356,7 @@ def find_sweep_run(uri: str, experiment: str, run_id: str | None = None, ablatio
     if not runs:
         what = f"run of ablation {ablation!r}" if ablation else "sweep run (besides ablations)"
         hint = f"fairray sweep SPEC --ablation {ablation}" if ablation else "fairray sweep SPEC"
-        raise TrackingError(f"experiment {experiment!r} at {uri} holds no fairray {what}; run `{hint}` first")
+        raise TrackingError(f"experiment {experiment!r} at {shown_uri(uri)} holds no fairray {what}; run `{hint}` first")
     return runs[0]
 
 

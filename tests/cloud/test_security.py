@@ -89,3 +89,36 @@ def test_cluster_walkthrough_keeps_credentials_out_of_command_lines():
     servers = [c for c in commands if c.strip().startswith("mlflow server")]
     assert servers and all("--host 127.0.0.1" in s for s in servers), servers
     assert not [c for c in commands if "0.0.0.0" in c or re.search(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY)=", c)]
+
+
+def test_a_database_password_in_the_tracking_uri_is_never_printed(postgres, capsys):
+    """``--tracking-uri postgresql://user:PASSWORD@host/db`` against a real PostgreSQL: the one-line error for an
+    unknown sweep names the store with its credentials masked."""
+    import psycopg2
+
+    from fairray.cli import main
+
+    host, port, user, password = postgres
+    conn = psycopg2.connect(host=host, port=port, user=user, password=password, dbname="postgres")
+    conn.autocommit = True
+    conn.cursor().execute("CREATE DATABASE shown_uri")
+    conn.close()
+    uri = f"postgresql+psycopg2://{user}:{password}@{host}:{port}/shown_uri"
+    assert main(["frontier", "no-such-sweep", "--tracking-uri", uri]) == 1  # TrackingError: nothing usable there
+    out, err = capsys.readouterr()
+    assert "no MLflow experiment 'no-such-sweep'" in err and f"postgresql+psycopg2://***@{host}:{port}/shown_uri" in err
+    assert password not in out + err and len(err.strip().splitlines()) == 1
+
+
+def test_a_tracking_uri_whose_database_driver_is_missing_is_one_line(capsys):
+    """SQLAlchemy's default PostgreSQL driver is psycopg 3, which fairray does not install: one line naming the
+    package, the password masked (no server needed: the driver is imported before any connection)."""
+    import importlib.util
+
+    from fairray.cli import main
+
+    if importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg 3 is installed here")
+    assert main(["frontier", "x", "--tracking-uri", "postgresql://u:hunter22@127.0.0.1:9/db"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'psycopg[binary]'" in err and "hunter22" not in err

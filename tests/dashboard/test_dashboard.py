@@ -318,15 +318,17 @@ def test_ui_opens_an_ablations_runs_table(tiny_sweep, monkeypatch, capsys):
     import os
 
     started = []
-    monkeypatch.setattr(os, "execv", lambda exe, cmd: started.append(cmd))  # MLflow's server itself: not here
+    monkeypatch.setattr(os, "execve", lambda exe, cmd, env: started.append((cmd, env)))  # MLflow's server: not here
     sweep = _sweep(tiny_sweep)
     assert main(["ui", str(tiny_sweep.spec), "--ablation", "tiny", "--port", "5055"]) == 0
     err = capsys.readouterr().err
     exp = MlflowClient(tiny_sweep.uri).get_experiment_by_name(tiny_sweep.experiment).experiment_id
     assert (f"open http://127.0.0.1:5055/#/experiments/{exp}/runs?workflowType=machine_learning"
             f"&viewStateShareKey=fairray-{sweep.run_id[:12]}") in err
-    cmd = started[0]
-    assert cmd[cmd.index("--backend-store-uri") + 1] == tiny_sweep.uri and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    cmd, env = started[0]
+    # the store's URI reaches MLflow's server through its environment, not its command line (process listings)
+    assert env["MLFLOW_BACKEND_STORE_URI"] == tiny_sweep.uri and tiny_sweep.uri not in cmd
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
     # the search has not run in this store: without --ablation the spec's sweep is not there
     assert main(["ui", str(tiny_sweep.spec)]) == 2
     assert "holds no fairray sweep run (besides ablations)" in _one_line(capsys.readouterr().err)

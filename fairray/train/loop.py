@@ -3,7 +3,8 @@
 ``run_trial`` trains one configuration: batches from the method's sampler, the method's loss, an
 evaluation of the dev split after each epoch (one :class:`~fairray.metrics.GroupReport`, read by the
 progress report, MLflow and model selection alike), the method's ``on_epoch_end`` hook, a checkpoint
-per epoch, and a final report of the selected model on dev and test. It runs unchanged as a Ray
+every ``train.checkpoint_interval_s`` and one after the last epoch (holding the selected model), and a final
+report of the selected model on dev and test. It runs unchanged as a Ray
 Train ``train_loop_per_worker``, directly inside a Tune trial, or in a plain process.
 """
 
@@ -593,11 +594,14 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
                     "scaler": precision.state_dict()}
 
         texts = checkpoint_texts(meta, trial_raw)
+        selected_loaded = False  # whether the module holds the best epoch's weights (from best.pt)
 
         last_checkpoint = time.monotonic()
 
-        def checkpoint_and_report(metrics: dict[str, Any], force: bool = True) -> None:
-            """Report ``metrics``, with a checkpoint when ``force``d or ``checkpoint_interval_s`` has passed."""
+        def checkpoint_and_report(metrics: dict[str, Any], force: bool = True, selected: bool = False) -> None:
+            """Report ``metrics``, with a checkpoint when ``force``d or ``checkpoint_interval_s`` has passed.
+            ``selected``: the module holds the best epoch's weights (the end checkpoint): ``model.pt`` is
+            ``best.pt``'s bytes, not saved again."""
             nonlocal last_checkpoint
             due = force or time.monotonic() - last_checkpoint >= tcfg.checkpoint_interval_s
             if session.world_rank != 0 or not due:
@@ -607,7 +611,8 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
                 run.flush()
             d = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
             try:
-                write_checkpoint(d, module, trainer_state(), texts, best=best_file)
+                write_checkpoint(d, module, trainer_state(), texts, best=best_file,
+                                 model_state=best_file if selected else None)
                 session.report(metrics, str(d))  # Tune copies the folder; a LocalSession moves it
             finally:
                 shutil.rmtree(d, ignore_errors=True)
@@ -661,10 +666,19 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
                 run.log(metrics, step=epoch)
             if on_epoch is not None and session.world_rank == 0:
                 on_epoch(metrics)
-            checkpoint_and_report(metrics, force=epoch + 1 == tcfg.epochs)
+            if epoch + 1 < tcfg.epochs:
+                checkpoint_and_report(metrics, force=False)
+                continue
+            # after the last epoch: the selected epoch's weights back into the module, then the one end
+            # checkpoint (trainer state of the last epoch, model.pt = the selected model, what `fairray train`
+            # leaves and predict / export read); a restart from it goes straight to the final evaluation
+            load_trainable_state(module, load_state(best_file), source=str(best_file))
+            selected_loaded = True
+            checkpoint_and_report(metrics, selected=True)
 
-        final = _final(spec, module, state, best_file, evaluate, run, method, meta, trial_raw)
-        checkpoint_and_report(final)
+        final = _final(spec, module, state, best_file, evaluate, run, method, meta, trial_raw,
+                       loaded=selected_loaded)
+        session.report(final, None)  # the end checkpoint above stays the trial's latest
         if run is not None:
             run.finish()
         return final
@@ -684,15 +698,18 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
 
 
 def _final(spec: SweepSpec, module, state: dict[str, Any], best_file: Path, evaluate: _Evaluator, run,
-           method: Method, meta: dict[str, Any], trial_raw: Mapping[str, Any]) -> dict[str, float]:
+           method: Method, meta: dict[str, Any], trial_raw: Mapping[str, Any], loaded: bool = False
+           ) -> dict[str, float]:
     """Evaluate the selected model on dev and test; check objectives; log everything to MLflow.
+    ``loaded``: the module already holds the selected weights (``best_file``'s).
 
     Artifacts: ``checkpoint/`` (the selected epoch's trainable state as ``model.pt``), ``groups/{dev,test}.csv``
     (the reports' tables), ``predictions/{dev,test}.npz`` (:class:`~fairray.metrics.Predictions`, whose
     ``report()`` equals the logged metrics) and ``method_state.json``.
     """
     best = state["best"]
-    load_trainable_state(module, load_state(best_file), source=str(best_file))
+    if not loaded:  # a trial resumed from its end checkpoint
+        load_trainable_state(module, load_state(best_file), source=str(best_file))
     _, dev_loss, dev_pred = evaluate(module, "dev")
     _, test_loss, test_pred = evaluate(module, "test")
     dev_report, test_report = dev_pred.report(), test_pred.report()

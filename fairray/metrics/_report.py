@@ -691,23 +691,23 @@ def _utilities(binary: np.ndarray, s_min: int, task: str = "single") -> dict[str
 def _classwise_gap(
     num: np.ndarray, den: np.ndarray, defined: np.ndarray, gap_op: str, class_agg: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """§2.4 gap of rate ``num/den`` over groups (axis 1) per class, aggregated over classes.
+    """§2.4 gap of rate ``num/den`` over groups (axis -2) per class, aggregated over classes.
 
-    Inputs are ``[B, G, C]``; returns the gap ``[B]`` and the number of classes kept ``[B]``.
-    The overall rate of a class pools exactly the groups defined for it.
+    Inputs are ``[..., B, G, C]`` (several rates stacked in front when given); returns the gap ``[..., B]`` and
+    the number of classes kept ``[..., B]``. The overall rate of a class pools exactly the groups defined for it.
     """
     rate = np.where(defined, _div(num, den), np.nan)
     if gap_op == "sum_abs_dev":
-        pooled = _div(np.where(defined, num, 0).sum(1), np.where(defined, den, 0).sum(1))
-        gap = np.where(defined, np.abs(rate - pooled[:, None]), 0.0).sum(1)
+        pooled = _div(np.where(defined, num, 0).sum(-2), np.where(defined, den, 0).sum(-2))
+        gap = np.where(defined, np.abs(rate - pooled[..., None, :]), 0.0).sum(-2)
     elif gap_op == "range":
-        gap = np.where(defined, rate, -np.inf).max(1, initial=-np.inf) - np.where(defined, rate, np.inf).min(
-            1, initial=np.inf
+        gap = np.where(defined, rate, -np.inf).max(-2, initial=-np.inf) - np.where(defined, rate, np.inf).min(
+            -2, initial=np.inf
         )
     else:  # mad
-        centre = _masked_mean(rate, defined, axis=1)
-        gap = _masked_mean(np.abs(rate - centre[:, None]), defined, axis=1)
-    keep = defined.sum(1) >= 2
+        centre = _masked_mean(rate, defined, axis=-2)
+        gap = _masked_mean(np.abs(rate - centre[..., None, :]), defined, axis=-2)
+    keep = defined.sum(-2) >= 2
     if class_agg == "rms":
         agg = np.sqrt(_masked_mean(np.where(keep, gap, 0.0) ** 2, keep))
     elif class_agg == "mean":
@@ -743,12 +743,18 @@ def _gaps(
         "fpr_gap": (r["fp"], r["neg"], r["neg"] >= s_min),
         "dp_gap": (r["pred"], n_g, n_g >= s_min),
     }
-    gaps = {}
     n_classes = {name: np.full(len(gcm), np.nan) for name in _GAPS[task]}
-    for name in (n for n in _GAPS[task] if (METRICS[n].base or n) in rates):  # class-wise gaps and their variants
-        spec = METRICS[name]  # a variant (tpr_gap_range ...) fixes its operator, the others take gap_op
-        num, den, defined = rates[spec.base or name]
-        gaps[name], n_classes[name] = _classwise_gap(num, den, defined, spec.gap_op or gap_op, class_agg)
+    classwise = [n for n in _GAPS[task] if (METRICS[n].base or n) in rates]  # class-wise gaps and their variants
+    by_op: dict[str, list[str]] = {}  # a variant (tpr_gap_range ...) fixes its operator, the others take gap_op
+    for name in classwise:
+        by_op.setdefault(METRICS[name].gap_op or gap_op, []).append(name)
+    found = {}
+    for op, names in by_op.items():  # the rates of one operator stacked: one pass of array operations for all
+        num, den, defined = (np.stack([rates[METRICS[n].base or n][k] for n in names]) for k in range(3))
+        agg, kept = _classwise_gap(num, den, defined, op, class_agg)
+        for k, name in enumerate(names):
+            found[name], n_classes[name] = agg[k], kept[k]
+    gaps = {name: found[name] for name in classwise}
     util = _utilities(gcm, s_min, task)
     fpr_defined = r["neg"] >= s_min
     common = np.all(fpr_defined | ~present[..., None], axis=1, keepdims=True)  # classes defined for all groups

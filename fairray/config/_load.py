@@ -557,6 +557,10 @@ def _check_method_data(spec: SweepSpec, source: str) -> None:
             f"{spec.method.name!r} trains on class labels (its loss or sampler reads class counts), and "
             f"dataset.targets is regression, which has none; use one of {', '.join(takes)} (with loss: l1), or "
             "targets: single")
+    if spec.dataset.targets == "regression" and spec.train.sampler == "class_balanced":
+        raise Where(source, "train.sampler").error(
+            "'class_balanced' draws batches by class, and dataset.targets is regression (no classes); use uniform, "
+            "group_balanced, stratified_cells or auto")
     loss = getattr(spec.method.params, "loss", None)
     if spec.dataset.targets == "regression" and loss is not None and loss != "l1":
         raise Where(source, "method.loss").error(

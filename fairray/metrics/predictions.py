@@ -128,13 +128,13 @@ class Predictions:
     def with_outputs(self, y_pred: np.ndarray, prob: np.ndarray | None) -> Predictions:
         """The same rows, labels and options with new model outputs (what changes from one epoch to the next):
         only ``y_pred`` and ``prob`` are checked, the rest was checked when ``self`` was made."""
+        if self.task == "regression" and prob is not None:
+            raise DataError("Predictions: a regression has no class probabilities (prob must be None)")
         y_pred = _targets(y_pred, "y_pred", self.task, len(self.classes))
         prob = None if prob is None else _probabilities(prob, len(self.classes))
         if len(y_pred) != len(self) or (prob is not None and len(prob) != len(self)):
             raise DataError(f"Predictions: rows do not align: {len(self)} rows, y_pred {len(y_pred)}"
                             + ("" if prob is None else f", prob {len(prob)}"))
-        if self.task == "regression" and prob is not None:
-            raise DataError("Predictions: a regression has no class probabilities (prob must be None)")
         _ = self._group_cells  # computed on the template once, shared by every Predictions made from it
         new = object.__new__(Predictions)
         new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in _CACHED})

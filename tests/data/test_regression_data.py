@@ -1,5 +1,5 @@
 """``dataset.targets: regression`` on a small MOSI folder in MulT's pickle layout: float ``y``, no classes, the
-gender from the adapter's ``demographics`` CSV, rows without a target listed and left out; bad input in one line."""
+gender from the adapter's ``demographics`` CSV; bad input in one line."""
 
 from __future__ import annotations
 

@@ -160,6 +160,7 @@ def test_erm_l1_and_gear_ablation_cells_train_on_the_regression(mosi, tmp_path, 
      "dataset.corpora[0].adapter: targets: regression needs the continuous target column 'reg_target', which "
      "corpus 'meld' does not have"),
     ({"dataset": {"name": "ser3", "corpora": []}}, "targets: regression needs a continuous target column"),
+    ({"dataset": {"targets": "single", "target": None}}, "method.loss: 'l1' is the regression loss"),
 ])
 def test_bad_regression_input_exits_2_in_one_line_and_writes_nothing(tmp_path, capsys, change, match):
     raw = yaml.safe_load(SPEC.read_text())

@@ -149,6 +149,15 @@ def test_erm_l1_and_gear_ablation_cells_train_on_the_regression(mosi, tmp_path, 
     assert "method/gmae_weight_mean" not in by_method["gear"].data.metrics  # gce: false = w/o GMAE: plain L1
     for r in trials:
         _check_regression_metrics(client, r, tmp_path)
+    # the logged checkpoint predicts the same float outputs again (`fairray predict`'s path)
+    from fairray.export import predict
+
+    for r in trials:
+        folder = client.download_artifacts(r.info.run_id, "checkpoint", str(tmp_path / r.info.run_id))
+        frame = predict(folder, "test")
+        assert {"y_true", "y_pred"} <= set(frame.columns) and not any(c.startswith("p_") for c in frame.columns)
+        mae = float(np.mean(np.abs(frame["y_pred"] - frame["y_true"])))
+        assert mae == pytest.approx(r.data.metrics["test/mae"], rel=1e-4)
 
 
 @pytest.mark.parametrize(("change", "match"), [

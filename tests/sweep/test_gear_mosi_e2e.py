@@ -75,6 +75,7 @@ def small(raw: dict, mosi: tuple[Path, Path], storage: Path) -> dict:
     raw = copy.deepcopy(raw)
     raw["dataset"]["corpora"] = [{"adapter": "mosi", "root": str(root), "options": {"demographics": str(demographics)}}]
     raw["dataset"]["cache"] = str(storage / "features")
+    raw["dataset"]["ood"].update(k=3, moves=500)
     raw["model"]["encoders"]["features"].update(hidden=16)
     raw["model"]["hidden"] = 16
     raw["method"].update(swap_epochs=0, d=16, hidden=16, heads=2)
@@ -130,6 +131,9 @@ def test_gear_regression_sweep_searches_q_with_gmae_heads(mosi, tmp_path, capsys
         assert 0 < m["method/gmae_weight_mean"] < 1 and m["method/l_bias"] > 0
         assert m["method/swapping"] == 1.0 and m["method/l_swap"] > 0 and 0 < m["method/weight_mean"] < 1
         _check_regression_metrics(client, r, tmp_path)
+        # GEAR's OOD test set (METHODS 4.3, the nn task's label shift) is scored like test, per group too
+        assert m["test_ood_features/n"] == 20 and "test_ood_features/mae/gender:F" in m
+        assert "test_ood_features/acc2_gap/gender" in m and m["data/test_ood_features/label_shift"] >= 0
     assert len({r.data.params["method.q"] for r in trials}) == 2
 
 

@@ -153,6 +153,13 @@ def test_erm_l1_and_gear_ablation_cells_train_on_the_regression(mosi, tmp_path, 
     assert "method/gmae_weight_mean" not in by_method["gear"].data.metrics  # gce: false = w/o GMAE: plain L1
     for r in trials:
         _check_regression_metrics(client, r, tmp_path)
+    # `fairray report` picks the regression layout: ERM first, every column from the logged predictions
+    assert main(["report", str(tmp_path / "gear_mosi.yaml"), "--ablation", "paper", "--n-boot", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "| cell | seeds | MAE | Corr | Acc2 | F1-2 | ΔMAE | ΔAcc2 |" in out and "## Against ERM" in out
+    erm_row = next(line for line in out.splitlines() if line.startswith("| ERM | 1 |"))
+    assert f"{erm.data.metrics['test/mae']:.3f}" in erm_row
+    assert "| GEAR (gce=False) | 1 |" in out or "| GEAR (gce=false) | 1 |" in out
     # the logged checkpoint predicts the same float outputs again (`fairray predict`'s path)
     from fairray.export import predict
 

@@ -43,7 +43,6 @@ import pandas as pd
 from fairray.errors import ConfigError, DataError
 from fairray.metrics._keys import (
     CLASSIFICATION_TASKS,
-    COUNT_METRICS,
     METRICS,
     MISSING_VALUES,
     SPLITS,

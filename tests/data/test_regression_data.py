@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from fairray.config import DatasetConfig, CorpusSource, NamedParams
+from fairray.config import CorpusSource, DatasetConfig, NamedParams
 from fairray.data import prepare
 from fairray.data.corpora.mosi import MosiAdapter
 from fairray.errors import DataError

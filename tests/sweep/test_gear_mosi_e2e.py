@@ -22,10 +22,6 @@ pytestmark = pytest.mark.slow
 
 SPEC = Path(__file__).resolve().parents[2] / "search_spaces" / "gear_mosi.yaml"
 
-import pickle
-from pathlib import Path
-
-import numpy as np
 
 #: Segments per split and videos per split (each video one speaker; genders alternate F, M by video).
 SIZES = {"train": (96, 12), "valid": (40, 8), "test": (40, 8)}

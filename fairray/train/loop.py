@@ -192,16 +192,15 @@ def train_context(data: SERData, epochs: int) -> TrainContext:
     y, g = data.y[idx], data.group[idx]
     n_c, n_g = len(data.classes), len(data.group_values)
     known = g >= 0
-    if data.task == "regression":  # no classes: class counts are empty, the group counts are those of all rows
-        y = np.zeros(len(idx), dtype=np.int64)
-    class_group = np.zeros((max(n_c, 1) if data.task == "regression" else n_c, n_g), dtype=np.int64)
-    np.add.at(class_group, (y[known], g[known]), 1)
-    if data.task == "regression":
+    if data.task == "regression":  # no classes (y is a float target): no class counts, groups over all rows
         return TrainContext(classes=(), class_counts=np.zeros(0, dtype=np.int64), attr_values=data.attr_values,
                             strata_values=data.strata_values, n_train=len(idx), group_values=data.group_values,
-                            group_counts=class_group.sum(axis=0), class_group_counts=np.zeros((0, n_g), np.int64),
+                            group_counts=np.bincount(g[known], minlength=n_g).astype(np.int64),
+                            class_group_counts=np.zeros((0, n_g), np.int64),
                             group_soft_counts=data.group_prob[idx].sum(axis=0), n_rows=len(data.y), epochs=epochs,
                             train_group_prob=data.group_prob[idx], task="regression")
+    class_group = np.zeros((n_c, n_g), dtype=np.int64)
+    np.add.at(class_group, (y[known], g[known]), 1)
     class_target = None
     if data.task == "multi":
         class_target = np.zeros((n_c, n_c), dtype=np.int64)

@@ -614,11 +614,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or _tracking_default()
     base = f"http://{args.host}:{args.port}"
     page = f"{base}/#/experiments?workflowType=machine_learning"
+    if args.ablation and not args.sweep:
+        raise ConfigError(f"--ablation {args.ablation} needs the SWEEP it belongs to: "
+                          f"`fairray ui SPEC --ablation {args.ablation}`")
     if args.sweep:  # open the sweep's runs table, in MLflow's model-training workflow (not its GenAI overview)
+        from fairray.dashboard import SweepUnavailable
+        from fairray.errors import TrackingError
         from fairray.tracking import SHARED_VIEW_PREFIX, client, find_sweep_run, ui_url
 
-        experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-        parent = find_sweep_run(uri, experiment)
+        try:
+            experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
+            parent = find_sweep_run(uri, experiment, ablation=args.ablation)
+        except TrackingError as exc:  # an unknown sweep or ablation, no store there: bad input, exit 2
+            raise SweepUnavailable(str(exc)) from None
         key = f"fairray-{parent.info.run_id[:12]}"
         tags = client(uri).get_experiment(parent.info.experiment_id).tags
         page = ui_url(base, parent.info.experiment_id, view=key if SHARED_VIEW_PREFIX + key in tags else None)
@@ -630,7 +638,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from fairray.dashboard import DashboardApp, SweepUnavailable, build_page, collect, make_server
+    from fairray.dashboard import DashboardApp, SweepUnavailable, build_page, check_store, collect, make_server
     from fairray.errors import TrackingError
 
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server: one line, not minutes
@@ -638,29 +646,40 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or _tracking_default()
     try:
         experiment, uri = _resolve_sweep_target(args.sweep, args.tracking_uri)
-        compare = _resolve_sweep_target(args.compare, args.compare_tracking_uri or args.tracking_uri) \
-            if args.compare else None
+        check_store(uri)
+        compare = None
+        if args.compare:  # by default in the sweep's store (a spec file: the store it names)
+            default = None if args.compare.endswith((".yaml", ".yml")) else uri
+            compare = _resolve_sweep_target(args.compare, args.compare_tracking_uri or default)
+            check_store(compare[1])
         options = {"run_id": args.run_id, "ablation": args.ablation, "n_boot": args.n_boot,
                    "compare": (compare[1], compare[0], args.compare_run_id) if compare else None,
                    "mlflow_ui": args.mlflow_ui}
-        if args.out:
-            from fairray._atomic import atomic_write_text
-
-            atomic_write_text(args.out, build_page(collect(uri, experiment, **options)))
-            print(f"wrote {args.out}", file=sys.stderr)
-            return 0
-        app = DashboardApp(uri, experiment, **options)
-        app.page()  # bad input fails here, before the server starts
-        server = make_server(app, args.host, args.port)
+        if args.out:  # the whole page is built before anything is written: bad input leaves no file
+            page = build_page(collect(uri, experiment, **options))
+        else:
+            app = DashboardApp(uri, experiment, **options)
+            app.page()  # bad input fails here, before the server binds
     except TrackingError as exc:  # bad input for this command: exit 2
         raise SweepUnavailable(str(exc)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
     except Exception as exc:  # MLflow's own errors for a store it cannot read
         if type(exc).__module__.startswith("mlflow"):
             raise SweepUnavailable(f"cannot read the MLflow store {uri} ({type(exc).__name__}); is it running and "
                                    "is --tracking-uri right?") from None
         raise
+    if args.out:
+        from fairray._atomic import atomic_write_text
+
+        try:
+            atomic_write_text(args.out, page)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.out}: {exc.strerror or exc}; pick a writable --out") from None
+        print(f"wrote {args.out}", file=sys.stderr)
+        return 0
+    try:
+        server = make_server(app, args.host, args.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port") from None
     host, port = server.server_address[:2]
     print(f"fairray dashboard of {experiment!r} on http://{host}:{port}/ (read-only; rebuilt when the sweep "
           "changes; Ctrl-C to stop)", file=sys.stderr)
@@ -1011,6 +1030,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ui", cmd_ui, "open the MLflow UI on the sweep store")
     p.add_argument("sweep", nargs="?", help="a sweep (experiment or spec file): print the link to its runs table")
     p.add_argument("--tracking-uri")
+    p.add_argument("--ablation", metavar="NAME", help="with SWEEP: the latest run of the spec's declared ablation "
+                                                      "NAME (`fairray sweep SPEC --ablation NAME`) instead of the search")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
 

@@ -8,6 +8,7 @@ from fairray.dashboard._data import (
     DashboardData,
     SweepUnavailable,
     TrialDetail,
+    check_store,
     collect,
     heat_tables,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "TrialDetail",
     "annotate_sweep",
     "build_page",
+    "check_store",
     "collect",
     "heat_tables",
     "make_server",

@@ -11,6 +11,7 @@ table of an unchanged ablation.
 
 from __future__ import annotations
 
+import functools
 import math
 import shlex
 import tempfile
@@ -93,6 +94,38 @@ class Cache:
     ablations: dict[tuple, AblationTable] = field(default_factory=dict)
 
 
+SQL_CONNECT_TIMEOUT_S = 10
+"""How long the dashboard waits for a database server's answer before it calls the store unreachable."""
+
+
+def check_store(uri: str) -> None:
+    """Raise :class:`SweepUnavailable` when ``uri`` is a database server (PostgreSQL, MySQL, MSSQL) that does not
+    answer or refuses the connection: one connection attempt, not MLflow's ten retries over about 100 s followed
+    by a traceback. Other stores (SQLite, a tracking server) are left to the reads themselves."""
+    dialect = uri.split(":", 1)[0].split("+", 1)[0]
+    if dialect not in ("postgresql", "mysql", "mssql"):
+        return
+    import sqlalchemy
+
+    where = uri.split("@", 1)[-1]  # no user name or password in the message
+    timeout = {"postgresql": {"connect_timeout": SQL_CONNECT_TIMEOUT_S},
+               "mysql": {"connect_timeout": SQL_CONNECT_TIMEOUT_S}}.get(dialect, {})
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=timeout)
+    except (ImportError, sqlalchemy.exc.ArgumentError) as exc:
+        raise SweepUnavailable(f"cannot open the MLflow store at {where}: {exc}; install its driver or fix "
+                               "--tracking-uri") from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise SweepUnavailable(f"cannot reach the MLflow store at {where} ({reason}); is the database running and "
+                               "is --tracking-uri right?") from None
+    finally:
+        engine.dispose()
+
+
 def _client(uri: str):
     from fairray.tracking import client
 
@@ -133,12 +166,11 @@ def _panels(sweep: Sweep, fronts_: Sequence[Front], n_boot: int, cache: Cache, n
     return panels
 
 
-def heat_tables(metrics: Mapping[str, float], attribute: str, stratum: str | None, groups: Sequence[str],
-                strata: Sequence[str], splits: Sequence[str] = ("dev", "test")) -> dict[str, dict]:
-    """Every logged metric of a trial per group x stratum: ``utility`` (rows ``split/metric``, columns
-    ``group · stratum`` cells, then each group, each stratum and all) and ``gap`` (columns: each stratum,
-    worst and mean over strata, pooled). Each is ``{"x": columns, "y": rows, "z": values, "good": colour values
-    (1 best; ``1 - value`` for a minimised metric), "keys": metric keys}``."""
+@functools.lru_cache(maxsize=16)
+def _heat_layout(attribute: str, stratum: str | None, groups: tuple[str, ...], strata: tuple[str, ...],
+                 splits: tuple[str, ...]) -> dict[str, tuple[list[str], list[tuple[str, str, list[str]]]]]:
+    """The heat tables' columns and candidate rows ``(split/metric, direction, metric keys)``: the same for every
+    trial of a sweep, so built once (formatting the keys of 500 trials one by one took seconds)."""
     cells = [(g, s) for s in strata for g in groups] if stratum else []
     columns: list[tuple[str, str | None, str | None]] = [(f"{g} · {s}", g, s) for g, s in cells]
     columns += [(f"{g} · all", g, None) for g in groups] + [(f"all · {s}", None, s) for s in strata]
@@ -148,7 +180,7 @@ def heat_tables(metrics: Mapping[str, float], attribute: str, stratum: str | Non
     gap_columns.append(("pooled", None))
     out = {}
     for kind, cols in (("utility", columns), ("gap", gap_columns)):
-        rows, z, good, keys = [], [], [], []
+        rows = []
         for split in splits:
             for name, spec in METRICS.items():
                 if spec.kind != kind:
@@ -162,32 +194,84 @@ def heat_tables(metrics: Mapping[str, float], attribute: str, stratum: str | Non
                         _, s = col
                         key = MetricKey(split, name, attribute, None, stratum if s else None, s)
                     row_keys.append(key.format())
-                values = [metrics.get(k) for k in row_keys]
-                if all(v is None for v in values):
-                    continue
-                rows.append(f"{split}/{name}")
-                row = [None if v is None or not math.isfinite(v) else float(v) for v in values]
-                z.append(row)
-                # colour by how good the value is (1 best): a minimised metric (a gap, FPR) is shown as 1 - value
-                good.append([None if v is None else (1.0 - v if spec.direction == "min" else v) for v in row])
-                keys.append(row_keys)
-        out[kind] = {"x": [c[0] for c in cols], "y": rows, "z": z, "good": good, "keys": keys}
+                rows.append((f"{split}/{name}", spec.direction, row_keys))
+        out[kind] = ([c[0] for c in cols], rows)
     return out
 
 
-def _curves(uri: str, run_id: str, keys: Sequence[str], finished: bool, cache: Cache
-            ) -> dict[str, tuple[list[int], list[float]]]:
-    if finished and run_id in cache.curves:
-        return cache.curves[run_id]
-    c = _client(uri)
+def heat_tables(metrics: Mapping[str, float], attribute: str, stratum: str | None, groups: Sequence[str],
+                strata: Sequence[str], splits: Sequence[str] = ("dev", "test")) -> dict[str, dict]:
+    """Every logged metric of a trial per group x stratum: ``utility`` (rows ``split/metric``, columns
+    ``group · stratum`` cells, then each group, each stratum and all) and ``gap`` (columns: each stratum,
+    worst and mean over strata, pooled). Each is ``{"x": columns, "y": rows, "z": values, "good": colour values
+    (1 best; ``1 - value`` for a minimised metric), "keys": metric keys}``."""
     out = {}
-    for key in keys:
-        history = sorted(c.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
-        if history:
-            out[key] = ([int(m.step) for m in history], [float(m.value) for m in history])
-    if finished:
-        cache.curves[run_id] = out
+    layout = _heat_layout(attribute, stratum, tuple(groups), tuple(strata), tuple(splits))
+    for kind, (x, candidates) in layout.items():
+        rows, z, good, keys = [], [], [], []
+        for name, direction, row_keys in candidates:
+            values = [metrics.get(k) for k in row_keys]
+            if all(v is None for v in values):
+                continue
+            rows.append(name)
+            row = [None if v is None or not math.isfinite(v) else float(v) for v in values]
+            z.append(row)
+            # colour by how good the value is (1 best): a minimised metric (a gap, FPR) is shown as 1 - value
+            good.append([None if v is None else (1.0 - v if direction == "min" else v) for v in row])
+            keys.append(row_keys)
+        out[kind] = {"x": list(x), "y": rows, "z": z, "good": good, "keys": keys}
     return out
+
+
+BULK_RUNS = 500
+"""Runs per bulk history query of a SQL store (SQLite allows 32766 bound variables)."""
+HISTORY_THREADS = 8
+"""Concurrent ``get_metric_history`` requests to a tracking server (it has no public bulk read)."""
+
+
+def metric_histories(uri: str, wanted: Mapping[str, Sequence[str]]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """``{run_id: {key: (steps, values)}}`` of the metric keys ``wanted[run_id]``, ordered by step (then time).
+
+    A SQL store is read with one query per key for up to :data:`BULK_RUNS` runs (its ``get_metric_history_bulk``,
+    the query MLflow's UI uses), not one query per run and key: 500 trials' curves took 10 s one by one on SQLite
+    and take well under a second so. Another store (a tracking server) is read per run and key, a few requests at
+    a time.
+    """
+    c = _client(uri)
+    out: dict[str, dict[str, tuple[list[int], list[float]]]] = {run_id: {} for run_id in wanted}
+    points: dict[tuple[str, str], list] = {}
+    # MlflowClient exposes no bulk read; its store does where the backend is SQL
+    bulk = getattr(getattr(getattr(c, "_tracking_client", None), "store", None), "get_metric_history_bulk", None)
+    if bulk is not None:
+        by_key: dict[str, list[str]] = {}
+        for run_id, keys in wanted.items():
+            for key in keys:
+                by_key.setdefault(key, []).append(run_id)
+        for key, run_ids in by_key.items():
+            for i in range(0, len(run_ids), BULK_RUNS):
+                for row in bulk(run_ids[i:i + BULK_RUNS], key, max_results=2**62):
+                    points.setdefault((row.run_id, key), []).append(row)  # a Metric with its run_id
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = [(run_id, key) for run_id, keys in wanted.items() for key in keys]
+        with ThreadPoolExecutor(HISTORY_THREADS) as pool:
+            for job, history in zip(jobs, pool.map(lambda j: c.get_metric_history(*j), jobs), strict=True):
+                points[job] = list(history)
+    for (run_id, key), history in points.items():
+        history = sorted(history, key=lambda m: (m.step, m.timestamp))
+        if history:
+            out[run_id][key] = ([int(m.step) for m in history], [float(m.value) for m in history])
+    return out
+
+
+def _curves(uri: str, wanted: Mapping[str, Sequence[str]], cache: Cache
+            ) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """The histories of finished runs (their curves cannot change: kept in ``cache`` for the next refresh)."""
+    missing = {run_id: keys for run_id, keys in wanted.items() if run_id not in cache.curves}
+    if missing:
+        cache.curves.update(metric_histories(uri, missing))
+    return {run_id: cache.curves[run_id] for run_id in wanted}
 
 
 def _run_url(base: str, experiment_id: str, run_id: str) -> str:
@@ -295,16 +379,17 @@ def collect(tracking_uri: str, experiment: str, *, run_id: str | None = None, ab
     objectives = [k for k, _ in sweep.objectives]
     export = f"fairray export {_target_args(sweep, ablation)} --out pareto/"
     method = sweep.base_params.get("method.name", parent.data.tags.get("fairray.method", ""))
+    curves = _curves(tracking_uri, {t.run_id: objectives + [k for k in sorted(t.metrics) if k.startswith(
+        CURVE_PREFIXES) or k in CURVE_KEYS] for t in sweep.trials}, cache)  # every trial here is FINISHED
     details = {}
     for trial in sweep.trials:
-        keys = objectives + [k for k in sorted(trial.metrics) if k.startswith(CURVE_PREFIXES) or k in CURVE_KEYS]
         where = (f"{export}   # writes pareto/{trial.trial_id}" if trial.trial_id in pareto else
                  f"# not Pareto-optimal on the overall front; {export} writes the front's trials only")
         details[trial.trial_id] = TrialDetail(
             trial.trial_id, trial.run_id, trial.params.get("method.name", method), dict(trial.params),
             _run_url(base, parent.info.experiment_id, trial.run_id), where,
             heat_tables(trial.metrics, sweep.attribute, stratum, groups, strata),
-            _curves(tracking_uri, trial.run_id, keys, True, cache))
+            curves[trial.run_id])
     # an ablation's page shows its own report table; the search's page those of every declared ablation
     names = [ablation] if ablation else _spec_ablations(sweep)
     ablations = tuple(_ablation(sweep, n, n_boot, cache) for n in names)

@@ -85,6 +85,10 @@ def client(uri: str):
         return MlflowClient(tracking_uri=uri)
     import fcntl
 
+    # the store's module takes seconds to import: import it before the lock, so processes opening the store at
+    # once (a sweep's trial workers) wait only for each other's schema check, not for each other's imports
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         c = MlflowClient(tracking_uri=uri)  # opens the store: creates or migrates its schema, once per process

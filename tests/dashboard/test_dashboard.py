@@ -214,21 +214,127 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_bad_input_is_one_line_and_exit_2(tiny_sweep, tmp_path, capsys):
-    out = str(tmp_path / "x.html")
-    assert main(["dashboard", "no-such-sweep", "--tracking-uri", tiny_sweep.uri, "--out", out]) == 2
-    assert "no MLflow experiment 'no-such-sweep'" in capsys.readouterr().err
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fairray: error: "), err
+    return lines[0]
+
+
+def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(tiny_sweep, tmp_path, capsys):
+    out = tmp_path / "x.html"
+    args = ["--out", str(out), "--n-boot", "0"]
+    assert main(["dashboard", "no-such-sweep", "--tracking-uri", tiny_sweep.uri, *args]) == 2
+    assert "no MLflow experiment 'no-such-sweep'" in _one_line(capsys.readouterr().err)
     c = MlflowClient(tiny_sweep.uri)
     empty = c.create_experiment("empty-sweep")
     c.create_run(empty, tags={"fairray.kind": "sweep", "fairray.objectives": '[["dev/weighted_f1", "max"]]'})
-    assert main(["dashboard", "empty-sweep", "--tracking-uri", tiny_sweep.uri, "--out", out]) == 2
-    assert "no finished trial" in capsys.readouterr().err
-    assert main(["dashboard", str(tiny_sweep.spec), "--out", out]) == 2  # only the ablation has run
-    assert "holds no fairray sweep run (besides ablations)" in capsys.readouterr().err
+    assert main(["dashboard", "empty-sweep", "--tracking-uri", tiny_sweep.uri, *args]) == 2
+    assert "no finished trial" in _one_line(capsys.readouterr().err)
+    assert main(["dashboard", str(tiny_sweep.spec), *args]) == 2  # only the ablation has run
+    assert "holds no fairray sweep run (besides ablations)" in _one_line(capsys.readouterr().err)
+    assert main(["dashboard", str(tiny_sweep.spec), "--ablation", "nope", *args]) == 2
+    assert "holds no fairray run of ablation 'nope'" in _one_line(capsys.readouterr().err)
+    unreachable = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    assert main(["dashboard", "x", "--tracking-uri", unreachable, *args]) == 2
+    assert f"cannot read the MLflow store {unreachable}" in _one_line(capsys.readouterr().err)
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    assert main(["dashboard", "x", "--tracking-uri", f"sqlite:///{missing}", *args]) == 2
+    assert f"no MLflow store at sqlite:///{missing}" in _one_line(capsys.readouterr().err)
+    assert not missing.exists() and not missing.parent.exists()  # a read-only command creates no store
+    assert main(["dashboard", str(tiny_sweep.spec), "--ablation", "tiny", "--compare", "no-such-sweep", *args]) == 2
+    assert "no MLflow experiment 'no-such-sweep'" in _one_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []  # no page, no partial or temporary file
+    # an --out that cannot be written: one line, and no temporary file left beside it
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert main(["dashboard", str(tiny_sweep.spec), "--ablation", "tiny", "--out", str(blocked / "x.html"),
+                 "--n-boot", "0"]) == 2
+    assert f"cannot write {blocked / 'x.html'}" in _one_line(capsys.readouterr().err)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_server_fails_before_it_binds(tiny_sweep, monkeypatch, capsys):
+    import fairray.dashboard
+
+    bound = []
+    monkeypatch.setattr(fairray.dashboard, "make_server", lambda *a, **k: bound.append(a) or make_server(*a, **k))
+    port = _free_port()
+    assert main(["dashboard", "no-such-sweep", "--tracking-uri", tiny_sweep.uri, "--port", str(port)]) == 2
+    assert "no MLflow experiment 'no-such-sweep'" in _one_line(capsys.readouterr().err)
     unreachable = f"http://127.0.0.1:{_free_port()}"
-    assert main(["dashboard", "x", "--tracking-uri", unreachable, "--out", out]) == 2
+    assert main(["dashboard", "x", "--tracking-uri", unreachable, "--port", str(port)]) == 2
+    _one_line(capsys.readouterr().err)
+    assert bound == []  # the sweep is read first: no socket was ever opened
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing listens on the port asked for
+
+
+def test_bad_input_through_the_installed_command(tiny_sweep, tmp_path):
+    """The same failures as a user sees them: the ``fairray`` console script in its own process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("fairray")
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "fairray.cli"]
+    missing = tmp_path / "mlflow.db"
+    closed = _free_port()  # nothing listens there
+    for uri, needle in ((f"http://127.0.0.1:{_free_port()}", "cannot read the MLflow store"),
+                        (f"sqlite:///{missing}", "no MLflow store at"),
+                        # a database server that does not answer: one attempt, not MLflow's ~100 s of retries
+                        (f"postgresql+psycopg2://fairray:secret@127.0.0.1:{closed}/mlflow",
+                         f"cannot reach the MLflow store at 127.0.0.1:{closed}/mlflow (connection to server")):
+        out = tmp_path / "page.html"
+        proc = subprocess.run([*cli, "dashboard", "x", "--tracking-uri", uri, "--out", str(out)],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        line = _one_line(proc.stderr)
+        assert needle in line and "secret" not in line and proc.stdout == ""
+        assert not out.exists() and not missing.exists()
+
+
+def _parser_host(argv):
+    from fairray.cli import build_parser
+
+    return build_parser().parse_args(argv).host
+
+
+def test_loopback_unless_host_is_given(tiny_sweep):
+    assert _parser_host(["dashboard", "x"]) == "127.0.0.1" and _parser_host(["ui"]) == "127.0.0.1"
+    app = DashboardApp(tiny_sweep.uri, tiny_sweep.experiment, ablation="tiny", n_boot=0)
+    server = make_server(app, port=0)  # the library's default too
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+    finally:
+        server.server_close()
+    server = make_server(app, host="0.0.0.0", port=0)  # --host given: bound there, any Host header answered
+    try:
+        assert server.server_address[0] == "0.0.0.0"
+    finally:
+        server.server_close()
+
+
+def test_ui_opens_an_ablations_runs_table(tiny_sweep, monkeypatch, capsys):
+    import os
+
+    started = []
+    monkeypatch.setattr(os, "execv", lambda exe, cmd: started.append(cmd))  # MLflow's server itself: not here
+    sweep = _sweep(tiny_sweep)
+    assert main(["ui", str(tiny_sweep.spec), "--ablation", "tiny", "--port", "5055"]) == 0
     err = capsys.readouterr().err
-    assert f"cannot read the MLflow store {unreachable}" in err and len(err.strip().splitlines()) == 1
+    exp = MlflowClient(tiny_sweep.uri).get_experiment_by_name(tiny_sweep.experiment).experiment_id
+    assert (f"open http://127.0.0.1:5055/#/experiments/{exp}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey=fairray-{sweep.run_id[:12]}") in err
+    cmd = started[0]
+    assert cmd[cmd.index("--backend-store-uri") + 1] == tiny_sweep.uri and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    # the search has not run in this store: without --ablation the spec's sweep is not there
+    assert main(["ui", str(tiny_sweep.spec)]) == 2
+    assert "holds no fairray sweep run (besides ablations)" in _one_line(capsys.readouterr().err)
+    assert main(["ui", str(tiny_sweep.spec), "--ablation", "nope"]) == 2
+    assert "holds no fairray run of ablation 'nope'" in _one_line(capsys.readouterr().err)
+    assert main(["ui", "--ablation", "tiny"]) == 2
+    assert "--ablation tiny needs the SWEEP" in _one_line(capsys.readouterr().err)
+    assert len(started) == 1
 
 
 def test_mlflow_ui_gets_a_training_experiment_with_descriptions(tiny_sweep):
@@ -251,3 +357,58 @@ def test_mlflow_ui_gets_a_training_experiment_with_descriptions(tiny_sweep):
     assert "params.`method.name`" in view["selectedColumns"]
     assert view["orderByKey"] == "metrics.`dev/weighted_f1`" and view["orderByAsc"] is False
     assert "workflowType=machine_learning" in note and "viewStateShareKey=" in note
+
+
+def test_curves_are_read_in_bulk_as_the_per_run_histories(tiny_sweep):
+    """A SQL store's curves come from one query per metric key over many runs: the same points, in the same
+    order, as MLflow's per-run ``get_metric_history``."""
+    from fairray.dashboard._data import metric_histories
+
+    sweep = _sweep(tiny_sweep)
+    wanted = {t.run_id: sorted(k for k in t.metrics if k.startswith("method/") or k in
+                               ("train/loss", "dev/loss", "dev/weighted_f1", "no/such_metric")) for t in sweep.trials}
+    assert any("method/lambda" in keys for keys in wanted.values())
+    got = metric_histories(tiny_sweep.uri, wanted)
+    c = MlflowClient(tiny_sweep.uri)
+    for run_id, keys in wanted.items():
+        assert set(got[run_id]) == set(keys) - {"no/such_metric"}
+        for key in got[run_id]:
+            history = sorted(c.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+            steps, values = got[run_id][key]
+            assert steps == [m.step for m in history] and len(steps) >= 2
+            assert values == pytest.approx([m.value for m in history])
+
+
+def test_page_read_through_a_tracking_server_is_the_page_read_from_its_store(tiny_sweep, data):
+    """Through a tracking server (MLflow's own, started by ``fairray ui`` on loopback) the curves are read per
+    run and key, a few requests at a time: the same details as from the SQLite store itself."""
+    import subprocess
+    import sys
+    import time
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fairray.cli", "ui", "--tracking-uri", tiny_sweep.uri, "--port",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < end and proc.poll() is None, "MLflow's server did not come up"
+            time.sleep(0.5)
+        served = collect(url, tiny_sweep.experiment, ablation="tiny", n_boot=0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert set(served.details) == set(data.details)
+    for trial_id, d in data.details.items():
+        other = served.details[trial_id]
+        assert set(other.curves) == set(d.curves) and other.params == d.params
+        for key, (steps, values) in d.curves.items():
+            assert other.curves[key][0] == steps and other.curves[key][1] == pytest.approx(values)
+        assert other.heat["utility"]["y"] == d.heat["utility"]["y"] and other.heat["gap"]["x"] == d.heat["gap"]["x"]

@@ -554,9 +554,9 @@ def _check_method_data(spec: SweepSpec, source: str) -> None:
     if spec.dataset.targets == "regression" and not getattr(method, "regression", False):
         takes = sorted(n for n in METHODS.names() if getattr(METHODS.get(n), "regression", False))
         raise Where(source, "method.name").error(
-            f"{spec.method.name!r} trains on class labels (its loss or sampler reads class counts), and "
-            f"dataset.targets is regression, which has none; use one of {', '.join(takes)} (with loss: l1), or "
-            "targets: single")
+            f"{spec.method.name!r} trains on class labels (it is not declared for regression: its loss, sampler "
+            f"or state reads classes or class counts), and dataset.targets is regression, which has none; use one "
+            f"of {', '.join(takes)} (with loss: l1), or targets: single")
     if spec.dataset.targets == "regression" and spec.train.sampler == "class_balanced":
         raise Where(source, "train.sampler").error(
             "'class_balanced' draws batches by class, and dataset.targets is regression (no classes); use uniform, "

@@ -509,7 +509,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     layout = args.layout
     if layout == "auto":
         methods = {t.params.get("method.name") or sweep.base_params.get("method.name") for t in sweep.trials}
-        layout = choose_layout(methods)
+        layout = "regression" if sweep.base_params.get("dataset.targets") == "regression" else choose_layout(methods)
 
     def provenance(n_cells: int) -> str:
         return (f"MLflow run `{sweep.run_id}` at `{shown_uri(uri)}`; {len(sweep.trials)} finished trials in {n_cells} cells "
@@ -517,7 +517,17 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "within their group x stratum), one resample shared by all rows.")
 
     svg = None
-    if layout == "cberl":
+    if layout == "regression":
+        from fairray.report.regression import regression_report, render_regression_markdown
+
+        table, cells = regression_report(sweep, split=args.split, n_boot=args.n_boot, seed=args.seed)
+        md = render_regression_markdown(table, title=(
+            f"{experiment} / {name}: {args.split} regression metrics, mean over seeds [95% speaker-bootstrap CI]"),
+            notes=[provenance(len(cells)),
+                   "MAE: mean |ŷ - y| (lower is better); Corr: Pearson r; Acc2 / F1-2: 1[ŷ > 0] vs 1[y > 0] over "
+                   f"segments with y != 0 (MulT's exclude_zero); ΔMAE, ΔAcc2: ranges over the {sweep.attribute} "
+                   "groups (lower is better)."])
+    elif layout == "cberl":
         from fairray.report.cberl import cberl_report, render_cberl_markdown
 
         table, cells = cberl_report(sweep, minority=args.minority, split=args.split, n_boot=args.n_boot,
@@ -956,7 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dev, test, or an extra test set the trials logged (test_ood_text, ...)")
     p.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap replicates (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the Random baseline")
-    p.add_argument("--layout", choices=["auto", "idi", "minmaxgap", "cberl"], default="auto",
+    p.add_argument("--layout", choices=["auto", "idi", "minmaxgap", "cberl", "regression"], default="auto",
                    help="which paper's table")
     p.add_argument("--minority", type=_class_list, default=("fear", "disgust"),
                    help="cberl layout: the minority classes, comma-separated (default fear,disgust)")

@@ -506,6 +506,14 @@ def _check_dataset(spec: SweepSpec, source: str) -> None:
             raise where.child("corpora").child(i).child("adapter").error(
                 f"targets: multi needs per-clip soft labels from rater votes (soft_<class> columns); {corpus.adapter!r} "
                 f"carries none; corpora with votes: {', '.join(vote_corpora())} (a manifest may carry soft_<class>)")
+        continuous = getattr(adapter, "continuous_targets", ())
+        if ds.targets == "regression" and ds.target_column not in continuous:
+            with_target = sorted(n for n in CORPORA.names() if getattr(CORPORA.get(n), "continuous_targets", ()))
+            raise where.child("corpora").child(i).child("adapter").error(
+                f"targets: regression needs the continuous target column {ds.target_column!r}, which corpus "
+                f"{corpus.adapter!r} does not have"
+                + (f" (it has {', '.join(continuous)}; set dataset.target)" if continuous else "")
+                + f"; corpora with a continuous target: {', '.join(with_target)} (or use targets: single)")
     if ds.extractor is None:  # the corpora's own features: checked when they are read
         return
     try:
@@ -542,7 +550,27 @@ def _check_method_data(spec: SweepSpec, source: str) -> None:
 
         known = [getattr(CORPORA.get(c.adapter), "dialogues", None) for c in spec.dataset.corpora]
         dialogues = False if any(k is False for k in known) else None if None in known else True
-    why = METHODS.get(spec.method.name).check_dataset(spec.method.params, spec.dataset, dialogues)
+    method = METHODS.get(spec.method.name)
+    if spec.dataset.targets == "regression" and not getattr(method, "regression", False):
+        takes = sorted(n for n in METHODS.names() if getattr(METHODS.get(n), "regression", False))
+        raise Where(source, "method.name").error(
+            f"{spec.method.name!r} trains on class labels (it is not declared for regression: its loss, sampler "
+            f"or state reads classes or class counts), and dataset.targets is regression, which has none; use one "
+            f"of {', '.join(takes)} (with loss: l1), or targets: single")
+    if spec.dataset.targets == "regression" and spec.train.sampler == "class_balanced":
+        raise Where(source, "train.sampler").error(
+            "'class_balanced' draws batches by class, and dataset.targets is regression (no classes); use uniform, "
+            "group_balanced, stratified_cells or auto")
+    loss = getattr(spec.method.params, "loss", None)
+    if spec.dataset.targets == "regression" and loss is not None and loss != "l1":
+        raise Where(source, "method.loss").error(
+            f"{loss!r} is a loss over class probabilities, and dataset.targets is regression (a float target, one "
+            "model output); set method.loss: l1 (the absolute error, MAE)")
+    if spec.dataset.targets != "regression" and loss == "l1":
+        raise Where(source, "method.loss").error(
+            f"'l1' is the regression loss, and dataset.targets is {spec.dataset.targets!r} (class labels); use ce, "
+            "cb_ce or focal, or dataset.targets: regression")
+    why = method.check_dataset(spec.method.params, spec.dataset, dialogues)
     if why:
         raise Where(source, "method").error(why)
 

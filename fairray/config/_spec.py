@@ -173,8 +173,15 @@ class DatasetConfig:
     #: evaluation uses multi-hot targets ``1[soft_c > 1/|C|]`` and decisions ``1[p_c > 1/|C|]``. Clips
     #: need no majority class (test keeps every clip); a protocol such as ``imbalance_1to20`` may still
     #: drop non-majority clips from train/dev. Only corpora with rater votes carry ``soft_<class>``
-    #: columns: ``cremad`` (or a manifest that has them).
-    targets: Literal["single", "multi"] = "single"
+    #: columns: ``cremad`` (or a manifest that has them). ``regression`` (MOSI / MOSEI sentiment, METHODS
+    #: §3.11): the float column ``target`` is the training and evaluation target, there is no class list
+    #: (``emotions`` is not read), models have one output, and reports carry ``mae``, ``corr``, ``acc2`` and
+    #: ``f1_2`` (MulT's zero exclusion) with their per-group ranges. Only corpora with a continuous target
+    #: (``mosi``, ``mosei``: ``reg_target`` in [-3, 3]) and methods that need no class counts (``erm`` and
+    #: ``gear`` with ``loss: l1``) take it.
+    targets: Literal["single", "multi", "regression"] = "single"
+    #: The continuous target column of ``targets: regression`` (null: ``reg_target``, the MOSI / MOSEI one).
+    target: str | None = None
     #: GEAR's OOD test subsets of the test split, evaluated and logged as extra test splits (see :class:`OODConfig`).
     ood: OODConfig | None = None
 
@@ -196,6 +203,18 @@ class DatasetConfig:
             raise ValueError("targets: multi needs per-clip soft labels from rater votes (soft_<class> columns), "
                              "which the built-in ser3 lacks; use name: corpora with a corpus that carries votes "
                              "(adapter: cremad)")
+        if self.targets == "regression" and self.name != "corpora":
+            raise ValueError(f"targets: regression needs a continuous target column, which the built-in {self.name} "
+                             "lacks (it has emotion classes); use name: corpora with a corpus that has one "
+                             "(adapter: mosi or mosei, column reg_target)")
+        if self.target is not None and self.targets != "regression":
+            raise ValueError(f"target ({self.target!r}) is the column of targets: regression; targets is "
+                             f"{self.targets!r}, which reads {'emotion' if self.targets == 'single' else 'soft_<class>'}")
+
+    @property
+    def target_column(self) -> str:
+        """The continuous target column of ``targets: regression``."""
+        return self.target or "reg_target"
 
 
 @dataclass(frozen=True)

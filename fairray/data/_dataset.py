@@ -132,7 +132,8 @@ class SERData:
     excluded from fairness metrics). ``mean``/``std`` are the train-split statistics the features were
     standardised with; checkpoints keep them so a model can be applied to new features.
 
-    ``task`` is the dataset's ``targets`` (``"single"`` or ``"multi"``). ``soft`` float32 ``[N, C]`` is
+    ``task`` is the dataset's ``targets`` (``"single"``, ``"multi"`` or ``"regression"``; a regression's ``y`` is
+    the float32 target, ``classes`` is empty and ``soft`` is ``y`` as one column ``[N, 1]``). ``soft`` float32 ``[N, C]`` is
     the training target of every base loss: the one-hot of ``y`` for single-label data; for multi-label
     data the rater-vote shares ``soft_<class>`` (renormalised over ``classes`` when the corpus has more
     classes, unchanged otherwise), whose multi-hot ``1[soft_c > 1/|C|]`` is the evaluation target. ``y``
@@ -285,11 +286,17 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
         if len(store) != len(meta):
             raise DataError(f"dataset {cfg.name!r}: input {name!r} has {len(store)} rows for {len(meta)} utterances")
     multi = cfg.targets == "multi"
-    for column in (cfg.attribute, cfg.stratum, "speaker") + (() if multi else ("emotion",)):
+    regression = cfg.targets == "regression"
+    label = () if multi else (cfg.target_column,) if regression else ("emotion",)
+    for column in (cfg.attribute, cfg.stratum, "speaker") + label:
         if column not in meta.columns:
-            raise DataError(f"dataset {cfg.name!r} has no column {column!r}; columns: {list(meta.columns)}")
+            raise DataError(f"dataset {cfg.name!r} has no column {column!r}; columns: {list(meta.columns)}"
+                            + ("; targets: regression reads dataset.target (default reg_target): corpora with a "
+                               "continuous target are mosi and mosei" if regression else ""))
     if multi:
         _check_soft_columns(cfg, meta)
+    elif regression:
+        pass  # the target column's values are checked below, on the rows kept
     else:
         unknown = sorted(set(cfg.emotions) - set(meta["emotion"]))
         if unknown:
@@ -309,6 +316,15 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
                 cfg.name, int(no_mass.sum()), meta["uid"].iloc[first] if "uid" in meta.columns else first,
                 list(cfg.emotions))
         keep &= ~no_mass
+    elif regression:  # every row with a finite target; a row without one is listed, never silently dropped
+        target = pd.to_numeric(meta[cfg.target_column], errors="coerce").to_numpy(np.float64)
+        no_target = keep & ~np.isfinite(target)
+        if no_target.any():
+            first = int(np.flatnonzero(no_target.to_numpy())[0])
+            logging.getLogger("fairray").warning(
+                "dataset %r: %d row(s) (first %r) have no finite %s and are left out", cfg.name, int(no_target.sum()),
+                meta["uid"].iloc[first] if "uid" in meta.columns else first, cfg.target_column)
+        keep &= ~no_target
     else:
         keep &= meta["emotion"].isin(cfg.emotions)
     meta = meta.loc[keep].reset_index(drop=True)
@@ -333,8 +349,11 @@ def prepare(cfg: DatasetConfig, cache_root: str | None = None) -> SERData:
     if bad:
         raise DataError(f"dataset.protocol produced split value(s) {bad}; expected {SPLITS}")
 
-    classes = tuple(cfg.emotions)
-    if multi:
+    classes = () if regression else tuple(cfg.emotions)
+    if regression:  # a float target, no class list; soft holds it as one column (batches take y itself)
+        y = meta[cfg.target_column].to_numpy(np.float32)
+        soft = y[:, None].copy()
+    elif multi:
         soft = _soft_matrix(meta, classes)
         if _soft_columns(meta) - set(classes):  # the corpus rates more classes: renormalise over the kept ones
             soft = soft / soft.sum(axis=1, keepdims=True)

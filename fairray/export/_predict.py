@@ -35,7 +35,7 @@ def _rebuild(root: Path, meta: dict, spec: SweepSpec) -> torch.nn.Module:
     if method_cls.build_model is not Method.build_model or method_cls.inference_model is not Method.inference_model:
         raise DataError(f"{root}: {META_FILE} has no train_context, which method {name!r} needs to rebuild its "
                         "networks; the checkpoint predates it, train the model again")
-    model = build(len(meta["classes"]))
+    model = build(1 if meta.get("task") == "regression" else len(meta["classes"]))
     load_trainable_state(model, weights, source=str(root / MODEL_FILE))
     return model
 
@@ -62,7 +62,8 @@ def predict(path: str | Path, split: str = "test") -> pd.DataFrame:
     and stratum columns, ``y_true``, ``y_pred`` (class names; argmax) and ``p_<class>``.
     Multi-label models: uid, speaker, the group columns, ``p_<class>`` (softmax) and per class the 0/1
     columns ``true_<class>`` (``1[soft_c > 1/|C|]``) and ``pred_<class>`` (``1[p_c > 1/|C|]``)
-    (METHODS §1.2, §2.1); there is no single ``y_true``/``y_pred`` column.
+    (METHODS §1.2, §2.1); there is no single ``y_true``/``y_pred`` column. Regression models: ``y_true`` (the
+    float target) and ``y_pred`` (the model's one output), no ``p_`` columns.
     """
     from fairray.sweep import prepare_data
 
@@ -75,12 +76,16 @@ def predict(path: str | Path, split: str = "test") -> pd.DataFrame:
                         f"(fingerprint {data.fingerprint} != {meta['data_fingerprint']}); rebuild it as it was")
     idx = data.indices(split)
     logits = infer(model, data.inputs, idx, spec.train.eval_batch_size, torch.device("cpu"), context=data.context)
-    proba = torch.softmax(logits, dim=1).numpy()
     classes = np.array(meta["classes"])
     frame = data.meta.loc[idx, ["uid", "speaker", data.attribute, data.stratum_name]].reset_index(drop=True)
     task = meta.get("task", "single")
     if task != data.task:
         raise DataError(f"{path}: the model is {task}-label but its dataset prepares {data.task}-label targets")
+    if task == "regression":
+        frame["y_true"] = data.y[idx].astype(np.float64)
+        frame["y_pred"] = logits[:, 0].double().numpy()
+        return frame
+    proba = torch.softmax(logits, dim=1).numpy()
     if task == "multi":
         for k, c in enumerate(classes):
             frame[f"p_{c}"] = proba[:, k]

@@ -48,7 +48,7 @@ _FROM_PLAIN: dict[str, Callable[[Any], Any]] = {  # TrainContext field -> its ty
     "classes": tuple, "class_counts": _ints, "attr_values": tuple, "strata_values": tuple, "n_train": int,
     "group_values": tuple, "group_counts": _ints, "class_group_counts": _ints,
     "group_soft_counts": lambda v: np.asarray(v, dtype=np.float64), "n_rows": int, "epochs": int,
-    "class_target_counts": lambda v: None if v is None else np.asarray(v),
+    "class_target_counts": lambda v: None if v is None else np.asarray(v), "task": str,
 }
 
 
@@ -88,10 +88,17 @@ class TrainContext:
     #: Soft group memberships of the training rows ``[n_train, G]`` (PGDRO's sharpened ``n_g``); not stored in
     #: checkpoints (``to_plain``): building a model never needs it.
     train_group_prob: np.ndarray | None = None
+    #: ``dataset.targets``: ``single``, ``multi`` or ``regression`` (no classes; one output, a float target).
+    task: str = "single"
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs of the model: one per class, or one for a regression."""
+        return 1 if self.task == "regression" else self.n_classes
 
     @property
     def cb_counts(self) -> np.ndarray:
@@ -156,6 +163,10 @@ class Method(ABC):
     """
 
     Params: ClassVar[type]
+    #: Whether the method trains on ``dataset.targets: regression`` (a float target, no class counts); a method
+    #: that reads class counts (class-balanced losses, class x group cells, class-conditional GANs) leaves it
+    #: False and the spec loader refuses the combination.
+    regression: ClassVar[bool] = False
     requires: ClassVar[str] = "nothing"
     sampler: ClassVar[str] = "uniform"
     summary: ClassVar[str] = ""
@@ -179,7 +190,7 @@ class Method(ABC):
         Only params and ``ctx.n_classes`` may shape the module — never training counts — so that
         ``fairray predict`` rebuilds it from a checkpoint.
         """
-        return build(self.ctx.n_classes)
+        return build(self.ctx.n_outputs)
 
     def inference_model(self, train_module: nn.Module) -> nn.Module:
         """The part of the training module that maps features to class logits (sharing its weights).

@@ -16,8 +16,9 @@ from fairray.methods._base import METHODS, Batch, LossOutput, Method, TrainConte
 class BaseLossParams:
     #: Per-sample base loss: plain CE, class-balanced CE (Cui et al.), or class-balanced focal loss. The
     #: default is METHODS §3.1's (``cb_soft_ce``); methods whose section names another redeclare it
-    #: (MinMaxGAP §3.2 and DisEnt §3.9: CE).
-    loss: Literal["ce", "cb_ce", "focal"] = "cb_ce"
+    #: (MinMaxGAP §3.2 and DisEnt §3.9: CE). ``l1``: the absolute error ``|ŷ_i − y_i|`` of a one-output model,
+    #: the base loss of ``dataset.targets: regression`` (MAE, METHODS §3.11) and only of it.
+    loss: Literal["ce", "cb_ce", "focal", "l1"] = "cb_ce"
     #: Class-balance smoothing; null = (N-1)/N with N the training-set size (ES default).
     beta: float | None = field(default=None, metadata={"ge": 0, "lt": 1})
     #: Focal exponent (0 recovers class-balanced CE).
@@ -49,12 +50,18 @@ class BaseLoss:
     def __init__(self, params: BaseLossParams, ctx: TrainContext) -> None:
         self.kind = params.loss
         self.gamma = params.gamma
+        if self.kind == "l1":  # regression: no classes, no class weights
+            self.alpha = torch.ones(0)
+            return
         beta = params.beta if params.beta is not None else (ctx.n_train - 1) / ctx.n_train
         alpha = class_balanced_weights(ctx.cb_counts, beta) if self.kind != "ce" else np.ones(ctx.n_classes)
         self.alpha = torch.as_tensor(alpha, dtype=torch.float32)
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``l_i`` of every row: ``target`` holds integer labels ``[B]`` or soft targets ``[B, C]``."""
+        """``l_i`` of every row: ``target`` holds integer labels ``[B]`` or soft targets ``[B, C]`` (``l1``: float
+        targets ``[B]`` against the model's one output ``logits [B, 1]``)."""
+        if self.kind == "l1":
+            return l1(logits, target)
         if target.dim() == 1:
             if self.kind != "focal" and logits.dtype == torch.float32:
                 # −α_y log p_y as one fused op (log_softmax + nll_loss): the same products as below
@@ -73,6 +80,12 @@ class BaseLoss:
             one_minus_p = torch.where(target > 0, 1.0 - log_p.exp(), torch.ones_like(log_p))
             return (-weighted * one_minus_p.pow(self.gamma) * log_p).sum(dim=1)
         return -weighted.sum(dim=1) * (target * log_p).sum(dim=1)
+
+
+def l1(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample absolute error ``|ŷ_i − y_i|`` of a one-output model (``output [B, 1]`` or ``[B]``, float ``target [B]``)."""
+    pred = output.squeeze(-1) if output.dim() == 2 else output
+    return (pred.float() - target.float()).abs()
 
 
 class BaseLossMethod(Method):
@@ -98,7 +111,8 @@ class ERM(BaseLossMethod):
     Params = BaseLossParams
     requires = "nothing"
     sampler = "uniform"
-    summary = "ERM with CE, class-balanced CE or focal loss (METHODS 3.1)"
+    summary = "ERM with CE, class-balanced CE or focal loss (METHODS 3.1); L1 (MAE) for a regression"
+    regression = True  # with loss: l1
     batch_statistics = False  # a mean of per-sample terms
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> LossOutput:

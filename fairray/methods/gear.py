@@ -25,9 +25,12 @@ reaches the robust encoders (the per-modality heads never do).
 Switches for the paper's ablations: ``swap: false`` (w/o swap), ``gce: false`` (w/o GMAE: the biased heads
 train with plain CE), ``ipw: false`` (w/o IPW: ``W = 1``).
 
-Classification only: fairray's datasets are labelled with classes, so the biased heads use GCE (METHODS
-§3.11 [R]). The regression loss GEAR names GMAE is given as pure functions (:func:`gmae_weight`,
-:func:`gmae`) for a regression loop; the loop here never calls them.
+Classification (class labels): the biased heads use GCE_q (METHODS §3.11 [R]) and the IPW losses are CE.
+Regression (``dataset.targets: regression``, MOSI / MOSEI sentiment; the paper's setting): every head has one
+output, the biased heads train with GMAE (:func:`gmae`, weight ``gmae``: ``tanh`` / ``sigmoid``, exponent
+``q``), the robust prediction with the base loss ``l1`` (MAE), and ``W_i`` comes from detached absolute errors.
+``gce: false`` ("w/o GMAE") trains the biased heads with plain L1 there. Each batch logs ``gmae_weight_mean``,
+the mean GMAE weight ``w(e)`` over the biased heads' samples (regression only).
 
 The swap permutation is drawn inside the training forward pass (the global torch generator, which the loop
 seeds per epoch) so every module runs inside ``forward``. The epoch counter is the method's only state
@@ -47,7 +50,7 @@ from torch import nn
 
 from fairray.errors import ConfigError
 from fairray.methods._base import METHODS, Batch, DevEval, LossOutput, TrainContext
-from fairray.methods.erm import BaseLossMethod, BaseLossParams
+from fairray.methods.erm import BaseLossMethod, BaseLossParams, l1
 from fairray.methods.lff import cross_entropy, gce
 
 #: ``W_i = b_i / (b_i + r_i + W_EPS)`` (the released code's constant).
@@ -229,8 +232,9 @@ def _modality_encoders(module: nn.Module) -> dict[str, nn.Module]:
 
 @dataclass(frozen=True)
 class GEARParams(BaseLossParams):
-    #: Base loss of the robust prediction: CE, as the paper's MAE's classification counterpart.
-    loss: Literal["ce", "cb_ce", "focal"] = "ce"
+    #: Base loss of the robust prediction: CE, as the paper's MAE's classification counterpart; ``l1`` (MAE, the
+    #: paper's) for ``dataset.targets: regression``.
+    loss: Literal["ce", "cb_ce", "focal", "l1"] = "ce"
     #: Width of each robust projection u^m (the fusion's token size).
     d: int = field(default=64, metadata={"ge": 1})
     #: Attention heads of the fusion Transformer (must divide d).
@@ -249,6 +253,8 @@ class GEARParams(BaseLossParams):
     swap_epochs: int = field(default=5, metadata={"ge": 0})
     #: GCE exponent of the biased heads (GEAR's GMAE q for regression).
     q: float = field(default=0.7, metadata={"gt": 0, "le": 1})
+    #: GMAE's weight function of the biased heads' errors (regression): ``tanh(e^-q)`` or ``2σ(−e)``.
+    gmae: Literal["tanh", "sigmoid"] = "tanh"
     #: Bias aggregation over the biased heads for the IPW weights.
     weight: Literal["min", "avg"] = "min"
     #: Ablation switches: feature swap, GCE for the biased heads (false: plain CE, "w/o GMAE"), IPW (false: W = 1).
@@ -273,6 +279,7 @@ class GEAR(BaseLossMethod):
     sampler = "uniform"
     summary = "GEAR: per-modality robust/biased encoders, GCE bias heads, IPW-weighted robust loss, feature swap (METHODS 3.11)"
     batch_statistics = False  # W_i is per sample, from the sample's own detached losses
+    regression = True  # GMAE biased heads, L1 robust loss (loss: l1)
 
     def __init__(self, params: GEARParams, ctx: TrainContext) -> None:
         super().__init__(params, ctx)
@@ -282,7 +289,7 @@ class GEAR(BaseLossMethod):
         self._nets: Callable[[], GEARNets | None] = lambda: None
 
     def build_model(self, build: Callable[[int], nn.Module]) -> GEARNets:
-        p, n = self.params, self.ctx.n_classes
+        p, n = self.params, self.ctx.n_outputs
         robust, biased = _modality_encoders(build(n)), _modality_encoders(build(n))
         fusion = GEARFusion(len(robust), p.d, p.heads, p.fusion_layers, p.hidden, p.dropout, n, p.fusion_branches)
         nets = GEARNets(robust, biased, fusion, p.d, n, self.swapping)
@@ -297,16 +304,29 @@ class GEAR(BaseLossMethod):
         """Whether this epoch adds ``L_swap``."""
         return self.params.swap and self.epoch >= self.params.swap_epochs
 
+    @property
+    def regressing(self) -> bool:
+        return self.ctx.task == "regression"
+
     def bias_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss of a biased head: GCE_q, or plain CE with ``gce: false``."""
+        """Per-sample loss of a biased head: GCE_q (classification) or GMAE (regression), or with ``gce: false``
+        plain CE / L1."""
+        if self.regressing:
+            if not self.params.gce:
+                return l1(logits, target)
+            return gmae(logits.squeeze(-1).float(), target.float(), self.params.q, self.params.gmae)
         return gce(logits, target, self.params.q) if self.params.gce else cross_entropy(logits, target)
+
+    def _sample_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The detached per-sample loss ``W`` reads: CE, or the absolute error of a regression."""
+        return l1(logits.detach(), target) if self.regressing else cross_entropy(logits.detach(), target)
 
     def weights(self, out: GEAROutput, target: torch.Tensor) -> torch.Tensor:
         """IPW ``W_i`` (ones with ``ipw: false``)."""
         if not self.params.ipw:
             return torch.ones(out.logits.shape[0], device=out.logits.device)
-        biased = [cross_entropy(z.detach(), target) for z in out.biased.values()]
-        return ipw_weights(biased, cross_entropy(out.logits.detach(), target), self.params.weight)
+        biased = [self._sample_loss(z, target) for z in out.biased.values()]
+        return ipw_weights(biased, self._sample_loss(out.logits, target), self.params.weight)
 
     def loss(self, outputs: GEAROutput, batch: Batch) -> LossOutput:
         p, t = self.params, batch.loss_target
@@ -316,6 +336,9 @@ class GEAR(BaseLossMethod):
         loss = l_rob + l_bias
         logs = {"l_rob": float(l_rob.detach()), "l_bias": float(l_bias.detach()), "weight_mean": float(w.mean()),
                 "swapping": float(self.swapping)}
+        if self.regressing and p.gce:  # what GMAE weighed the biased heads' errors with (1 = plain L1)
+            errors = torch.cat([(z.detach().squeeze(-1).float() - t.float()).abs() for z in outputs.biased.values()])
+            logs["gmae_weight_mean"] = float(gmae_weight(errors, p.q, p.gmae).mean())
         if self.swapping:
             if outputs.perm is None:
                 raise RuntimeError("gear: swapping is on but the forward pass drew no permutation (eval mode?)")

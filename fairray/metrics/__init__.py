@@ -8,6 +8,7 @@ export read; :class:`MetricKey` is the one naming scheme of its keys. Single-lab
 """
 
 from fairray.metrics._keys import (
+    CLASSIFICATION_TASKS,
     COUNT_METRICS,
     GAP_METRICS,
     GAP_OP_VARIANTS,
@@ -58,6 +59,7 @@ __all__ = [
     "speaker_replicates",
     "within_noise",
     "CLASS_AGGS",
+    "CLASSIFICATION_TASKS",
     "COUNT_METRICS",
     "GAP_METRICS",
     "GAP_OP_VARIANTS",

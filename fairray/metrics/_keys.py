@@ -29,8 +29,11 @@ STRATUM_AGGREGATES = ("worst", "mean")
 STRATUM_COLUMNS = ("language", "modality_cfg", "corpus", "ood")
 """Column names :meth:`MetricKey.parse` reads as a stratum when a utility key has one ``name:value`` segment."""
 KEY_FORMAT = "{split}/{metric}[/{attr}][/{stratum}:{value}]"
-TASKS = ("single", "multi")
-"""Label tasks a report can be of: single-label (one class per sample) or multi-label (multi-hot, §2.1–2.2)."""
+CLASSIFICATION_TASKS = ("single", "multi")
+"""The class-label tasks: single-label (one class per sample) or multi-label (multi-hot, §2.1–2.2)."""
+TASKS = (*CLASSIFICATION_TASKS, "regression")
+"""Tasks a report can be of: the class-label ones and ``regression`` (a continuous target, e.g. MOSI / MOSEI
+sentiment in [-3, 3]: MAE, Pearson correlation and MulT's binary accuracy / F1 with zeros excluded)."""
 MISSING_VALUES = frozenset({"", "U", "Unspecified", "unspecified", "Unknown", "unknown"})
 """Attribute/stratum values that mean "unknown" (besides NaN/None), compared after stripping whitespace.
 
@@ -41,7 +44,7 @@ counts them in ``n_excluded``. Test a value with :func:`is_missing`.
 
 Kind = Literal["utility", "gap", "count"]
 Layout = Literal["partition", "attribute"]
-Task = Literal["single", "multi"]
+Task = Literal["single", "multi", "regression"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class MetricSpec:
     direction: Literal["max", "min"] | None
     aggregates: bool
     doc: str
-    tasks: tuple[Task, ...] = TASKS
+    tasks: tuple[Task, ...] = CLASSIFICATION_TASKS
     #: For a gap-operator variant (see :data:`GAP_OP_VARIANTS`): the class-wise gap it is a variant of and
     #: the §2.4 operator it always uses; ``None`` for every other metric (the report's own ``gap_op``).
     base: str | None = None
@@ -101,13 +104,27 @@ _SPECS = (
     MetricSpec("weighted_f1_gap", "gap", "attribute", "min", True, "range of per-group weighted F1 (MMG ΔW-F1)"),
     MetricSpec("acc_gap", "gap", "attribute", "min", True, "range of per-group accuracy (MMG ΔACC)", ("single",)),
     MetricSpec("avg_gap", "gap", "attribute", "min", True, "mean of the four MMG gaps (MMG AVG)", ("single",)),
-    MetricSpec("n", "count", "partition", None, False, "number of samples (support)"),
+    MetricSpec("n", "count", "partition", None, False, "number of samples (support)", TASKS),
     MetricSpec("n_undefined_f1", "count", "partition", None, False, "classes whose F1 denominator is 0"),
-    MetricSpec("n_excluded", "count", "attribute", None, False, "samples with a missing attribute value"),
-    MetricSpec("n_groups_eff", "count", "attribute", None, False, "groups with at least s_min samples"),
+    MetricSpec("n_excluded", "count", "attribute", None, False, "samples with a missing attribute value", TASKS),
+    MetricSpec("n_groups_eff", "count", "attribute", None, False, "groups with at least s_min samples", TASKS),
     # Multi-label only; appended so that the single-label order above (and the listings built on it) stays.
     MetricSpec("hamming_acc", "utility", "partition", "max", False,
                "mean per-class agreement 1[ŷ_c = y_c] over samples and classes (§2.2, IDI ACC)", ("multi",)),
+    # Regression only (MOSI / MOSEI sentiment; MulT's eval_mosei_senti with exclude_zero=True); appended last.
+    MetricSpec("mae", "utility", "partition", "min", False, "mean absolute error |ŷ - y|", ("regression",)),
+    MetricSpec("corr", "utility", "partition", "max", False, "Pearson correlation of ŷ and y (NaN if either is "
+               "constant)", ("regression",)),
+    MetricSpec("acc2", "utility", "partition", "max", False, "binary accuracy of 1[ŷ > 0] vs 1[y > 0] over "
+               "samples with y != 0 (MulT's exclude_zero)", ("regression",)),
+    MetricSpec("f1_2", "utility", "partition", "max", False, "support-weighted F1 of the same two classes (y != 0)",
+               ("regression",)),
+    MetricSpec("n_nonzero", "count", "partition", None, False, "samples with y != 0 (the support of acc2 / f1_2)",
+               ("regression",)),
+    MetricSpec("mae_gap", "gap", "attribute", "min", True, "range of per-group MAE", ("regression",)),
+    MetricSpec("corr_gap", "gap", "attribute", "min", True, "range of per-group correlation", ("regression",)),
+    MetricSpec("acc2_gap", "gap", "attribute", "min", True, "range of per-group acc2", ("regression",)),
+    MetricSpec("f1_2_gap", "gap", "attribute", "min", True, "range of per-group f1_2", ("regression",)),
 )  # fmt: skip
 # The gap-operator variants are generated, and listed right after the class-wise gaps they vary.
 _at = max(i for i, spec in enumerate(_SPECS) if spec.name in CLASSWISE_GAPS) + 1
@@ -138,7 +155,8 @@ UTILITY_METRICS = task_metrics("single", "utility")
 GAP_METRICS = task_metrics("single", "gap")
 """Gaps of a single-label report (every gap); ``task_metrics('multi', 'gap')`` for a multi-label one."""
 COUNT_METRICS = task_metrics("single", "count")
-"""Counts (the same for both tasks)."""
+"""Counts of a class-label report (the same for both tasks); ``task_metrics('regression', 'count')`` for a
+regression report."""
 
 
 def is_missing(value: object) -> bool:

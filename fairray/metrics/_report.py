@@ -42,7 +42,7 @@ import pandas as pd
 
 from fairray.errors import ConfigError, DataError
 from fairray.metrics._keys import (
-    COUNT_METRICS,
+    CLASSIFICATION_TASKS,
     METRICS,
     MISSING_VALUES,
     SPLITS,
@@ -59,7 +59,9 @@ TABLE_COLUMNS = (
     "scope", "metric", "attr", "group", "stratum", "stratum_value", "value", "support", "n_classes", "n_strata",
 )  # fmt: skip
 _NUMERIC_COLUMNS = ("value", "support", "n_classes", "n_strata")
-_PARTITION_METRICS = {task: (*task_metrics(task, "utility"), "n", "n_undefined_f1") for task in TASKS}
+_PARTITION_METRICS = {task: (*task_metrics(task, "utility"), *(m for m in task_metrics(task, "count")
+                                                                if METRICS[m].layout == "partition"))
+                      for task in TASKS}
 _GAPS = {task: task_metrics(task, "gap") for task in TASKS}
 
 
@@ -161,6 +163,57 @@ class GroupReport:
                                stratum, s_min=s_min, gap_op=gap_op, class_agg=class_agg, task="multi")
 
     @classmethod
+    def compute_regression(
+        cls,
+        y_true: Sequence[float] | np.ndarray,
+        y_pred: Sequence[float] | np.ndarray,
+        groups: pd.DataFrame,
+        attribute: str = "gender",
+        stratum: str | None = "language",
+        *,
+        s_min: int = 1,
+    ) -> GroupReport:
+        """Evaluate continuous predictions ``y_pred [N]`` against continuous targets ``y_true [N]``.
+
+        A report of ``task="regression"`` (no classes): ``mae``, ``corr`` (Pearson), ``acc2`` and ``f1_2``
+        (MulT's ``eval_mosei_senti`` with ``exclude_zero=True``: samples with ``y == 0`` left out, then
+        ``1[ŷ > 0]`` against ``1[y > 0]``; ``f1_2`` the support-weighted F1 of those two classes, 0 where
+        undefined as sklearn's), ``n`` and ``n_nonzero`` per partition, and the ranges of the four over the
+        groups with at least ``s_min`` samples (``mae_gap`` ...). ``counts`` holds per-cell sufficient
+        statistics (:data:`REGRESSION_STATS`), from which every value is derived, so a bootstrap replicate
+        costs one weighted ``bincount`` per statistic.
+        """
+        return cls._from_regression_cells(_encode_cells(groups, attribute, stratum), y_true, y_pred, groups,
+                                          attribute, stratum, s_min=s_min)
+
+    @classmethod
+    def _from_regression_cells(cls, cells, y_true, y_pred, groups: pd.DataFrame, attribute: str,
+                               stratum: str | None, *, s_min: int) -> GroupReport:
+        _check_options(s_min, "sum_abs_dev", "rms")
+        y_true = _continuous(y_true, "y_true")
+        y_pred = _continuous(y_pred, "y_pred")
+        if len(y_true) != len(y_pred) or len(groups) != len(y_true):
+            raise DataError(f"length mismatch: y_true {len(y_true)}, y_pred {len(y_pred)}, groups {len(groups)} rows")
+        g_idx, group_values, s_idx, stratum_values = cells
+        n_s = len(stratum_values)
+        cell = g_idx * (n_s + 1) + s_idx
+        size = (len(group_values) + 1) * (n_s + 1)
+        stats = regression_stats(y_true, y_pred)
+        counts = np.stack([np.bincount(cell, weights=stats[:, k], minlength=size) for k in range(stats.shape[1])], -1)
+        return cls._from_regression_stats(counts.reshape(len(group_values) + 1, n_s + 1, -1), attribute, stratum,
+                                          group_values, stratum_values, s_min=s_min)
+
+    @classmethod
+    def _from_regression_stats(cls, stats: np.ndarray, attribute: str, stratum: str | None,
+                               groups: tuple[str, ...], strata: tuple[str, ...], *, s_min: int) -> GroupReport:
+        expected = (len(groups) + 1, len(strata) + 1, len(REGRESSION_STATS))
+        if stats.shape != expected:
+            raise DataError(f"regression statistics must have shape {expected} (groups+1, strata+1, "
+                            f"{', '.join(REGRESSION_STATS)}); got {stats.shape}")
+        columns = _build_regression_columns(stats, attribute, stratum, groups, strata, s_min)
+        return cls((), attribute, stratum, groups, strata, s_min, "sum_abs_dev", "rms", stats, columns, "regression")
+
+    @classmethod
     def _from_cells(cls, cells: tuple[np.ndarray, tuple[str, ...], np.ndarray, tuple[str, ...]], y_true, y_pred,
                     classes: Sequence[str], groups: pd.DataFrame, attribute: str, stratum: str | None, *, s_min: int,
                     gap_op: str, class_agg: str, task: str) -> GroupReport:
@@ -208,6 +261,9 @@ class GroupReport:
         dimensions (4 or 5).
         """
         _check_options(s_min, gap_op, class_agg)
+        if task == "regression":
+            return cls._from_regression_stats(np.asarray(counts, dtype=np.float64), attribute, stratum,
+                                              tuple(groups), tuple(strata), s_min=s_min)
         counts = np.asarray(counts, dtype=np.int64)
         if task is None:
             task = "multi" if counts.ndim == 5 else "single"
@@ -244,6 +300,8 @@ class GroupReport:
     @property
     def n_excluded(self) -> int:
         """Samples with a missing attribute value."""
+        if self.task == "regression":
+            return int(round(float(self.counts[-1][..., 0].sum())))
         return int(_sample_counts(self.counts[-1], self.task).sum())
 
     def flat(self, split: str) -> dict[str, float]:
@@ -287,6 +345,8 @@ class GroupReport:
         (``Q_gc``, FPR's) and ``n`` (``n_g``, PPR's). Samples with a missing attribute or stratum
         are in no row.
         """
+        if self.task == "regression":
+            raise DataError("a regression report has no per-class supports (its groups' n is in the table)")
         n_g, n_s = len(self.groups), len(self.strata)
         binary = _one_vs_rest(self.counts) if self.task == "single" else self.counts
         if n_s:
@@ -345,7 +405,7 @@ class GroupReport:
         try:
             rows = data["rows"]
             columns = {c: [_json_value(r.get(c), c) for r in rows] for c in TABLE_COLUMNS}
-            counts = np.asarray(data["counts"], dtype=np.int64)
+            counts = np.asarray(data["counts"], dtype=np.float64 if task == "regression" else np.int64)
             return cls(
                 tuple(data["classes"]), data["attribute"], data["stratum"], tuple(data["groups"]),
                 tuple(data["strata"]), int(data["s_min"]), data["gap_op"], data["class_agg"],
@@ -376,8 +436,8 @@ def decide(prob: Any, task: str, *, fallback_argmax: bool = False) -> np.ndarray
     >>> decide([[1 / 3, 1 / 3, 1 / 3]], "multi", fallback_argmax=True).tolist()
     [[1, 0, 0]]
     """
-    if task not in TASKS:
-        raise ConfigError(f"decide: task must be one of {', '.join(TASKS)}; got {task!r}")
+    if task not in CLASSIFICATION_TASKS:  # a regression's decision is its output itself
+        raise ConfigError(f"decide: task must be one of {', '.join(CLASSIFICATION_TASKS)}; got {task!r}")
     p = _class_scores(prob, "prob")
     if task == "single":
         return p.argmax(-1).astype(np.int64)
@@ -538,12 +598,12 @@ def format_report(report: GroupReport, split: str = "test", fmt: str = "table") 
         if scope != "gap"
     ]
     utility = _render(
-        part.assign(row=labels), "row", "metric", ["n", *task_metrics(report.task, "utility"), "n_undefined_f1"]
+        part.assign(row=labels), "row", "metric", ["n", *task_metrics(report.task, "utility"), "n_undefined_f1", "n_nonzero"]
     )
     gaps = frame[frame["scope"] == "gap"]
     columns = gaps["stratum_value"].fillna("pooled")
     order = ["pooled", *report.strata, *STRATUM_AGGREGATES]
-    row_order = [*task_metrics(report.task, "gap"), *COUNT_METRICS]
+    row_order = [*task_metrics(report.task, "gap"), *task_metrics(report.task, "count")]
     gap_text = _render(gaps.assign(column=columns), "metric", "column", order, row_order=row_order)
     return f"{head}\n\nutility and support\n{utility}\n\ngaps between {report.attribute} groups\n{gap_text}\n"
 
@@ -768,6 +828,101 @@ def _gaps(
     return gaps, n_classes, present.sum(-1)
 
 
+REGRESSION_STATS = ("n", "abs_err", "y", "p", "yy", "pp", "yp", "tp", "fp", "fn", "tn")
+"""Per-sample terms a regression report sums per (group, stratum) cell: the count, ``|ŷ - y|``, the moments of
+Pearson's r, and the binary confusion of ``1[ŷ > 0]`` vs ``1[y > 0]`` over ``y != 0`` (MulT's exclude_zero)."""
+
+
+def regression_stats(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """The :data:`REGRESSION_STATS` of each sample, float64 ``[N, 11]`` (their sums are a cell's statistics)."""
+    y, p = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    nonzero = y != 0
+    truth, pred = y > 0, p > 0
+    return np.stack([np.ones_like(y), np.abs(p - y), y, p, y * y, p * p, y * p,
+                     nonzero & truth & pred, nonzero & ~truth & pred, nonzero & truth & ~pred,
+                     nonzero & ~truth & ~pred], -1).astype(np.float64)
+
+
+def _regression_utilities(stats: np.ndarray) -> dict[str, np.ndarray]:
+    """``mae``, ``corr``, ``acc2``, ``f1_2``, ``n``, ``n_nonzero`` of each stack entry of statistics ``[..., 11]``."""
+    n, abs_err, sy, sp, syy, spp, syp, tp, fp, fn, tn = np.moveaxis(stats, -1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_y, var_p = n * syy - sy * sy, n * spp - sp * sp
+        # a constant series has variance 0 up to rounding: below this relative size r is undefined (NaN)
+        tiny = 1e-12 * np.maximum(n * syy, 1e-300)
+        tiny_p = 1e-12 * np.maximum(n * spp, 1e-300)
+        ok = (n >= 2) & (var_y > tiny) & (var_p > tiny_p)
+        corr = np.where(ok, (n * syp - sy * sp) / np.sqrt(np.where(ok, var_y * var_p, 1.0)), np.nan)
+    m = tp + fp + fn + tn
+    f1_pos = np.nan_to_num(_div(2 * tp, 2 * tp + fp + fn))
+    f1_neg = np.nan_to_num(_div(2 * tn, 2 * tn + fn + fp))
+    return {"mae": _div(abs_err, n), "corr": np.clip(corr, -1.0, 1.0), "acc2": _div(tp + tn, m),
+            "f1_2": _div((tp + fn) * f1_pos + (tn + fp) * f1_neg, m), "n": n.astype(float),
+            "n_nonzero": m.astype(float)}
+
+
+def _build_regression_columns(stats: np.ndarray, attr: str, stratum: str | None, groups: tuple[str, ...],
+                              strata: tuple[str, ...], s_min: int) -> dict[str, list]:
+    """The long table of a regression report from its cell statistics ``[G+1, S+1, 11]``, laid out as
+    :func:`_build_columns` lays out a class-label one (gaps: ranges over the groups with ``n >= s_min``)."""
+    n_g, n_s = len(groups), len(strata)
+    table: list[tuple] = []
+
+    def add(scope, metric, a, g, s, sv, value, support, n_str=np.nan):
+        table.append((scope, metric, a, g, s, sv, value, support, np.nan, n_str))
+
+    cells = [("overall", None, None, stats.sum((0, 1)))]
+    cells += [("group", g, None, stats[i].sum(0)) for i, g in enumerate(groups)]
+    cells += [("stratum", None, s, stats[:, j].sum(0)) for j, s in enumerate(strata)]
+    cells += [("cell", g, s, stats[i, j]) for i, g in enumerate(groups) for j, s in enumerate(strata)]
+    util = _regression_utilities(np.stack([c[3] for c in cells]))
+    partition = _PARTITION_METRICS["regression"]
+    values = {m: util[m].tolist() for m in partition}
+    n_rows = util["n"].tolist()
+    for k, (scope, g, s, _) in enumerate(cells):
+        for metric in partition:
+            add(scope, metric, None if g is None else attr, g, None if s is None else stratum, s,
+                values[metric][k], n_rows[k])  # fmt: skip
+
+    known = stats[:n_g]  # [G, S+1, K]
+    per = np.concatenate([known.sum(1)[None], known[:, :n_s].transpose(1, 0, 2)])  # [1+S, G, K]
+    u = _regression_utilities(per)
+    present = u["n"] >= s_min
+    gaps = {name: _range(u[name[: -len("_gap")]], present) for name in _GAPS["regression"]}
+    samples = stats[..., 0]
+    support = np.concatenate([[samples[:n_g].sum()], samples[:n_g, :n_s].sum(0)]).astype(float)
+    excluded = np.concatenate([[samples[n_g].sum()], samples[n_g, :n_s]]).astype(float)
+    scopes = [(None, None)] + [(stratum, s) for s in strata]
+    for b, (s, sv) in enumerate(scopes):
+        for metric in _GAPS["regression"]:
+            add("gap", metric, attr, None, s, sv, gaps[metric][b], support[b])
+        add("gap", "n_excluded", attr, None, s, sv, excluded[b], support[b] + excluded[b])
+        add("gap", "n_groups_eff", attr, None, s, sv, float(present[b].sum()), support[b])
+    if n_s:
+        for metric in _GAPS["regression"]:
+            per_stratum = gaps[metric][1:]
+            ok = np.isfinite(per_stratum)
+            worst = per_stratum[ok].max() if ok.any() else np.nan
+            mean = per_stratum[ok].mean() if ok.any() else np.nan
+            for agg, value in (("worst", worst), ("mean", mean)):
+                add("gap", metric, attr, None, stratum, agg, value, support[1:][ok].sum(), float(ok.sum()))
+    rows: dict[str, list] = {col: list(column) for col, column in zip(TABLE_COLUMNS, zip(*table, strict=True), strict=True)}
+    for col in _NUMERIC_COLUMNS:
+        rows[col] = [float(v) for v in rows[col]]
+    return rows
+
+
+def _continuous(values: Any, name: str) -> np.ndarray:
+    """A 1-D array of finite reals as float64."""
+    arr = np.asarray(values)
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.number) and arr.dtype != bool or arr.size == 0):
+        raise DataError(f"{name} must be a 1-D array of real numbers; got dtype {arr.dtype}, shape {arr.shape}")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise DataError(f"{name} holds non-finite values (NaN or inf)")
+    return arr
+
+
 def _build_columns(
     counts: np.ndarray,
     attr: str,
@@ -891,4 +1046,4 @@ def _render(frame: pd.DataFrame, index: str, columns: str, column_order: list[st
 def _cell(metric: str, value: float) -> str:
     if np.isnan(value):
         return "nan"
-    return f"{value:.0f}" if metric in COUNT_METRICS else f"{value:.4f}"
+    return f"{value:.0f}" if METRICS[metric].kind == "count" else f"{value:.4f}"

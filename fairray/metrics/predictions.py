@@ -5,14 +5,17 @@ labels, predictions and class probabilities) plus the evaluation options. :meth:
 evaluates all rows or any multiset of rows (bootstrap replicates); :meth:`Predictions.save` /
 :meth:`Predictions.load` store it as one ``.npz`` file without pickles::
 
-    meta        0-d unicode array: JSON {"format": "fairray.predictions", "version": 1, "classes", "attribute",
+    meta        0-d unicode array: JSON {"format": "fairray.predictions", "version": 1 or 2, "classes", "attribute",
                 "stratum", "task", "s_min", "gap_op", "class_agg", "group_columns", "has_prob"}
     uid         unicode [N]
     speaker     unicode [N]
     group_0 ... unicode [N], one per entry of group_columns (missing values as "")
-    y_true      int64 [N] (task "single") or 0/1 int64 [N, C] (task "multi")
+    y_true      int64 [N] (task "single"), 0/1 int64 [N, C] (task "multi") or float64 [N] (task "regression")
     y_pred      like y_true
-    prob        float [N, C] (absent when has_prob is false)
+    prob        float [N, C] (absent when has_prob is false; always absent for regression)
+
+Version 2 (written for ``task: regression`` only, whose float targets version 1 cannot hold) has the same keys;
+class-label predictions are still written as version 1, and both versions are read.
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ import pandas as pd
 from fairray._atomic import atomic_write_bytes
 from fairray.errors import ConfigError, DataError
 from fairray.metrics._keys import TASKS
-from fairray.metrics._report import CLASS_AGGS, GAP_OPS, GroupReport, _encode_cells
+from fairray.metrics._report import CLASS_AGGS, GAP_OPS, GroupReport, _continuous, _encode_cells, regression_stats
 
 FORMAT = "fairray.predictions"
 VERSION = 1
+#: The version of regression predictions (float ``y_true`` / ``y_pred``, no classes); readers accept both.
+REGRESSION_VERSION = 2
+_VERSIONS = (VERSION, REGRESSION_VERSION)
 _META_FIELDS = ("classes", "attribute", "stratum", "task", "s_min", "gap_op", "class_agg", "group_columns", "has_prob")
 
 
@@ -66,14 +72,17 @@ class Predictions:
     classes: tuple[str, ...]
     attribute: str
     stratum: str | None = None
-    task: Literal["single", "multi"] = "single"
+    task: Literal["single", "multi", "regression"] = "single"
     s_min: int = 1
     gap_op: str = "sum_abs_dev"
     class_agg: str = "rms"
 
     def __post_init__(self) -> None:
         classes = tuple(str(c) for c in self.classes)
-        if len(classes) < 2:
+        if self.task == "regression":
+            if classes:
+                raise DataError(f"Predictions: a regression has no classes; got {list(classes)}")
+        elif len(classes) < 2:
             raise DataError(f"Predictions: need at least two classes; got {list(classes)}")
         if self.task not in TASKS:
             raise ConfigError(f"Predictions: task must be one of {', '.join(TASKS)}; got {self.task!r}")
@@ -92,6 +101,8 @@ class Predictions:
         n_classes = len(classes)
         y_true = _targets(self.y_true, "y_true", self.task, n_classes)
         y_pred = _targets(self.y_pred, "y_pred", self.task, n_classes)
+        if self.task == "regression" and self.prob is not None:
+            raise DataError("Predictions: a regression has no class probabilities (prob must be None)")
         prob = None if self.prob is None else _probabilities(self.prob, n_classes)
         lengths = {"uid": len(uid), "speaker": len(speaker), "groups": len(groups), "y_true": len(y_true),
                    "y_pred": len(y_pred)} | ({} if prob is None else {"prob": len(prob)})  # fmt: skip
@@ -117,6 +128,8 @@ class Predictions:
     def with_outputs(self, y_pred: np.ndarray, prob: np.ndarray | None) -> Predictions:
         """The same rows, labels and options with new model outputs (what changes from one epoch to the next):
         only ``y_pred`` and ``prob`` are checked, the rest was checked when ``self`` was made."""
+        if self.task == "regression" and prob is not None:
+            raise DataError("Predictions: a regression has no class probabilities (prob must be None)")
         y_pred = _targets(y_pred, "y_pred", self.task, len(self.classes))
         prob = None if prob is None else _probabilities(prob, len(self.classes))
         if len(y_pred) != len(self) or (prob is not None and len(prob) != len(self)):
@@ -134,6 +147,9 @@ class Predictions:
     @cached_property
     def full_report(self) -> GroupReport:
         """The report on all rows (computed once; the rows' group cells once for all :meth:`with_outputs`)."""
+        if self.task == "regression":
+            return GroupReport._from_regression_cells(self._group_cells, self.y_true, self.y_pred, self.groups,
+                                                      self.attribute, self.stratum, s_min=self.s_min)
         return GroupReport._from_cells(self._group_cells, self.y_true, self.y_pred, self.classes, self.groups,
                                        self.attribute, self.stratum, s_min=self.s_min, gap_op=self.gap_op,
                                        class_agg=self.class_agg, task=self.task)
@@ -162,6 +178,8 @@ class Predictions:
             raise IndexError(f"rows must lie in 0..{len(self) - 1}; got values from {rows.min()} to {rows.max()}")
         if self.task == "single":
             return self._report_from_codes(rows)
+        if self.task == "regression":
+            return self._report_from_stats(rows)
         return self._compute(self.y_true[rows], self.y_pred[rows], self.groups.iloc[rows].reset_index(drop=True))
 
     def _compute(self, y_true: np.ndarray, y_pred: np.ndarray, groups: pd.DataFrame) -> GroupReport:
@@ -189,6 +207,27 @@ class Predictions:
             [full.groups[i] for i in keep_g], [full.strata[j] for j in keep_s],
             s_min=self.s_min, gap_op=self.gap_op, class_agg=self.class_agg,
         )  # fmt: skip
+
+    def _report_from_stats(self, rows: np.ndarray) -> GroupReport:
+        """Regression fast path: per statistic one weighted ``bincount`` of the rows' precomputed cell ids, then
+        the report from those sums (groups / strata no row of ``rows`` holds are dropped, as in
+        :meth:`_report_from_codes`)."""
+        full = self.full_report
+        n_g, n_s = len(full.groups), len(full.strata)
+        cells, stats = self.cell_ids()[rows], self._row_stats[rows]
+        size = (n_g + 1) * (n_s + 1)
+        sums = np.stack([np.bincount(cells, weights=stats[:, k], minlength=size) for k in range(stats.shape[1])], -1)
+        sums = sums.reshape(n_g + 1, n_s + 1, -1)
+        keep_g = np.flatnonzero(sums[:n_g, :, 0].sum(1) > 0)
+        keep_s = np.flatnonzero(sums[:, :n_s, 0].sum(0) > 0)
+        sums = sums[np.append(keep_g, n_g)][:, np.append(keep_s, n_s)]
+        return GroupReport.from_counts(sums, (), self.attribute, self.stratum, [full.groups[i] for i in keep_g],
+                                       [full.strata[j] for j in keep_s], s_min=self.s_min, task="regression")
+
+    @cached_property
+    def _row_stats(self) -> np.ndarray:
+        """Per row, its regression statistics (:data:`~fairray.metrics._report.REGRESSION_STATS`)."""
+        return regression_stats(self.y_true, self.y_pred)
 
     @cached_property
     def _cell_codes(self) -> np.ndarray:
@@ -218,7 +257,7 @@ class Predictions:
         path = Path(path)
         columns = list(self.groups.columns)
         meta = {
-            "format": FORMAT, "version": VERSION, "classes": list(self.classes), "attribute": self.attribute,
+            "format": FORMAT, "version": REGRESSION_VERSION if self.task == "regression" else VERSION, "classes": list(self.classes), "attribute": self.attribute,
             "stratum": self.stratum, "task": self.task, "s_min": self.s_min, "gap_op": self.gap_op,
             "class_agg": self.class_agg, "group_columns": columns, "has_prob": self.prob is not None,
         }  # fmt: skip
@@ -305,10 +344,14 @@ def _read_meta(path: Path, raw: np.ndarray) -> dict[str, Any]:
         raise DataError(f"{path}: key 'meta' is not valid JSON ({err.msg})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{path}: key 'meta' does not describe a {FORMAT} file (meta key 'format')")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in _VERSIONS:
         raise DataError(
-            f"{path}: predictions format version {meta.get('version')!r} is not {VERSION} (meta key 'version')"
+            f"{path}: predictions format version {meta.get('version')!r} is not one of "
+            f"{', '.join(map(str, _VERSIONS))} (meta key 'version')"
         )
+    if meta.get("version") == VERSION and meta.get("task") == "regression":
+        raise DataError(f"{path}: task 'regression' needs predictions format version {REGRESSION_VERSION} "
+                        "(meta key 'version')")
     for key in _META_FIELDS:
         if key not in meta:
             raise DataError(f"{path}: key 'meta' lacks the field {key!r}")
@@ -343,6 +386,13 @@ def _group_frame(groups: Any, attribute: str, stratum: str | None) -> pd.DataFra
 
 
 def _targets(values: Any, name: str, task: str, n_classes: int) -> np.ndarray:
+    if task == "regression":
+        try:
+            out = _continuous(values, name)
+        except DataError as err:
+            raise DataError(f"Predictions: {err}") from None
+        out.flags.writeable = False
+        return out
     arr = np.asarray(values)
     integral = np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_) or arr.size == 0
     if task == "single":

@@ -10,7 +10,7 @@ from fairray.report.ablation import (
     render_svg,
 )
 
-LAYOUTS = ("idi", "minmaxgap", "cberl")
+LAYOUTS = ("idi", "minmaxgap", "cberl", "regression")
 
 
 def choose_layout(methods: set[str | None]) -> str:

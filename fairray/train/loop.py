@@ -89,8 +89,10 @@ def _batch(data: SERData, idx: np.ndarray, stores: Mapping[str, InputStore] | No
     if data.context is not None:
         c = t(data.context[idx])
         context = DialogueContext(c[:, 0], c[:, 1], c[:, 2])
+    # a regression's target is y itself (float): batches carry target=None, so loss_target is y
+    target = None if data.task == "regression" else t(data.soft[idx])
     return Batch(y=t(data.y[idx]), attr=t(data.attr[idx]), stratum=t(data.stratum[idx]), index=t(idx),
-                 group=t(data.group[idx]), group_prob=t(data.group_prob[idx]), target=t(data.soft[idx]),
+                 group=t(data.group[idx]), group_prob=t(data.group_prob[idx]), target=target,
                  inputs=inputs, context=context)
 
 
@@ -120,7 +122,7 @@ class _Rows:
             n_c = len(data.classes)
             one_hot = (data.task == "single" and data.soft.shape == (len(data.y), n_c)
                        and np.array_equal(data.soft, np.eye(n_c, dtype=data.soft.dtype)[data.y]))
-            self.soft = None if one_hot else t(data.soft)
+            self.soft = None if one_hot or data.task == "regression" else t(data.soft)
             self.context = None if data.context is None else t(data.context)
             # a VectorStore's take is X[rows] as a tensor: the same rows by index_select on its tensor view
             self.vectors = {name: t(store.X) for name, store in self.stores.items()
@@ -191,6 +193,13 @@ def train_context(data: SERData, epochs: int) -> TrainContext:
     y, g = data.y[idx], data.group[idx]
     n_c, n_g = len(data.classes), len(data.group_values)
     known = g >= 0
+    if data.task == "regression":  # no classes (y is a float target): no class counts, groups over all rows
+        return TrainContext(classes=(), class_counts=np.zeros(0, dtype=np.int64), attr_values=data.attr_values,
+                            strata_values=data.strata_values, n_train=len(idx), group_values=data.group_values,
+                            group_counts=np.bincount(g[known], minlength=n_g).astype(np.int64),
+                            class_group_counts=np.zeros((0, n_g), np.int64),
+                            group_soft_counts=data.group_prob[idx].sum(axis=0), n_rows=len(data.y), epochs=epochs,
+                            train_group_prob=data.group_prob[idx], task="regression")
     class_group = np.zeros((n_c, n_g), dtype=np.int64)
     np.add.at(class_group, (y[known], g[known]), 1)
     class_target = None
@@ -202,7 +211,7 @@ def train_context(data: SERData, epochs: int) -> TrainContext:
                         group_values=data.group_values, group_counts=class_group.sum(axis=0),
                         class_group_counts=class_group, group_soft_counts=data.group_prob[idx].sum(axis=0),
                         n_rows=len(data.y), epochs=epochs, class_target_counts=class_target,
-                        train_group_prob=data.group_prob[idx])
+                        train_group_prob=data.group_prob[idx], task=data.task)
 
 
 class Precision:
@@ -268,7 +277,8 @@ class _Evaluator:
     """Dev/test predictions of the method's inference net, and their one GroupReport per split.
 
     The report is ``Predictions.report()`` of exactly what is logged as ``predictions/{split}.npz``, so the
-    logged metrics and the bootstrap read one computation. Single-label: ``y_true`` = the class, ``y_pred``
+    logged metrics and the bootstrap read one computation. Regression: ``y_true`` = the float target and ``y_pred``
+    = the model's one output (no softmax, no decision). Single-label: ``y_true`` = the class, ``y_pred``
     = the argmax of the logits. Multi-label (METHODS §1.2, §2.1): ``y_true = multi_hot(soft)`` and
     ``y_pred = decide(softmax(logits), "multi")``, both ``1[· > 1/|C|]``. Logits are computed in chunks of
     ``train.eval_batch_size`` rows (:func:`infer`); the per-sample losses on the model's device.
@@ -291,6 +301,8 @@ class _Evaluator:
             meta = ids.iloc[self.idx[s]]
             uid = meta["uid"].astype(str).to_numpy() if "uid" in meta.columns else self.idx[s].astype(str)
             y_true = multi_hot(data.soft[self.idx[s]]) if data.task == "multi" else data.y[self.idx[s]]
+            if data.task == "regression":
+                y_true = y_true.astype(np.float64)
             self.template[s] = Predictions(
                 uid=uid, speaker=meta["speaker"].astype(str).to_numpy(), groups=self.frames[s], y_true=y_true,
                 y_pred=y_true, prob=None, classes=data.classes, attribute=data.attribute, stratum=data.stratum_name,
@@ -309,6 +321,9 @@ class _Evaluator:
         logits = self.logits(module, self.idx[split])
         with torch.no_grad():
             loss = float(self.method.per_sample_loss(logits, self.labels[split]).mean())
+        if self.data.task == "regression":  # the model's one output is the prediction itself
+            pred = logits[:, 0].double().cpu().numpy()
+            return logits, loss, self.template[split].with_outputs(pred, None)
         prob = torch.softmax(logits, dim=1).cpu().numpy()
         return logits, loss, self.template[split].with_outputs(decide(prob, self.data.task), prob)
 

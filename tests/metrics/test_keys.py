@@ -234,7 +234,7 @@ def test_hamming_acc_spec_and_task_tables() -> None:
     assert (spec.kind, spec.layout, spec.direction, spec.aggregates, spec.tasks) == (
         "utility", "partition", "max", False, ("multi",),
     )  # fmt: skip
-    assert TASKS == ("single", "multi")
+    assert TASKS == ("single", "multi", "regression")
     assert task_metrics("single", "utility") == UTILITY_METRICS
     assert task_metrics("multi", "utility") == ("hamming_acc", "weighted_f1", "macro_f1", "uar", "fpr")
     assert task_metrics("single", "gap") == GAP_METRICS
@@ -243,8 +243,11 @@ def test_hamming_acc_spec_and_task_tables() -> None:
         "uar_gap", "mfpr_gap", "weighted_f1_gap",
     )  # fmt: skip
     assert task_metrics("multi", "count") == task_metrics("single", "count") == COUNT_METRICS
-    assert set(task_metrics("single")) | set(task_metrics("multi")) == set(METRICS)
-    with pytest.raises(ValueError, match="task must be one of single, multi"):
+    assert set(task_metrics("single")) | set(task_metrics("multi")) | set(task_metrics("regression")) == set(METRICS)
+    assert task_metrics("regression", "utility") == ("mae", "corr", "acc2", "f1_2")
+    assert task_metrics("regression", "gap") == ("mae_gap", "corr_gap", "acc2_gap", "f1_2_gap")
+    assert task_metrics("regression", "count") == ("n", "n_excluded", "n_groups_eff", "n_nonzero")
+    with pytest.raises(ValueError, match="task must be one of single, multi, regression"):
         task_metrics("multilabel")
 
 

@@ -225,7 +225,7 @@ def _arrays(pred: Predictions, tmp_path) -> dict[str, np.ndarray]:
         (lambda a: a.pop("y_pred"), "lacks the key 'y_pred'"),
         (lambda a: a.pop("group_1"), "lacks the key 'group_1'"),
         (lambda a: a.pop("meta"), "lacks the key 'meta'"),
-        (lambda a: a.update(meta=np.array(json.dumps({**json.loads(a["meta"].item()), "version": 2}))), "version 2 is not 1"),
+        (lambda a: a.update(meta=np.array(json.dumps({**json.loads(a["meta"].item()), "version": 3}))), "version 3 is not one of 1, 2"),
         (lambda a: a.update(meta=np.array(json.dumps({"format": "other"}))), "meta key 'format'"),
         (lambda a: a.update(meta=np.array("{not json")), "not valid JSON"),
         (lambda a: a.update(meta=np.array(json.dumps({k: v for k, v in json.loads(a["meta"].item()).items() if k != "classes"}))),

@@ -281,6 +281,8 @@ def _csd_name(name: str) -> str:
 
 
 class _SentimentAdapter(CorpusAdapter):
+    #: The float target columns ``dataset.targets: regression`` may read.
+    continuous_targets: ClassVar[tuple[str, ...]] = ("reg_target",)
     #: MulT pickle names, in order of preference.
     files: ClassVar[tuple[str, ...]]
     #: Role (labels, text, audio, vision) → candidate .csd names under root, in order of preference.
@@ -288,7 +290,8 @@ class _SentimentAdapter(CorpusAdapter):
 
     def __init__(self, format: str = "auto", modalities: Sequence[str] = MODALITIES, text: str | None = None,
                  audio: str | None = None, vision: str | None = None, labels: str | None = None,
-                 folds: str | Path | None = None, nonfinite: str = "zero") -> None:
+                 folds: str | Path | None = None, nonfinite: str = "zero", demographics: str | Path | None = None
+                 ) -> None:
         if format not in FORMATS:
             raise ConfigError(f"{self.name}: format must be one of {list(FORMATS)}, got {format!r}")
         if nonfinite not in NONFINITE:
@@ -301,6 +304,7 @@ class _SentimentAdapter(CorpusAdapter):
         self.modalities = modalities
         self.nonfinite_policy = nonfinite
         self.folds = folds
+        self.demographics = demographics
         self.names = {role: value for role, value in (("text", text), ("audio", audio), ("vision", vision),
                                                       ("labels", labels)) if value is not None}
         #: Segments of the last :meth:`load` left out of the table: segment id → reason.
@@ -458,7 +462,7 @@ class _SentimentAdapter(CorpusAdapter):
         table.insert(0, "uid", self.name + "/" + table["split"] + "/" + table["row"].astype(str))
         table.insert(1, "corpus", self.name)
         table.insert(2, "path", _relative(path, root))
-        table["gender"] = "U"
+        table["gender"] = self._genders(table.get("video_id"), len(table), root)
         table["language"] = "en"
         table["emotion"] = "other"
         positive = table["reg_target"] > 0
@@ -467,6 +471,27 @@ class _SentimentAdapter(CorpusAdapter):
         # ... and the other common convention: negative (< 0) vs non-negative (>= 0).
         table["binary_nn"] = (table["reg_target"] >= 0).astype("Int8")
         return validate_table(table, source=str(path), root=root, check_files=True)
+
+    def _genders(self, videos: pd.Series | None, n: int, root: Path) -> np.ndarray:
+        """Each row's speaker gender from the ``demographics`` CSV (``video_id``, ``gender``; relative to ``root``
+        or absolute); ``U`` for videos it does not list, and everywhere without one (the corpora carry none)."""
+        if self.demographics is None:
+            return np.full(n, "U", dtype=object)
+        if videos is None:
+            raise DataError(f"{self.name}: demographics map video ids to genders, but the segments carry no ids")
+        path = Path(self.demographics)
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise DataError(f"{self.name}: demographics file {path} not found (a CSV with video_id and gender)")
+        table = pd.read_csv(path, dtype=str)
+        missing = [c for c in ("video_id", "gender") if c not in table.columns]
+        if missing:
+            raise DataError(f"{path}: demographics lacks column(s) {missing}; found {list(table.columns)}")
+        if table["video_id"].duplicated().any():
+            raise DataError(f"{path}: video_id {table.loc[table['video_id'].duplicated(), 'video_id'].iloc[0]!r} "
+                            "is listed twice")
+        mapping = dict(zip(table["video_id"], table["gender"].fillna("U"), strict=True))
+        return videos.map(mapping).fillna("U").to_numpy(dtype=object)
 
     # -- features ------------------------------------------------------------------------------------
     def features(self, root: str | Path, table: pd.DataFrame) -> np.ndarray:
@@ -546,8 +571,8 @@ class MosiAdapter(_SentimentAdapter):
     (``pip install h5py``). One row per segment: ``reg_target`` in [-3, 3], ``binary_np`` (0 negative / 1
     positive; <NA> for sentiment 0, dropped as in MulT's exclude_zero evaluation), ``binary_nn`` (0 negative /
     1 non-negative), ``split`` (valid → dev), ``row`` (index into the split's arrays or sorted segments),
-    ``segment_id``, ``video_id``. No demographics: gender U, emotion ``other``; speaker = the YouTube video.
-    Options: ``modalities`` (default text, audio, vision), ``nonfinite`` (zero | skip | error); segments with
+    ``segment_id``, ``video_id``. No demographics: gender U (unless ``demographics`` names a CSV of
+    ``video_id``, ``gender``), emotion ``other``; speaker = the YouTube video. Options: ``modalities`` (default text, audio, vision), ``nonfinite`` (zero | skip | error); segments with
     no fold or a missing modality are left out and listed in ``left_out``; ``features(root, table)`` gives the
     time-averaged features.
     """

@@ -10,16 +10,19 @@ redone and epochs missing.
 - worker: SIGKILL of a worker node (its raylet and trial processes; `ray start` process group) of a 3-node cluster
   (head with 0 CPUs, two 1-CPU workers; tests/cloud/test_multinode.py's local_cluster) once both 200-epoch trials
   have logged an epoch, with `budget.max_failures: 2` and a checkpoint every epoch; seconds to recover = from the
-  kill to the sweep's end; left = processes of the sweep or of the cluster alive after the cluster was stopped.
+  kill until every trial training at the kill has logged a further epoch (the dead node's trial on the surviving
+  node, which it waits for: one CPU is left); left = processes of the sweep or of the cluster alive after the
+  cluster was stopped.
 - nan: a two-cell ablation whose first cell trains with lr 1e12 (the loss becomes NaN): that trial FAILED with its
   reason, the other cell still finishes; seconds = the sweep.
 - postgres: a sweep tracking to an MLflow server on PostgreSQL 15 (artifacts proxied to a local folder); once an
   epoch is logged, `pg_ctl stop -m fast`, 8 s down, `pg_ctl start`; the server answers 503 meanwhile and MLflow's
-  client retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, backoff); seconds to recover = from the restart until the next
-  epoch reaches the database.
+  client retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, backoff); seconds to recover = from the restart until an epoch
+  beyond those stored at the stop reaches the database.
 - s3: a sweep with storage.path on moto's S3 server and MLflow's artifacts proxied to it; the endpoint is SIGKILLed
   once an epoch is logged (checkpoint every epoch, max_failures 0); the sweep must exit 1 with one line naming the
-  endpoint, every run closed; "lost" are the trials it failed; seconds = from the kill to the sweep's exit.
+  endpoint, every run closed; "lost" are the trials it failed; seconds = from the kill to the sweep's exit; the
+  notes count runs half-written (FINISHED after the kill, FAILED without a reason) and the sweep run's state.
 - sqlite: two `fairray sweep` processes (2 trials each) started together on one fresh sqlite:/// store; seconds =
   until both ended.
 
@@ -41,6 +44,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -189,12 +193,28 @@ def worker_kill(root: Path) -> dict:
         at_kill = _last_steps(db)
         os.killpg(procs[1].pid, signal.SIGKILL)  # the first worker node, raylet, agents and trial processes
         t0 = time.monotonic()
-        (rc,) = watch.wait(proc)
-        seconds = time.monotonic() - t0
+        progressed: dict[str, float] = {}  # run -> seconds from the kill to its first epoch logged after it
+        deadline = t0 + 900
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the sweep did not end within 900 s of the kill")
+            watch.poll(proc, *procs)
+            for run, step in _last_steps(db).items():
+                if run in at_kill and step > at_kill[run] and run not in progressed:
+                    progressed[run] = time.monotonic() - t0
+            time.sleep(0.3)
+        rc = proc.returncode
+        ended = time.monotonic() - t0
+    # recovered: every trial that was training at the kill (the dead node's one too) has trained an epoch since
+    seconds = max(progressed.values()) if len(progressed) == len(at_kill) else float("nan")
     # the cluster is stopped now: nothing of it, nor of the sweep, may be left (row() counts what is)
     t = tally(uri, epochs)
     t["notes"] = [f"at the kill the trials had logged epochs {sorted(at_kill.values())}; {t['resumed']} trial"
                   " resumed (fairray.resumed)",
+                  "seconds from the kill to each trial's next epoch: "
+                  + ", ".join(f"{v:.1f}" for v in sorted(progressed.values()))
+                  + f" ({len(progressed)} of {len(at_kill)} trained again); the sweep ended {ended:.0f} s after it",
                   *(f"trial run {run[:8]}: {len(s)} epoch logs, {len(s) - len(set(s))} epochs logged twice"
                     for run, s in t["steps"].items())]
     return row(t, watch, seconds, rc, 2)
@@ -251,6 +271,7 @@ def postgres_restart(root: Path) -> dict:
             watch = Watch()
             proc = sweep(spec, cwd=root)
             _wait_epochs(epochs, 1, proc, watch)
+            before = epochs()  # what the database holds when it goes down (a read just after the start may fail)
             pg.stop("fast")  # every connection of the MLflow server dropped; its requests answer 503
             down = time.monotonic()
             while time.monotonic() - down < 8:
@@ -258,16 +279,17 @@ def postgres_restart(root: Path) -> dict:
                 time.sleep(0.2)
             pg.start()
             t0 = time.monotonic()
-            at_restart = got = epochs()
-            while got <= at_restart and proc.poll() is None:
+            down_s = t0 - down
+            got = epochs()
+            while got <= before and proc.poll() is None:  # until a further epoch reaches the database
                 watch.poll(proc)
                 time.sleep(0.2)
                 got = epochs()
-            seconds = time.monotonic() - t0
+            seconds = time.monotonic() - t0 if got > before else float("nan")
             (rc,) = watch.wait(proc)
             r = row(tally(url, n_epochs), watch, seconds, rc, 2)
-            r["notes"].append(f"the MLflow server answered 503 {log.read_text(errors='replace').count(' 503 ')} "
-                              "times while PostgreSQL was down")
+            r["notes"].append(f"PostgreSQL down {down_s:.1f} s with {before} epochs stored; the MLflow server "
+                              f"answered 503 {log.read_text(errors='replace').count(' 503 ')} times meanwhile")
             return r
     finally:
         if pg.running():
@@ -289,6 +311,9 @@ def s3_stop(root: Path) -> dict:
             spec.write_text(yaml.safe_dump(raw))
             watch = Watch()
             proc = sweep(spec, cwd=root, env=s3_env, stderr=subprocess.PIPE)
+            err: list[str] = []
+            reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+            reader.start()  # the pipe drained from the start, so that the sweep never blocks on it
             c = MlflowClient(url)
 
             def epochs() -> int:
@@ -297,20 +322,27 @@ def s3_stop(root: Path) -> dict:
                 return sum(METRIC in r.data.metrics for r in runs)
 
             _wait_epochs(epochs, 1, proc, watch)
+            killed_ms = time.time() * 1000
             stop(moto, timeout_s=0)  # SIGKILL: the endpoint refuses every connection from now on
             t0 = time.monotonic()
-            err = []
-            import threading
-
-            reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
-            reader.start()  # the pipe drained while the sweep is watched
             (rc,) = watch.wait(proc)
             seconds = time.monotonic() - t0
             reader.join(timeout=30)
             text = (err[0] if err else "").strip()
             line = text.splitlines()[-1] if text else ""
             r = row(tally(url, n_epochs), watch, seconds, rc, 2)
-            r["missing"] = 0  # finished trials end before the kill; the others are lost, not missing epochs
+            runs = c.search_runs([c.get_experiment_by_name("minmaxgap").experiment_id], max_results=100)
+            # half-written: a run presented as FINISHED that ended after the store was gone, or a run closed
+            # without a reason
+            late = [r_.info.run_id[:8] for r_ in runs if r_.info.status == "FINISHED" and r_.info.end_time >= killed_ms]
+            unexplained = [r_.info.run_id[:8] for r_ in runs if r_.info.status == "FAILED"
+                           and not r_.data.tags.get("fairray.failure_reason")]
+            sweep_run = [r_ for r_ in runs if r_.data.tags.get("fairray.kind") == "sweep"]
+            r["notes"].append(f"runs FINISHED after the kill: {len(late)} {late}; FAILED without a reason: "
+                              f"{len(unexplained)} {unexplained}; sweep run "
+                              + (f"{sweep_run[0].info.status}, its reason names the endpoint: "
+                                 f"{endpoint in sweep_run[0].data.tags.get('fairray.failure_reason', '')}"
+                                 if sweep_run else "missing"))
             ok = line.startswith(f"fairray: error: storage.path s3://fairray-test/fairray: the object store at "
                                  f"{endpoint}")
             r["notes"].append(f"last line{' (names storage.path and the endpoint)' if ok else ' (UNEXPECTED)'}:"

@@ -237,16 +237,16 @@ def mean_over_seeds(trials: Sequence[TrialRecord], repeats: int, constraints: Se
 def _values_of(sweep: Sweep, which: str) -> list[str]:
     """Strata values (``language``) or attribute groups (``gender``) present in the trials' metrics."""
     found: set[str] = set()
-    for trial in sweep.trials:
-        for key in trial.metrics:
-            try:
-                k = MetricKey.parse(key)
-            except ValueError:
-                continue
-            if k.stratum == which and k.stratum_value and not k.is_aggregate:
-                found.add(k.stratum_value)
-            if k.attr == which and k.group:
-                found.add(k.group)
+    keys = set().union(*(trial.metrics for trial in sweep.trials))  # each distinct key parsed once
+    for key in keys:
+        try:
+            k = MetricKey.parse(key)
+        except ValueError:
+            continue
+        if k.stratum == which and k.stratum_value and not k.is_aggregate:
+            found.add(k.stratum_value)
+        if k.attr == which and k.group:
+            found.add(k.group)
     return sorted(found)
 
 

@@ -10,9 +10,9 @@ redone and epochs missing.
 - worker: SIGKILL of a worker node (its raylet and trial processes; `ray start` process group) of a 3-node cluster
   (head with 0 CPUs, two 1-CPU workers; tests/cloud/test_multinode.py's local_cluster) once both 200-epoch trials
   have logged an epoch, with `budget.max_failures: 2` and a checkpoint every epoch; seconds to recover = from the
-  kill until every trial training at the kill has logged a further epoch (the dead node's trial on the surviving
-  node, which it waits for: one CPU is left); left = processes of the sweep or of the cluster alive after the
-  cluster was stopped.
+  kill until the dead node's trial, retried (its run tagged fairray.resumed), logs an epoch beyond those it had (on
+  the surviving node; with one CPU left it may wait for the other trial); left = processes of the sweep or of the
+  cluster alive after the cluster was stopped.
 - nan: a two-cell ablation whose first cell trains with lr 1e12 (the loss becomes NaN): that trial FAILED with its
   reason, the other cell still finishes; seconds = the sweep.
 - postgres: a sweep tracking to an MLflow server on PostgreSQL 15 (artifacts proxied to a local folder); once an
@@ -172,6 +172,14 @@ def _last_steps(db: Path) -> dict[str, int]:
                                 (METRIC,)).fetchall())
 
 
+def _resumed_runs(db: Path) -> set[str]:
+    """The runs tagged fairray.resumed so far (a retried trial opening its run again), read without MLflow."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return {r for (r,) in con.execute("select run_uuid from tags where key = 'fairray.resumed' and value = 'true'")}
+
+
 def worker_kill(root: Path) -> dict:
     epochs = 200  # tens of seconds: both trials are mid-training when the node dies (as in the test)
     spec, uri, raw = write_spec(root, epochs=epochs, checkpoint_interval_s=0)
@@ -193,28 +201,36 @@ def worker_kill(root: Path) -> dict:
         at_kill = _last_steps(db)
         os.killpg(procs[1].pid, signal.SIGKILL)  # the first worker node, raylet, agents and trial processes
         t0 = time.monotonic()
-        progressed: dict[str, float] = {}  # run -> seconds from the kill to its first epoch logged after it
+        last = dict(at_kill)  # run -> the last epoch it logged, as of the previous poll
+        retried: dict[str, tuple[float, int]] = {}  # run -> (seconds from the kill to its retry, epochs it had)
+        trained: dict[str, float] = {}  # run -> seconds from the kill to its first epoch logged after its retry
         deadline = t0 + 900
         while proc.poll() is None:
             if time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError("the sweep did not end within 900 s of the kill")
             watch.poll(proc, *procs)
-            for run, step in _last_steps(db).items():
-                if run in at_kill and step > at_kill[run] and run not in progressed:
-                    progressed[run] = time.monotonic() - t0
+            now, steps, resumed = time.monotonic() - t0, _last_steps(db), _resumed_runs(db)
+            for run in resumed - retried.keys():  # the retried trial opened its run again: what it had before
+                retried[run] = (now, last.get(run, -1))
+            for run, (_, before) in retried.items():
+                if run not in trained and steps.get(run, -1) > before:
+                    trained[run] = now
+            last = steps
             time.sleep(0.3)
         rc = proc.returncode
         ended = time.monotonic() - t0
-    # recovered: every trial that was training at the kill (the dead node's one too) has trained an epoch since
-    seconds = max(progressed.values()) if len(progressed) == len(at_kill) else float("nan")
+    # recovered: the dead node's trial, retried from its checkpoint, has trained an epoch again
+    seconds = max(trained.values()) if trained and len(trained) == len(retried) else float("nan")
     # the cluster is stopped now: nothing of it, nor of the sweep, may be left (row() counts what is)
     t = tally(uri, epochs)
     t["notes"] = [f"at the kill the trials had logged epochs {sorted(at_kill.values())}; {t['resumed']} trial"
                   " resumed (fairray.resumed)",
-                  "seconds from the kill to each trial's next epoch: "
-                  + ", ".join(f"{v:.1f}" for v in sorted(progressed.values()))
-                  + f" ({len(progressed)} of {len(at_kill)} trained again); the sweep ended {ended:.0f} s after it",
+                  *(f"trial run {run[:8]} retried {at:.1f} s after the kill (had logged epoch {before}), trained"
+                    f" an epoch again {trained[run]:.1f} s after it" if run in trained else
+                    f"trial run {run[:8]} retried {at:.1f} s after the kill, never trained again"
+                    for run, (at, before) in retried.items()),
+                  f"the sweep ended {ended:.0f} s after the kill",
                   *(f"trial run {run[:8]}: {len(s)} epoch logs, {len(s) - len(set(s))} epochs logged twice"
                     for run, s in t["steps"].items())]
     return row(t, watch, seconds, rc, 2)
@@ -263,7 +279,7 @@ def postgres_restart(root: Path) -> dict:
 
         store = f"postgresql+psycopg2://fairray@127.0.0.1:{pg.port}/mlflow"
         with mlflow_server_process(store, str(root / "artifacts"), {"PGPASSWORD": pg.password}) as (url, _, log):
-            n_epochs = 8
+            n_epochs = 200  # ~0.1 s an epoch: the trials train through the 8 s outage and after it
             spec, _, raw = write_spec(root, epochs=n_epochs)
             raw["budget"].update(num_samples=2, max_concurrent=2)
             raw["tracking"]["uri"] = url

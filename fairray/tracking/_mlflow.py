@@ -168,11 +168,91 @@ def _metrics(values: Mapping[str, float], step: int):
     return [Metric(k, float(v), now, step) for k, v in values.items() if v is not None]
 
 
-def log_metrics(uri: str, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
-    c = client(uri)
-    metrics = _metrics(values, step)
+def _sql_log_metrics(store, run_id: str, metrics: list) -> bool:
+    """Write ``metrics`` into an MLflow SQL store in one transaction of two multi-row inserts (the history rows,
+    then the new keys' latest values) plus one update per key whose latest value moved; False when ``store`` is not
+    MLflow's SQL store (nothing written).
+
+    ``SqlAlchemyStore.log_batch`` builds one ORM object per row and per latest value: ~0.1 s for the ~850 rows of a
+    10-epoch trial on SQLite, about 4x this path (``tests/tracking/test_metric_rows.py`` checks both store the
+    same). The rows are MLflow's own (its ORM tables, its value sanitising and validation, its "latest" rule: the
+    greatest (step, timestamp, value)); the run must be active, as for ``log_batch``. Metrics of a logged model or
+    dataset go through ``log_batch``, which links them. A database error (a row already stored, a deadlock) rolls the transaction back and is
+    raised, so that the caller can hand the same rows to ``log_batch``, which resolves those cases itself.
+    """
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:  # pragma: no cover - a tracking-only MLflow install has no SQL store
+        return False
+    if type(store) is not SqlAlchemyStore:  # a subclass may store metrics its own way
+        return False
+    if any(getattr(m, "model_id", None) or getattr(m, "dataset_digest", None) for m in metrics):
+        return False
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
+    from mlflow.utils.validation import _validate_metric
+    from sqlalchemy import insert
+
+    rows, seen, latest = [], set(), {}
+    for i, m in enumerate(metrics):
+        _validate_metric(m.key, m.value, m.timestamp, m.step, path=f"metrics[{i}]")
+        is_nan, value = store.sanitize_metric_value(m.value)
+        ident = (m.key, value, is_nan, m.timestamp, m.step)
+        if ident in seen:  # log_batch drops a repeated row in one batch too
+            continue
+        seen.add(ident)
+        row = {"run_uuid": run_id, "key": m.key, "value": value, "timestamp": m.timestamp, "step": m.step,
+               "is_nan": is_nan}
+        rows.append(row)
+        old = latest.get(m.key)
+        # MLflow's rule: a key's latest value is its row of greatest (step, timestamp, value)
+        if old is None or (m.step, m.timestamp, value) > (old["step"], old["timestamp"], old["value"]):
+            latest[m.key] = row
+    if not rows:
+        return True
+    with store.ManagedSessionMaker(read_only=False) as session:
+        store._check_run_is_active(store._get_run(run_uuid=run_id, session=session))
+        session.execute(insert(SqlMetric), rows)
+        keys = sorted(latest)
+        stored = {}
+        for i in range(0, len(keys), 500):  # as MLflow: bounded IN lists, rows locked in key order
+            stored.update((m.key, m) for m in session.query(SqlLatestMetric)
+                          .filter(SqlLatestMetric.run_uuid == run_id, SqlLatestMetric.key.in_(keys[i:i + 500]))
+                          .order_by(SqlLatestMetric.run_uuid, SqlLatestMetric.key).with_for_update())
+        new = [dict(latest[k]) for k in keys if k not in stored]
+        if new:
+            session.execute(insert(SqlLatestMetric), new)
+        for k, old in stored.items():
+            row = latest[k]
+            if (row["step"], row["timestamp"], row["value"]) > (old.step, old.timestamp, old.value):
+                old.value, old.step, old.timestamp, old.is_nan = row["value"], row["step"], row["timestamp"], row["is_nan"]
+        session.commit()
+    return True
+
+
+def _send_metrics(c, run_id: str, metrics: list) -> None:
+    """``metrics`` (a list of ``mlflow.entities.Metric``) into run ``run_id``: with :func:`_sql_log_metrics` on a
+    SQL store, else (a tracking server, a file store, or a database error of the fast path) ``log_batch`` in
+    batches of at most :data:`_BATCH`."""
+    if not metrics:
+        return
+    store = getattr(getattr(c, "_tracking_client", None), "store", None)
+    if store is not None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if _sql_log_metrics(store, run_id, metrics):
+                return
+        except MlflowException as exc:
+            from sqlalchemy.exc import SQLAlchemyError
+
+            if not isinstance(exc.__cause__, SQLAlchemyError):  # an invalid metric, a run not active: as log_batch
+                raise
     for i in range(0, len(metrics), _BATCH):
         c.log_batch(run_id, metrics=metrics[i:i + _BATCH])
+
+
+def log_metrics(uri: str, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
+    _send_metrics(client(uri), run_id, _metrics(values, step))
 
 
 @dataclass(frozen=True)
@@ -319,10 +399,7 @@ class TrialRun:
     def flush(self) -> None:
         """Send the buffered metrics now."""
         pending, self._pending = self._pending, []
-        if pending:
-            c = client(self.uri)
-            for i in range(0, len(pending), _BATCH):
-                c.log_batch(self.run_id, metrics=pending[i:i + _BATCH])
+        _send_metrics(client(self.uri), self.run_id, pending)
         self._flushed = time.monotonic()
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:

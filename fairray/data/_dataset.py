@@ -90,9 +90,13 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
                         + ("" if not cfg.inputs else " while another corpus does (their features cannot be "
                            "stacked)") + "; name an extractor (e.g. opensmile_egemaps)"
                         + ("" if cfg.inputs else ", or give dataset.inputs (waveform, tokens) and no features"))
-    tables, blocks, keys, decoded = [], [], [], []
+    tables, blocks, keys, decoded, shipped = [], [], [], [], []
     for source, adapter in zip(cfg.corpora, adapters, strict=True):
         table = adapter.load(source.root)
+        # named inputs the corpus ships besides (or instead of) its vector (MOSI/MOSEI's frame sequences)
+        own_inputs, own_keys = (adapter.shipped_inputs(source.root, table, cache)
+                                if hasattr(adapter, "shipped_inputs") else ({}, []))
+        keys += own_keys
         own = None
         if extractor is None:  # the corpus's own features, or none (the dataset then has only its named inputs)
             own = (np.asarray(adapter.features(source.root, table), dtype=np.float32) if hasattr(adapter, "features")
@@ -109,6 +113,7 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
         keep_rows = table["uid"].isin(kept).to_numpy() & rows_with_transcripts(cfg, table, source.root)
         table = table.loc[keep_rows].reset_index(drop=True)
         tables.append(table)
+        shipped.append({name: store.subset(np.flatnonzero(keep_rows)) for name, store in own_inputs.items()})
         decoded.append(waves)
         block = [np.asarray(c.X, dtype=np.float32)[pd.Index(c.uids).get_indexer(table["uid"])] for c in cached]
         blocks.append([own[keep_rows], *block] if own is not None else block)
@@ -118,10 +123,30 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
     aux = {name: np.concatenate([b[i + 1] for b in blocks]) for i, name in enumerate(aux_names)}
     inputs, input_keys = build_inputs(cfg, tables, decoded)
     keys += input_keys
+    inputs.update(_stack_shipped(cfg, shipped, inputs))
     return meta, X, {"input_fingerprint": hashlib.sha256("".join(keys).encode()).hexdigest(),
                      "extractor": cfg.extractor.name if cfg.extractor else "shipped", "cache_keys": keys,
                      "feature_meta": extractor.input_meta(extractor.params) if extractor else {},
                      "inputs": inputs}, aux
+
+
+def _stack_shipped(cfg: DatasetConfig, shipped: list[dict[str, InputStore]], inputs: Mapping[str, InputStore]
+                   ) -> dict[str, InputStore]:
+    """The corpora's shipped inputs stacked over their rows (every corpus must ship the same names)."""
+    from fairray.data._sequences import concat_frames
+
+    names = {name for corpus in shipped for name in corpus}
+    out = {}
+    for name in sorted(names):
+        lacking = [cfg.corpora[i].adapter for i, corpus in enumerate(shipped) if name not in corpus]
+        if lacking:
+            raise DataError(f"input {name!r}: corpus {lacking[0]!r} does not give it while another corpus does; "
+                            "give every corpus the same inputs (e.g. sequences: true on each)")
+        if name in inputs:
+            raise DataError(f"input {name!r}: a corpus gives an input of that name and dataset.inputs declares one; "
+                            "rename the dataset.inputs entry")
+        out[name] = concat_frames([corpus[name] for corpus in shipped])
+    return out
 
 
 @dataclass(frozen=True)
@@ -419,13 +444,27 @@ def declared_inputs(cfg: DatasetConfig) -> dict[str, InputSpec]:
         extractor_cls = EXTRACTORS.get(cfg.extractor.name)
         meta = extractor_cls.input_meta(build(extractor_cls.Params, dict(cfg.extractor.params),
                                               Where("spec", "dataset.extractor.params")))
-    if not (cfg.name == "corpora" and cfg.extractor is None and cfg.inputs and not _ships_features(cfg)):
+    shipped = _shipped_specs(cfg)
+    if not (cfg.name == "corpora" and cfg.extractor is None and (cfg.inputs or shipped) and not _ships_features(cfg)):
         specs[FEATURES] = InputSpec(FEATURES, "vector", meta=meta)
-    return {**specs, **declared_specs(cfg)}
+    return {**specs, **shipped, **declared_specs(cfg)}
+
+
+def _adapters(cfg: DatasetConfig) -> list[Any]:
+    from fairray.data.corpora import CORPORA
+
+    return [CORPORA.get(c.adapter).from_options(c.options) for c in cfg.corpora] if cfg.name == "corpora" else []
 
 
 def _ships_features(cfg: DatasetConfig) -> bool:
-    """Whether every corpus of ``cfg`` ships its own features (MOSI/MOSEI): what ``extractor: null`` reads."""
-    from fairray.data.corpora import CORPORA
+    """Whether every corpus of ``cfg`` ships its own feature vector (MOSI/MOSEI without ``sequences``): what
+    ``extractor: null`` reads."""
+    return all(hasattr(a, "features") and getattr(a, "ships_vector", True) for a in _adapters(cfg))
 
-    return all(hasattr(CORPORA.get(c.adapter), "features") for c in cfg.corpora)
+
+def _shipped_specs(cfg: DatasetConfig) -> dict[str, InputSpec]:
+    """The named inputs the corpora ship themselves (MOSI/MOSEI ``sequences: true``), known before reading."""
+    specs: dict[str, InputSpec] = {}
+    for adapter in _adapters(cfg):
+        specs.update(adapter.input_specs() if hasattr(adapter, "input_specs") else {})
+    return specs

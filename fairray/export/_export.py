@@ -29,6 +29,9 @@ from fairray.train.checkpoint import ADAPTERS_DIR
 
 CARD = "MODEL_CARD.md"
 METRICS = "metrics.json"
+#: The utility columns of a card's per-subset table, in order: class metrics (single- and multi-label
+#: trials), then the regression metrics (MAE, Pearson r, Acc2 / F1-2 over the non-zero targets).
+CARD_METRICS = ("n", "acc", "weighted_f1", "macro_f1", "uar", "fpr", "mae", "corr", "acc2", "f1_2", "n_nonzero")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def _card_tables(df: pd.DataFrame) -> str:
     """Utilities per subset (rows) x metric (columns), then gaps per metric x language."""
     parts = df[df["scope"] != "gap"].assign(subset=lambda d: d.apply(_subset, axis=1))
     util = parts.pivot_table(index="subset", columns="metric", values="value", sort=False, dropna=False)
-    util = util[[c for c in ("n", "acc", "weighted_f1", "macro_f1", "uar", "fpr") if c in util.columns]]
+    util = util[[c for c in CARD_METRICS if c in util.columns]]
     util.index.name = "subset"
     gaps = df[df["scope"] == "gap"].assign(where=lambda d: d["stratum_value"].fillna("pooled"))
     gap = gaps.pivot_table(index="metric", columns="where", values="value", sort=False, dropna=False)

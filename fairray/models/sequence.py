@@ -1,7 +1,8 @@
-"""Models over variable-length inputs: pooled frame sequences (``seq_pool``) and raw waveforms (``wav_cnn``).
+"""Models over variable-length inputs: pooled frame sequences (``seq_pool``), an LSTM over frames (``lstm``)
+and raw waveforms (``wav_cnn``).
 
-Both pool over *valid* positions only (the batch's mask), so padding never changes a clip's logits: a
-clip gives the same output alone or in a batch of longer clips (up to float rounding).
+All read *valid* positions only (the batch's mask), so padding never changes a clip's logits: a clip gives
+the same output alone or in a batch of longer clips (up to float rounding).
 """
 
 from __future__ import annotations
@@ -63,6 +64,71 @@ class SequencePool:
         width = spec.dim * (2 if params.pooling == "stats" else 1)
         head = nn.Sequential(*mlp_layers(width, params.hidden, params.depth, params.dropout, n_out))
         return PooledHead(spec.name, params.pooling, head)
+
+
+class LSTMHead(PooledEncoder):
+    """An LSTM over the valid frames of a sequence input (packed: padding frames never enter it), its last
+    layer's final hidden state (both directions side by side when bidirectional), then ``dropout -> Linear ->
+    ReLU`` (the embedding, width ``out``) and the classifier. A row without valid frames (length 0) gets a
+    zero final state. A fusion encoder: ``embed`` is the ReLU layer's output.
+
+    GEAR's released code (``AuViSubNet`` of IFL_LS / Self-MM) packs the padded frames with their lengths and
+    reads ``h_n`` the same way; its two linear layers after the LSTM (no non-linearity between them) are one
+    linear layer here."""
+
+    def __init__(self, key: str, rnn: nn.LSTM, head: nn.Sequential) -> None:
+        super().__init__()
+        self.key, self.rnn, self.head = key, rnn, head
+        self.embed_dim = head[-1].in_features
+
+    def pool(self, inputs) -> torch.Tensor:
+        seq: Padded = inputs[self.key]
+        lengths = seq.mask.sum(dim=1)
+        span = torch.arange(seq.mask.shape[1], device=seq.mask.device)[None, :] < lengths[:, None]
+        if not torch.equal(span, seq.mask):
+            raise ValueError(f"lstm: input {self.key!r} has padding before valid frames; its mask must mark a "
+                             "prefix of each row (as every fairray store pads: at the end)")
+        lengths_cpu = lengths.cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(seq.values, lengths_cpu.clamp(min=1), batch_first=True,
+                                                   enforce_sorted=False)
+        _, (h_n, _) = self.rnn(packed)
+        directions = 2 if self.rnn.bidirectional else 1
+        last = h_n[-directions:]  # the last layer's final state per direction: [directions, B, hidden]
+        h = torch.cat(list(last), dim=-1)
+        return h * (lengths > 0).to(h.dtype)[:, None]  # an empty row: no frame entered the LSTM
+
+
+@MODELS.register("lstm")
+class SequenceLSTM:
+    accepts = ("sequence",)
+    summary = "LSTM over the valid frames of a sequence (GEAR's per-modality encoder over COVAREP/FACET/GloVe) + head"
+
+    @dataclass(frozen=True)
+    class Params:
+        #: Hidden size of the LSTM (GEAR's released MOSI/MOSEI config: audio 16, vision 32).
+        hidden: int = field(default=16, metadata={"ge": 1})
+        #: LSTM layers (METHODS 3.11: one).
+        layers: int = field(default=1, metadata={"ge": 1})
+        bidirectional: bool = False
+        #: Width of the embedding after the LSTM (the released post_<modality>_dim: audio 16, vision / text 32).
+        out: int = field(default=16, metadata={"ge": 1})
+        #: Dropout on the LSTM's final state (and between LSTM layers when there are several).
+        dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
+        #: The sequence input to read; null = the dataset's only sequence input.
+        input: str | None = None
+
+    @classmethod
+    def build(cls, params: Params, inputs: Mapping[str, InputSpec], n_out: int) -> LSTMHead:
+        spec = select_input("lstm", params, inputs, cls.accepts)
+        if spec.dim is None:
+            raise ValueError(f"lstm: the frame width of input {spec.name!r} is not known (build it from the prepared "
+                             "dataset's input specs)")
+        rnn = nn.LSTM(spec.dim, params.hidden, num_layers=params.layers, batch_first=True,
+                      bidirectional=params.bidirectional, dropout=params.dropout if params.layers > 1 else 0.0)
+        width = params.hidden * (2 if params.bidirectional else 1)
+        head = nn.Sequential(nn.Dropout(params.dropout), nn.Linear(width, params.out), nn.ReLU(),
+                             nn.Linear(params.out, n_out))
+        return LSTMHead(spec.name, rnn, head)
 
 
 #: (kernel, stride) of the convolutional front end, the first layers of wav2vec 2.0's feature encoder

@@ -44,6 +44,15 @@ checks apply to the pickles.
 The table has one row per segment; features stay in the files: :meth:`features` returns each row's
 time-averaged features (mean over the steps that are not all zero: MulT's and ``get_tensors``' padding, the
 SDK's ``impute`` fill), the selected modalities side by side.
+
+``sequences=True`` gives the aligned steps themselves instead: one ``sequence`` input per selected modality,
+named after it (``text`` [T x 300] GloVe, ``audio`` [T x 74 or 5] COVAREP, ``vision`` [T x 35 or 20] FACET), each
+row its segment's frames with their length (:meth:`shipped_inputs`), and no time-averaged vector. Padding is
+trimmed per row and modality (:func:`trim_padding`: the all-zero steps at either end, where MulT's pickles and
+``get_tensors`` pad; all-zero steps inside a segment are kept, in order). A segment whose modality has no
+non-zero step gets an empty sequence (length 0, mask all False; models give it a zero encoding), counted in
+``adapter.empty_frames`` and one warning. Frames are read once per (source files, rows, options) and stored in
+the feature cache (``sequences/``: content-keyed, atomic, :mod:`fairray.data._sequences`).
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ import pandas as pd
 
 from fairray.data.corpora._base import CORPORA, CorpusAdapter, validate_table
 from fairray.errors import ConfigError, DataError
+from fairray.inputs import InputSpec
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +138,20 @@ def _check_sentiment(target: np.ndarray, what: list[str], source: str) -> None:
     if outside.any():
         i = int(outside.nonzero()[0][0])
         raise DataError(f"{source}: {what[i]} = {float(target[i])} is outside {list(SENTIMENT_RANGE)}")
+
+
+def trim_padding(steps: np.ndarray, nonfinite: str = "zero") -> list[np.ndarray]:
+    """Each row of ``steps`` [N, T, D] without the all-zero steps at either end (MulT's and the SDK's padding;
+    all-zero steps between non-zero ones are kept): N float32 arrays [T_i, D], T_i = 0 for a row that is all
+    zero. ``nonfinite="zero"`` first replaces NaN/inf by 0 (COVAREP's -inf)."""
+    steps = np.asarray(steps, dtype=np.float32)
+    if nonfinite == "zero":
+        steps = np.where(np.isfinite(steps), steps, np.float32(0.0))
+    used = (steps != 0).any(axis=-1)  # [N, T]
+    any_used = used.any(axis=1)
+    first = np.where(any_used, used.argmax(axis=1), 0)
+    stop = np.where(any_used, steps.shape[1] - used[:, ::-1].argmax(axis=1), 0)
+    return [steps[i, a:b] for i, (a, b) in enumerate(zip(first, stop, strict=True))]
 
 
 def time_average(steps: np.ndarray, nonfinite: str = "zero") -> np.ndarray:
@@ -290,8 +314,8 @@ class _SentimentAdapter(CorpusAdapter):
 
     def __init__(self, format: str = "auto", modalities: Sequence[str] = MODALITIES, text: str | None = None,
                  audio: str | None = None, vision: str | None = None, labels: str | None = None,
-                 folds: str | Path | None = None, nonfinite: str = "zero", demographics: str | Path | None = None
-                 ) -> None:
+                 folds: str | Path | None = None, nonfinite: str = "zero", demographics: str | Path | None = None,
+                 sequences: bool = False) -> None:
         if format not in FORMATS:
             raise ConfigError(f"{self.name}: format must be one of {list(FORMATS)}, got {format!r}")
         if nonfinite not in NONFINITE:
@@ -305,6 +329,10 @@ class _SentimentAdapter(CorpusAdapter):
         self.nonfinite_policy = nonfinite
         self.folds = folds
         self.demographics = demographics
+        #: Each modality as its own sequence input (its aligned frames) instead of the time-averaged vector.
+        self.sequences = bool(sequences)
+        #: Modality -> segments of the last :meth:`shipped_inputs` without a non-zero frame (empty sequences).
+        self.empty_frames: dict[str, tuple[str, ...]] = {}
         self.names = {role: value for role, value in (("text", text), ("audio", audio), ("vision", vision),
                                                       ("labels", labels)) if value is not None}
         #: Segments of the last :meth:`load` left out of the table: segment id → reason.
@@ -497,16 +525,103 @@ class _SentimentAdapter(CorpusAdapter):
     def features(self, root: str | Path, table: pd.DataFrame) -> np.ndarray:
         """Time-averaged features of ``table``'s rows (a table this adapter loaded from ``root``): float32
         [len(table), D], the modalities of ``modalities`` side by side (see :func:`time_average`)."""
+        if self.sequences:  # the modalities are sequence inputs (shipped_inputs), not one averaged vector
+            return np.zeros((len(table), 0), dtype=np.float32)
         root = Path(root)
-        files = table["path"].unique() if len(table) else []
-        if len(files) != 1:
-            raise DataError(f"{self.name}: features of a table read from one file expected; got path values "
-                            f"{sorted(map(str, files))[:3]}")
-        path = root / files[0]
+        path = self._source(root, table)
         blocks = (self._csd_features(root, table) if path.suffix == ".csd" else self._pickle_features(path, table))
         if not blocks:
             return np.zeros((len(table), 0), dtype=np.float32)
         return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def _source(self, root: Path, table: pd.DataFrame) -> Path:
+        files = table["path"].unique() if len(table) else []
+        if len(files) != 1:
+            raise DataError(f"{self.name}: features of a table read from one file expected; got path values "
+                            f"{sorted(map(str, files))[:3]}")
+        return root / files[0]
+
+    # -- sequence inputs -----------------------------------------------------------------------------
+    @property
+    def ships_vector(self) -> bool:
+        """Whether :meth:`features` gives the time-averaged vector (False with ``sequences``)."""
+        return not self.sequences
+
+    def input_specs(self) -> dict[str, InputSpec]:
+        """The sequence inputs this adapter gives (``sequences=True``), known before any file is read (frame
+        widths None until then): one per selected modality, named after it."""
+        return {m: InputSpec(m, "sequence", meta={"corpus": self.name, "modality": m})
+                for m in self.modalities} if self.sequences else {}
+
+    def shipped_inputs(self, root: str | Path, table: pd.DataFrame, cache: Any) -> tuple[dict[str, Any], list[str]]:
+        """With ``sequences``: ``{modality: FrameStore}`` over ``table``'s rows (a table this adapter loaded from
+        ``root``), through the feature cache ``cache`` (:class:`fairray.data._sequences.FrameCache`), and the
+        entries' keys; ``({}, [])`` without."""
+        if not self.sequences:
+            return {}, []
+        from fairray.data._sequences import FrameCache
+
+        root = Path(root)
+        path = self._source(root, table)
+        frames = FrameCache(cache)
+        uids = table["uid"].astype(str).to_numpy()
+        stores, keys = {}, []
+        self.empty_frames = {}
+        for modality in self.modalities:
+            csd = path.suffix == ".csd"
+            source = self._find_csd(root, modality) if csd else path
+            if source is None:
+                raise DataError(f"{root}: no {modality} .csd found (looked for {list(self._candidates(modality))})")
+
+            def read(m: str = modality, csd: bool = csd) -> tuple[list[np.ndarray], int]:
+                return self._csd_frames(root, table, m) if csd else self._pickle_frames(path, table, m)
+            key, identity = FrameCache.identity(self.name, modality, [source], table,
+                                                {"nonfinite": self.nonfinite_policy, "format": path.suffix})
+            store = frames.get_or_read(modality, key, identity, read, uids,
+                                       meta={"corpus": self.name, "modality": modality})
+            empty = np.flatnonzero(store.lengths == 0)
+            if len(empty):
+                self.empty_frames[modality] = tuple(table["segment_id"].iloc[empty].astype(str))
+                log.warning("%s: %d of %d segments have no non-zero %s frame (first %r): their %s sequence is "
+                            "empty (length 0)", self.name, len(empty), len(table), modality,
+                            self.empty_frames[modality][0], modality)
+            stores[modality] = store
+            keys.append(f"frames:{key}")
+        return stores, keys
+
+    def _pickle_frames(self, path: Path, table: pd.DataFrame, modality: str) -> tuple[list[np.ndarray], int]:
+        data = read_pickle(path)
+        keys = {v: k for k, v in SPLITS.items()}
+        split = table["split"].to_numpy()
+        rows: list[np.ndarray | None] = [None] * len(table)
+        dim = None
+        for split_name in pd.unique(split):
+            key = keys[split_name]
+            if modality not in data.get(key, {}):
+                raise DataError(f"{path}[{key!r}]: no {modality!r} array; leave it out of modalities")
+            at = np.flatnonzero(split == split_name)
+            values = np.asarray(data[key][modality])
+            if values.ndim != 3:
+                raise DataError(f"{path}[{key!r}][{modality!r}] has shape {values.shape}; expected (N, T, D) steps")
+            steps = values[table["row"].to_numpy()[at]]
+            self._check_finite(steps, f"{path}[{key!r}][{modality!r}]")
+            dim = int(values.shape[2])
+            for i, frames in zip(at, trim_padding(steps, self.nonfinite_policy), strict=True):
+                rows[i] = frames
+        return rows, int(dim or 0)
+
+    def _csd_frames(self, root: Path, table: pd.DataFrame, modality: str) -> tuple[list[np.ndarray], int]:
+        path = self._find_csd(root, modality)
+        rows, dim = [], 0
+        with open_csd(path) as (data, _):
+            for segment in table["segment_id"]:
+                if segment not in data:
+                    raise DataError(f"{path}: no data/{segment!r}; the table was not loaded from {root}")
+                steps = _features(data, segment, path)
+                self._check_finite(steps, f"{path}: data/{segment!r}")
+                dim = int(steps.shape[1])
+                rows.append(trim_padding(steps[None], self.nonfinite_policy)[0])
+        return rows, dim
 
     def _check_finite(self, values: np.ndarray, where: str) -> None:
         if self.nonfinite_policy != "zero" and not np.isfinite(values).all():
@@ -574,7 +689,8 @@ class MosiAdapter(_SentimentAdapter):
     ``segment_id``, ``video_id``. No demographics: gender U (unless ``demographics`` names a CSV of
     ``video_id``, ``gender``), emotion ``other``; speaker = the YouTube video. Options: ``modalities`` (default text, audio, vision), ``nonfinite`` (zero | skip | error); segments with
     no fold or a missing modality are left out and listed in ``left_out``; ``features(root, table)`` gives the
-    time-averaged features.
+    time-averaged features, or, with ``sequences: true``, each modality is a sequence input of its aligned frames
+    (``text``, ``audio``, ``vision``: what GEAR's per-modality LSTMs read).
     """
 
     name = "mosi"

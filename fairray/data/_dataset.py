@@ -119,19 +119,23 @@ def load_corpora(cfg: DatasetConfig, cache_root: str | None = None) -> tuple[pd.
         blocks.append([own[keep_rows], *block] if own is not None else block)
         keys += [c.key for c in cached] + waves.keys
     meta = pd.concat(tables, ignore_index=True)
+    own_inputs = _stack_shipped(cfg, shipped)  # before the vectors: a corpus without them has a vector instead
     X = np.concatenate([b[0] for b in blocks])
     aux = {name: np.concatenate([b[i + 1] for b in blocks]) for i, name in enumerate(aux_names)}
     inputs, input_keys = build_inputs(cfg, tables, decoded)
     keys += input_keys
-    inputs.update(_stack_shipped(cfg, shipped, inputs))
+    clash = sorted(set(own_inputs) & set(inputs))
+    if clash:
+        raise DataError(f"input {clash[0]!r}: a corpus gives an input of that name and dataset.inputs declares one; "
+                        "rename the dataset.inputs entry")
+    inputs.update(own_inputs)
     return meta, X, {"input_fingerprint": hashlib.sha256("".join(keys).encode()).hexdigest(),
                      "extractor": cfg.extractor.name if cfg.extractor else "shipped", "cache_keys": keys,
                      "feature_meta": extractor.input_meta(extractor.params) if extractor else {},
                      "inputs": inputs}, aux
 
 
-def _stack_shipped(cfg: DatasetConfig, shipped: list[dict[str, InputStore]], inputs: Mapping[str, InputStore]
-                   ) -> dict[str, InputStore]:
+def _stack_shipped(cfg: DatasetConfig, shipped: list[dict[str, InputStore]]) -> dict[str, InputStore]:
     """The corpora's shipped inputs stacked over their rows (every corpus must ship the same names)."""
     from fairray.data._sequences import concat_frames
 
@@ -142,9 +146,6 @@ def _stack_shipped(cfg: DatasetConfig, shipped: list[dict[str, InputStore]], inp
         if lacking:
             raise DataError(f"input {name!r}: corpus {lacking[0]!r} does not give it while another corpus does; "
                             "give every corpus the same inputs (e.g. sequences: true on each)")
-        if name in inputs:
-            raise DataError(f"input {name!r}: a corpus gives an input of that name and dataset.inputs declares one; "
-                            "rename the dataset.inputs entry")
         out[name] = concat_frames([corpus[name] for corpus in shipped])
     return out
 

@@ -33,11 +33,13 @@ CTX_MULTI = dataclasses.replace(CTX, class_target_counts=np.array([[30, 12, 4, 2
                                                                      [0, 1, 2, 5]]))
 TARGETS = ("labels", "single", "multi")
 #: One tiny model per input kind: every method must train on each (vector features, frame sequences with
-#: padding, raw waveforms with padding).
+#: padding — pooled, and through an LSTM —, raw waveforms with padding).
 KINDS = {
     "vector": ("mlp", {"hidden": 8, "depth": 1, "dropout": 0.0}, InputSpec("features", "vector", dim=N_FEATURES)),
     "sequence": ("seq_pool", {"hidden": 8, "depth": 1, "dropout": 0.0}, InputSpec("lld", "sequence", dim=N_FEATURES)),
     "waveform": ("wav_cnn", {"channels": 4, "layers": 3, "hidden": 8, "dropout": 0.0}, InputSpec("audio", "waveform")),
+    # an LSTM over frames (GEAR's per-modality encoder), some rows with no valid frame at all
+    "lstm": ("lstm", {"hidden": 4, "out": 8, "dropout": 0.0}, InputSpec("frames", "sequence", dim=N_FEATURES)),
 }
 
 
@@ -70,6 +72,8 @@ def make_batch(n=24, seed=0, attr=None, task="labels", kind="vector"):
         inputs = {"features": x}
     elif kind == "sequence":
         inputs = {"lld": _padded(n, g, 2, 9, N_FEATURES)}
+    elif kind == "lstm":
+        inputs = {"frames": _padded(n, g, 0, 9, N_FEATURES)}
     else:
         inputs = {"audio": _padded(n, g, 300, 800, None)}
     return Batch(y=y, attr=a, stratum=stratum, index=index, group=a, group_prob=prob, target=target, inputs=inputs)

@@ -1,7 +1,13 @@
 """GEAR — general debiasing with inverse-probability weights (METHODS §3.11; Sun et al., ACM MM 2023).
 
-Per modality ``m`` (an encoder of the trial's ``fusion`` model, or the trial's single model) a robust
-encoder ``E_r^m`` and a biased encoder ``E_b^m`` of the same type give ``h_r^m, h_b^m``::
+Per modality ``m`` (an encoder of the trial's ``fusion`` or ``modalities`` model, or the trial's single model) a
+robust encoder ``E_r^m`` and a biased encoder ``E_b^m`` of the same type give ``h_r^m, h_b^m``. The encoder type
+follows the input: with ``model: modalities`` a ``sequence`` input (MOSI/MOSEI's aligned GloVe / COVAREP / FACET
+frames, ``sequences: true``) goes through an LSTM over its valid frames (``lstm``: METHODS' "1-layer LSTM over
+frame features", the released code's ``AuViSubNet``), a ``vector`` input through an MLP (``mlp``), so each
+modality gets its own robust and biased LSTM or MLP (departures from the released code, where METHODS is silent:
+text is an LSTM over GloVe vectors, not BERT over the transcript, which MulT's pickles do not carry; one learning
+rate for every encoder, where the released config gives audio / video 5e-3)::
 
     B^m(h)  = biased head on [sg(h_r^m); h_b^m]          -> class logits, trained with GCE_q (bias learning)
     u^m     = F^m([h_r^m; sg(h_b^m)])                    -> R^d, the robust projection
@@ -225,7 +231,7 @@ def _modality_encoders(module: nn.Module) -> dict[str, nn.Module]:
     if missing:
         raise ConfigError(f"method gear: model {type(module).__name__} gives no embedding (it lacks "
                           f"{', '.join(missing)}); use a model that implements the encoder protocol of "
-                          "fairray.models.fusion (mlp, seq_pool, text, wav_cnn, ssl, fusion)")
+                          "fairray.models.fusion (mlp, seq_pool, lstm, text, wav_cnn, ssl, fusion, modalities)")
     module.drop_classifier()
     return {str(getattr(module, "key", "input")): module}
 

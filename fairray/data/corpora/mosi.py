@@ -567,6 +567,13 @@ class _SentimentAdapter(CorpusAdapter):
         uids = table["uid"].astype(str).to_numpy()
         stores, keys = {}, []
         self.empty_frames = {}
+        loaded: dict[str, dict] = {}  # the pickle, read at most once for every modality the cache misses
+
+        def pickle_data() -> dict:
+            if "data" not in loaded:
+                loaded["data"] = read_pickle(path)
+            return loaded["data"]
+
         for modality in self.modalities:
             csd = path.suffix == ".csd"
             source = self._find_csd(root, modality) if csd else path
@@ -574,7 +581,7 @@ class _SentimentAdapter(CorpusAdapter):
                 raise DataError(f"{root}: no {modality} .csd found (looked for {list(self._candidates(modality))})")
 
             def read(m: str = modality, csd: bool = csd) -> tuple[list[np.ndarray], int]:
-                return self._csd_frames(root, table, m) if csd else self._pickle_frames(path, table, m)
+                return self._csd_frames(root, table, m) if csd else self._pickle_frames(pickle_data(), path, table, m)
             key, identity = FrameCache.identity(self.name, modality, [source], table,
                                                 {"nonfinite": self.nonfinite_policy, "format": path.suffix})
             store = frames.get_or_read(modality, key, identity, read, uids,
@@ -589,8 +596,8 @@ class _SentimentAdapter(CorpusAdapter):
             keys.append(f"frames:{key}")
         return stores, keys
 
-    def _pickle_frames(self, path: Path, table: pd.DataFrame, modality: str) -> tuple[list[np.ndarray], int]:
-        data = read_pickle(path)
+    def _pickle_frames(self, data: dict, path: Path, table: pd.DataFrame, modality: str
+                       ) -> tuple[list[np.ndarray], int]:
         keys = {v: k for k, v in SPLITS.items()}
         split = table["split"].to_numpy()
         rows: list[np.ndarray | None] = [None] * len(table)

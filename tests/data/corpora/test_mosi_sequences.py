@@ -96,9 +96,15 @@ def test_declared_and_prepared_inputs_are_the_sequences_without_a_vector(tmp_pat
 
 
 def test_frames_are_read_once_then_come_from_the_cache(tmp_path, corpus, monkeypatch):
+    import fairray.data.corpora.mosi as mosi_module
+
     _, pkl = _roots(tmp_path, corpus)
     cache = tmp_path / "cache"
+    reads = []
+    read_pickle = mosi_module.read_pickle
+    monkeypatch.setattr(mosi_module, "read_pickle", lambda path: reads.append(path) or read_pickle(path))
     first = load_corpora(_cfg(pkl), cache_root=str(cache))[2]
+    assert len(reads) == 2  # the table, then the frames of all three modalities from one read
     records = sorted((cache / "sequences").glob("*.json"))
     assert len(records) == 3 and len(list((cache / "sequences").glob("*.npz"))) == 3
     record = json.loads(records[0].read_text())

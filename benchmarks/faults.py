@@ -126,7 +126,7 @@ def tally(uri: str, epochs: int, experiment: str = "minmaxgap") -> dict:
             # epochs of a finished trial that never reached the store (steps 0..epochs: the epoch-0 evaluation)
             "missing": sum(epochs + 1 - len(set(steps[r.info.run_id])) for r in trials if r.info.status == "FINISHED"),
             "resumed": sum(r.data.tags.get("fairray.resumed") == "true" for r in trials),
-            "steps": steps,
+            "steps": steps, "runs": runs,
             "reasons": sorted({r.data.tags.get("fairray.failure_reason", "")[:60] for r in trials
                                if r.info.status == "FAILED"}), "notes": []}
 
@@ -200,7 +200,7 @@ def worker_kill(root: Path) -> dict:
         watch.poll(proc, *procs)
         at_kill = _last_steps(db)
         os.killpg(procs[1].pid, signal.SIGKILL)  # the first worker node, raylet, agents and trial processes
-        t0 = time.monotonic()
+        t0, killed_ms = time.monotonic(), time.time() * 1000
         last = dict(at_kill)  # run -> the last epoch it logged, as of the previous poll
         retried: dict[str, tuple[float, int]] = {}  # run -> (seconds from the kill to its retry, epochs it had)
         trained: dict[str, float] = {}  # run -> seconds from the kill to its first epoch logged after its retry
@@ -231,6 +231,9 @@ def worker_kill(root: Path) -> dict:
                     f"trial run {run[:8]} retried {at:.1f} s after the kill, never trained again"
                     for run, (at, before) in retried.items()),
                   f"the sweep ended {ended:.0f} s after the kill",
+                  *(f"trial run {r.info.run_id[:8]} (not retried) ended {(r.info.end_time - killed_ms) / 1000:.1f} s"
+                    " after the kill" for r in t["runs"] if r.data.tags.get("fairray.kind") == "trial"
+                    and r.info.run_id not in retried),
                   *(f"trial run {run[:8]}: {len(s)} epoch logs, {len(s) - len(set(s))} epochs logged twice"
                     for run, s in t["steps"].items())]
     return row(t, watch, seconds, rc, 2)
@@ -409,7 +412,8 @@ def main(argv: list[str]) -> None:
         with tempfile.TemporaryDirectory(prefix=f"fr-fault-{name}-") as d:
             r = fn(Path(d))
         rows.append((label, r))
-        print(f"{label}: {({k: v for k, v in r.items() if k != 'steps'})}", file=sys.stderr, flush=True)
+        print(f"{label}: {({k: v for k, v in r.items() if k not in ('steps', 'runs')})}", file=sys.stderr,
+              flush=True)
     print(f"{'fault':<26} {'finished':>9} {'lost':>5} {'repeated':>9} {'RUNNING':>8} {'left':>5} {'recover s':>10}"
           f" {'seen':>8} {'epochs redone':>14} {'epochs missing':>15} {'exit':>5}")
     for label, r in rows:

@@ -33,14 +33,6 @@ from fairray.models.fusion import Encoder, FusionModel, build_encoders, check_en
 from fairray.models.mlp import mlp_layers
 
 
-def _lstm() -> Encoder:
-    return Encoder("lstm")
-
-
-def _mlp() -> Encoder:
-    return Encoder("mlp")
-
-
 @MODELS.register("modalities")
 class Modalities:
     accepts = KINDS  # whatever has an encoder section; the sections' own checks say what is missing
@@ -48,10 +40,10 @@ class Modalities:
 
     @dataclass(frozen=True)
     class Params:
-        #: Encoder of every sequence input (frames x dims with lengths).
-        sequence: Encoder = field(default_factory=_lstm)
+        #: Encoder of every sequence input (frames x dims with lengths); a name means that model's defaults.
+        sequence: Encoder = "lstm"  # type: ignore[assignment]  # made an Encoder in __post_init__
         #: Encoder of every vector input.
-        vector: Encoder = field(default_factory=_mlp)
+        vector: Encoder = "mlp"  # type: ignore[assignment]
         #: Encoder of every tokens input (e.g. {name: text, model_path: /models/minilm}); null: none.
         tokens: Encoder | None = None
         #: Encoder of every waveform input (e.g. {name: wav_cnn}); null: none.
@@ -59,13 +51,16 @@ class Modalities:
         #: The inputs to encode, by name; null = every input of a kind with an encoder section.
         inputs: tuple[str, ...] | None = None
         #: Input name -> its own encoder section, replacing its kind's (e.g. a smaller LSTM for audio).
-        encoders: Mapping[str, Encoder] = field(default_factory=dict)
+        encoders: Mapping[str, Encoder] | None = None
         #: The early-fusion head over the concatenated embeddings.
         hidden: int = field(default=128, metadata={"ge": 1})
         depth: int = field(default=1, metadata={"ge": 0})
         dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
 
         def __post_init__(self) -> None:
+            for kind in ("sequence", "vector", "tokens", "waveform"):
+                if isinstance(getattr(self, kind), str):
+                    object.__setattr__(self, kind, Encoder(getattr(self, kind)))
             if self.inputs is not None and (not self.inputs or len(set(self.inputs)) != len(self.inputs)):
                 raise ValueError(f"inputs: give distinct input names (or null for all), got {list(self.inputs)}")
 
@@ -74,7 +69,8 @@ class Modalities:
         """Input name -> its encoder section (with ``input`` set to that name)."""
         have = ", ".join(s.describe() for s in inputs.values()) or "none"
         sections = {kind: getattr(params, kind) for kind in KINDS}
-        unknown = [n for n in params.encoders if n not in inputs]
+        own = dict(params.encoders or {})
+        unknown = [n for n in own if n not in inputs]
         if unknown:
             raise ConfigError(f"model modalities: encoders.{unknown[0]} names no input of the dataset ({have})")
         if params.inputs is not None:
@@ -82,19 +78,19 @@ class Modalities:
             if missing:
                 raise ConfigError(f"model modalities: input {missing[0]!r} is not among the dataset's inputs ({have})")
             chosen = [inputs[n] for n in params.inputs]
-            bare = [s for s in chosen if sections[s.kind] is None and s.name not in params.encoders]
+            bare = [s for s in chosen if sections[s.kind] is None and s.name not in own]
             if bare:
                 raise ConfigError(f"model modalities: input {bare[0].describe()} is {bare[0].kind}, which has no "
                                   f"encoder section; set model.{bare[0].kind} (e.g. {{name: "
                                   f"{'text' if bare[0].kind == 'tokens' else 'wav_cnn'}, ...}})")
         else:
-            chosen = [s for s in inputs.values() if sections[s.kind] is not None or s.name in params.encoders]
+            chosen = [s for s in inputs.values() if sections[s.kind] is not None or s.name in own]
             if not chosen:
                 raise ConfigError(f"model modalities: no input of a kind with an encoder section ({have}); set "
                                   "model.tokens or model.waveform for these inputs")
         out = {}
         for s in chosen:
-            section = params.encoders.get(s.name, sections[s.kind])
+            section = own.get(s.name, sections[s.kind])
             if not hasattr(section.params, "input"):
                 raise ConfigError(f"model modalities: encoder {section.name} (model.{s.kind}) reads no named input "
                                   "(it has no `input` parameter); choose a model that does")

@@ -114,3 +114,18 @@ def test_trial_run_keeps_every_epoch_and_final_key(store):
     assert got.data.metrics["dev/weighted_f1"] == pytest.approx(0.2)
     assert math.isnan(got.data.metrics["test/group:F/f1"])
     assert [m.step for m in c.get_metric_history(run.run_id, "dev/loss")] == [0, 1, 2]
+
+
+def test_sql_store_rows_do_not_go_through_log_batch(store, monkeypatch):
+    """On MLflow's SQL store a batch of distinct rows (one in-batch repeat included) is written by the multi-row
+    path: were it to fall back (an MLflow upgrade changing the store), this fails instead of the sweep slowing."""
+    uri, experiment_id = store
+    c, fast, _ = _runs(uri, experiment_id)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("log_batch called")
+
+    monkeypatch.setattr(c, "log_batch", refuse)
+    rows = [Metric(f"dev/k{i}", float(i), 5, step) for step in range(3) for i in range(400)]
+    tracking_mlflow._send_metrics(c, fast, rows + rows[:1])
+    assert len(c.get_run(fast).data.metrics) == 400

@@ -240,14 +240,57 @@ def _threads(spec: SweepSpec) -> int:
     return max(1, int(spec.resources.cpus_per_worker))
 
 
+def tune_keys(spec: SweepSpec) -> frozenset[str]:
+    """The metrics the sweep's driver reads from a trial's Tune results, whatever their kind: the objectives (the
+    searcher, the progress table), early stopping's objectives (the scheduler) and the constrained metrics (the
+    searcher, the feasibility marks)."""
+    search = spec.search
+    return frozenset([*(o.metric for o in search.objectives), *(o.metric for o in search.stopping_objectives),
+                      *(c.metric for c in search.constraints)])
+
+
+def for_tune(metrics: Mapping[str, Any], keep: frozenset[str]) -> dict[str, Any]:
+    """What of a trial's report goes to Tune: ``keep``, every key that is not a per-group metric (epoch, final,
+    losses, method state) and the headline metrics (overall utilities, gaps pooled and aggregated over strata),
+    which are what each epoch reports; not the final evaluation's per-group and per-stratum breakdown.
+
+    Tune keeps statistics of every key of every result in each trial's state and serialises that state into the
+    experiment checkpoint again after each change (JSON, a cloudpickle per key): the ~300 breakdown keys of a final
+    report cost the driver ~0.2 s of CPU per trial, which trials on the same cores wait for. They reach MLflow
+    from the trial itself, where the frontier, dashboard and report read them.
+    """
+    from fairray.train.loop import headline
+
+    out = {}
+    for key, value in metrics.items():
+        if key not in keep:
+            try:
+                if not headline({key: value}):
+                    continue
+            except ValueError:  # not a metric key: kept
+                pass
+        out[key] = value
+    return out
+
+
+class _TuneSession(TuneSession):
+    """:class:`~fairray.train.TuneSession` reporting :func:`for_tune` of each result."""
+
+    def __init__(self, keep: frozenset[str]) -> None:
+        self.keep = keep
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        super().report(for_tune(metrics, self.keep), checkpoint_dir)
+
+
 def _function_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants, tracking: dict,
-                        threads: int) -> None:
+                        threads: int, keep: frozenset[str] = frozenset()) -> None:
     import torch
     from ray import tune
 
     torch.set_num_threads(threads)
     trial_id = tune.get_context().get_trial_id()
-    run_trial(raw, config, data.select(config), TuneSession(), TrialTracking(trial_id=trial_id, **tracking))
+    run_trial(raw, config, data.select(config), _TuneSession(keep), TrialTracking(trial_id=trial_id, **tracking))
 
 
 def _train_worker(config: dict) -> None:
@@ -498,7 +541,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         threads = _threads(spec)
         if backend == "function":
             trainable = tune.with_parameters(_function_trainable, raw=raw, data=data, tracking=tracking,
-                                             threads=threads)
+                                             threads=threads, keep=tune_keys(spec))
             resources = {"cpu": spec.resources.cpus_per_worker, "gpu": spec.resources.gpus_per_worker}
         else:
             data = data.by_reference()

@@ -787,13 +787,15 @@ def _range(values: np.ndarray, defined: np.ndarray) -> np.ndarray:
 
 
 def _gaps(
-    gcm: np.ndarray, s_min: int, gap_op: str, class_agg: str, task: str = "single"
+    gcm: np.ndarray, s_min: int, gap_op: str, class_agg: str, task: str = "single",
+    util: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """All gaps of ``task`` for a stack of per-group per-class binary tables ``[B, G, C, 2, 2]``.
 
     Returns ``{gap: [B]}``, ``{gap: classes kept [B]}`` (NaN for the scalar gaps) and the number
     of groups with at least ``s_min`` samples ``[B]``; a smaller group takes part in no gap.
-    ``acc_gap`` and ``avg_gap`` are single-label only.
+    ``acc_gap`` and ``avg_gap`` are single-label only. ``util``: :func:`_utilities` of ``gcm`` when the
+    caller has them already (a report's group and cell scopes are these tables).
     """
     r = _rates(gcm)
     n_g = np.broadcast_to(r["n"][..., None], r["tp"].shape)
@@ -815,7 +817,7 @@ def _gaps(
         for k, name in enumerate(names):
             found[name], n_classes[name] = agg[k], kept[k]
     gaps = {name: found[name] for name in classwise}
-    util = _utilities(gcm, s_min, task)
+    util = _utilities(gcm, s_min, task) if util is None else util
     fpr_defined = r["neg"] >= s_min
     common = np.all(fpr_defined | ~present[..., None], axis=1, keepdims=True)  # classes defined for all groups
     mean_fpr = _masked_mean(_div(r["fp"], r["neg"]), common & fpr_defined)
@@ -946,11 +948,10 @@ def _build_columns(
     partition, gap_metrics = _PARTITION_METRICS[task], _GAPS[task]
 
     # Partition scopes: overall, each group, each stratum, each cell; one stacked utility call.
-    cells = [counts.sum((0, 1))]
-    cells += [counts[i].sum(0) for i in range(n_g)]
-    cells += [counts[:, j].sum(0) for j in range(n_s)]
-    cells += [counts[i, j] for i in range(n_g) for j in range(n_s)]
-    util = _utilities(np.stack(cells), s_min, task)
+    # (integer sums: the same in any order; whole axes at once rather than one scope at a time)
+    cells = np.concatenate([counts.sum((0, 1))[None], counts[:n_g].sum(1), counts[:, :n_s].sum(0),
+                            counts[:n_g, :n_s].reshape(n_g * n_s, *counts.shape[2:])])
+    util = _utilities(cells, s_min, task)
     value = [np.stack([util[m] for m in partition], 1).reshape(-1)]  # cell by cell, metric by metric
     support = [np.repeat(util["n"], len(partition))]
     n_cls = [np.full(len(cells) * len(partition), np.nan)]
@@ -959,7 +960,11 @@ def _build_columns(
     # Gap scopes: pooled over the known groups, then inside each stratum (each: the gaps, n_excluded, n_groups_eff).
     known = counts[:n_g]
     gcm = np.concatenate([known.sum(1)[None], known[:, :n_s].transpose(1, 0, 2, 3, 4)])
-    gaps, n_classes, n_groups = _gaps(gcm, s_min, gap_op, class_agg, task)
+    # gcm's tables are the group scopes (pooled over strata) and the cells: their utilities are computed above
+    scope = np.concatenate([1 + np.arange(n_g)[None], 1 + n_g + n_s + np.arange(n_g)[None] * n_s
+                            + np.arange(n_s)[:, None]])  # [1+S, G]: each gcm entry's row among the cells
+    gaps, n_classes, n_groups = _gaps(gcm, s_min, gap_op, class_agg, task,
+                                      util={k: v[scope] for k, v in util.items()})
     sup = np.concatenate([[samples[:n_g].sum()], samples[:n_g, :n_s].sum(0)]).astype(float)
     excluded = np.concatenate([[samples[n_g].sum()], samples[n_g, :n_s]]).astype(float)
     n_m, n_b = len(gap_metrics), len(sup)
@@ -970,21 +975,17 @@ def _build_columns(
     n_cls.append(np.concatenate([np.stack([np.asarray(n_classes[m], float) for m in gap_metrics], 1),
                                  np.full((n_b, 2), np.nan)], 1).reshape(-1))
     n_str.append(np.full(n_b * (n_m + 2), np.nan))
-    if n_s:  # worst and mean over the strata whose gap is defined
-        agg_value, agg_support, agg_strata = [], [], []
-        for metric in gap_metrics:
-            per_stratum = gaps[metric][1:]
-            ok = np.isfinite(per_stratum)
-            worst = per_stratum[ok].max() if ok.any() else np.nan
-            mean = per_stratum[ok].mean() if ok.any() else np.nan
-            behind = sup[1:][ok].sum()
-            agg_value += [worst, mean]
-            agg_support += [behind, behind]
-            agg_strata += [float(ok.sum())] * 2
-        value.append(np.asarray(agg_value, float))
-        support.append(np.asarray(agg_support, float))
+    if n_s:  # worst and mean over the strata whose gap is defined, every gap metric at once
+        per_stratum = np.stack([gaps[m][1:] for m in gap_metrics])  # [M, S]
+        ok = np.isfinite(per_stratum)
+        n_ok = ok.sum(1)
+        worst = np.where(n_ok > 0, np.where(ok, per_stratum, -np.inf).max(1), np.nan)
+        mean = _div(np.where(ok, per_stratum, 0.0).sum(1), n_ok)
+        behind = np.where(ok, sup[1:], 0.0).sum(1)
+        value.append(np.stack([worst, mean], 1).reshape(-1))  # metric by metric: worst, mean
+        support.append(np.repeat(behind, 2))
         n_cls.append(np.full(2 * n_m, np.nan))
-        n_str.append(np.asarray(agg_strata, float))
+        n_str.append(np.repeat(n_ok.astype(float), 2))
     rows: dict[str, list] = {col: list(column) for col, column in text.items()}
     for col, parts in (("value", value), ("support", support), ("n_classes", n_cls), ("n_strata", n_str)):
         rows[col] = np.concatenate(parts).astype(float).tolist()  # Python floats: the table's cells

@@ -364,7 +364,8 @@ def _strings(values: Any, name: str) -> np.ndarray:
         raise DataError(f"Predictions: {name} must be 1-D; got shape {arr.shape}")
     if arr.dtype.kind not in "UO" and arr.size:
         raise DataError(f"Predictions: {name} must hold strings; got dtype {arr.dtype}")
-    if arr.dtype.kind == "O" and any(not isinstance(v, str) for v in arr.tolist()):
+    # infer_dtype: "string" iff every element is a str (one pass in C; None/NaN/numbers make it "mixed")
+    if arr.dtype.kind == "O" and arr.size and pd.api.types.infer_dtype(arr, skipna=False) != "string":
         raise DataError(f"Predictions: {name} must hold strings only (no None/NaN/numbers)")
     out = arr.astype(str)
     out.flags.writeable = False

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fairray.config import SweepSpec, resolve_trial, to_plain
@@ -293,18 +294,19 @@ class _Evaluator:
         self.idx = {"dev": data.indices("dev"), "test": data.indices("test"), **data.test_sets}
         self.labels = {s: _batch(data, self.idx[s], stores={}).to(device) for s in self.idx}
         columns = [data.attribute, data.stratum_name]
-        groups = data.meta[columns]  # the columns first, then the rows: not every column of meta for each split
-        self.frames = {s: groups.iloc[rows].reset_index(drop=True) for s, rows in self.idx.items()}
-        ids = data.meta[[c for c in ("uid", "speaker") if c in data.meta.columns]]
+        meta = data.meta
+        # every column read here as one array, taken per split (no DataFrame selection and take per split);
+        # Predictions normalises the group columns, and uid / speaker are meta's, as strings (missing stays NaN)
+        groups = {c: meta[c].to_numpy() for c in columns}
+        ids = {c: meta[c].astype(str).to_numpy() for c in ("uid", "speaker") if c in meta.columns}
         self.template = {}  # per split, the rows' Predictions checked once; an epoch adds its outputs
-        for s in self.idx:
-            meta = ids.iloc[self.idx[s]]
-            uid = meta["uid"].astype(str).to_numpy() if "uid" in meta.columns else self.idx[s].astype(str)
-            y_true = multi_hot(data.soft[self.idx[s]]) if data.task == "multi" else data.y[self.idx[s]]
+        for s, rows in self.idx.items():
+            y_true = multi_hot(data.soft[rows]) if data.task == "multi" else data.y[rows]
             if data.task == "regression":
                 y_true = y_true.astype(np.float64)
             self.template[s] = Predictions(
-                uid=uid, speaker=meta["speaker"].astype(str).to_numpy(), groups=self.frames[s], y_true=y_true,
+                uid=ids["uid"][rows] if "uid" in ids else rows.astype(str), speaker=ids["speaker"][rows],
+                groups=pd.DataFrame({c: groups[c][rows] for c in columns}), y_true=y_true,
                 y_pred=y_true, prob=None, classes=data.classes, attribute=data.attribute, stratum=data.stratum_name,
                 task=data.task, s_min=s_min)
 

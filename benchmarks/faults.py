@@ -49,6 +49,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,7 +200,13 @@ def worker_kill(root: Path) -> dict:
             time.sleep(0.3)
         watch.poll(proc, *procs)
         at_kill = _last_steps(db)
-        os.killpg(procs[1].pid, signal.SIGKILL)  # the first worker node, raylet, agents and trial processes
+        node: dict[int, float] = {}
+        descendants(procs[1].pid, node)  # the first worker node: raylet, agents and trial processes, ...
+        os.killpg(procs[1].pid, signal.SIGKILL)  # ... its process group at once, and ...
+        for pid, created in node.items():  # ... any that left the group (a trial kept training without this)
+            with contextlib.suppress(psutil.Error):
+                if (q := psutil.Process(pid)).create_time() == created:
+                    q.kill()
         t0, killed_ms = time.monotonic(), time.time() * 1000
         last = dict(at_kill)  # run -> the last epoch it logged, as of the previous poll
         retried: dict[str, tuple[float, int]] = {}  # run -> (seconds from the kill to its retry, epochs it had)

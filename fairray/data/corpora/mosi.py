@@ -617,17 +617,24 @@ class _SentimentAdapter(CorpusAdapter):
                 rows[i] = frames
         return rows, int(dim or 0)
 
-    def _csd_frames(self, root: Path, table: pd.DataFrame, modality: str) -> tuple[list[np.ndarray], int]:
+    def _csd_steps(self, root: Path, table: pd.DataFrame, modality: str) -> Iterator[np.ndarray]:
+        """Each segment's frames of ``modality`` from its ``.csd`` file, in ``table``'s order, checked."""
         path = self._find_csd(root, modality)
-        rows, dim = [], 0
+        if path is None:
+            raise DataError(f"{root}: no {modality} .csd found (looked for {list(self._candidates(modality))})")
         with open_csd(path) as (data, _):
             for segment in table["segment_id"]:
                 if segment not in data:
                     raise DataError(f"{path}: no data/{segment!r}; the table was not loaded from {root}")
                 steps = _features(data, segment, path)
                 self._check_finite(steps, f"{path}: data/{segment!r}")
-                dim = int(steps.shape[1])
-                rows.append(trim_padding(steps[None], self.nonfinite_policy)[0])
+                yield steps
+
+    def _csd_frames(self, root: Path, table: pd.DataFrame, modality: str) -> tuple[list[np.ndarray], int]:
+        rows, dim = [], 0
+        for steps in self._csd_steps(root, table, modality):
+            dim = int(steps.shape[1])
+            rows.append(trim_padding(steps[None], self.nonfinite_policy)[0])
         return rows, dim
 
     def _check_finite(self, values: np.ndarray, where: str) -> None:
@@ -658,18 +665,8 @@ class _SentimentAdapter(CorpusAdapter):
     def _csd_features(self, root: Path, table: pd.DataFrame) -> list[np.ndarray]:
         blocks = []
         for modality in self.modalities:
-            path = self._find_csd(root, modality)
-            if path is None:
-                raise DataError(f"{root}: no {modality} .csd found (looked for {list(self._candidates(modality))})")
-            rows = []
-            with open_csd(path) as (data, _):
-                for segment in table["segment_id"]:
-                    if segment not in data:
-                        raise DataError(f"{path}: no data/{segment!r}; the table was not loaded from {root}")
-                    steps = _features(data, segment, path)
-                    self._check_finite(steps, f"{path}: data/{segment!r}")
-                    rows.append(time_average(steps, self.nonfinite_policy))
-            blocks.append(np.stack(rows))
+            blocks.append(np.stack([time_average(steps, self.nonfinite_policy)
+                                    for steps in self._csd_steps(root, table, modality)]))
         return blocks
 
 

@@ -179,9 +179,10 @@ class DataVariants:
         return out
 
     @classmethod
-    def prepare(cls, loaded: LoadedSpec, assignments: list[dict[str, Any]], verbose: bool = True) -> DataVariants:
-        """Prepare each distinct resolved dataset section once (``{}`` and ``{groups.name: attribute}``
-        are the same data when the spec already says ``attribute``)."""
+    def _sections(cls, loaded: LoadedSpec, assignments: list[dict[str, Any]]):
+        """``(paths, aliases, specs)``: the assignments' parameter paths, each assignment's canonical dataset
+        section, and one resolved spec per distinct section (``{}`` and ``{groups.name: attribute}`` are the
+        same data when the spec already says ``attribute``)."""
         spec = loaded.spec
         assignments = assignments or [{}]
         paths = tuple(sorted({p for a in assignments for p in a}))
@@ -191,6 +192,19 @@ class DataVariants:
             canonical = json.dumps(to_plain(variant.dataset), sort_keys=True, default=str)
             aliases[cls.key(a)] = canonical
             specs.setdefault(canonical, variant)
+        return paths, aliases, specs
+
+    @classmethod
+    def needs_ray(cls, loaded: LoadedSpec, assignments: list[dict[str, Any]]) -> bool:
+        """Whether :meth:`prepare` uses Ray: several variants go to the object store, and extraction with
+        ``dataset.extract_workers > 1`` runs as Ray tasks when Ray is up. Otherwise it can run before Ray starts."""
+        _, _, specs = cls._sections(loaded, assignments)
+        return len(specs) > 1 or any(v.dataset.extract_workers > 1 for v in specs.values())
+
+    @classmethod
+    def prepare(cls, loaded: LoadedSpec, assignments: list[dict[str, Any]], verbose: bool = True) -> DataVariants:
+        """Prepare each distinct resolved dataset section once (see :meth:`_sections`)."""
+        paths, aliases, specs = cls._sections(loaded, assignments)
         if len(specs) == 1:
             return cls(paths, aliases, {k: (prepare_data(v), None) for k, v in specs.items()})
         import ray
@@ -387,11 +401,13 @@ def _init_ray(address: str | None) -> bool:
 _REAPER = None  # the watchdog of the local cluster this process started last (kept so that it is reaped)
 
 
-def _init_ray_while(address: str | None, work):
-    """:func:`_init_ray` on this thread while ``work()`` runs on another; ``(connected, *work())``.
+def _init_ray_while(address: str | None, work, first):
+    """``first()``, then :func:`_init_ray`, on this thread while ``work()`` runs on another;
+    ``(connected, first(), work())``.
 
-    Whichever fails, nothing is left behind: Ray is shut down again if ``work`` raised, and the sweep run
-    ``work`` opened is ended FAILED if Ray could not start.
+    Whichever fails, nothing is left behind: Ray is not started if ``first`` raised, and shut down again if
+    ``work`` raised (neither writes anything that would need undoing: ``work`` reads the store, ``first``
+    prepares the data).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -399,17 +415,10 @@ def _init_ray_while(address: str | None, work):
 
     with ThreadPoolExecutor(1, thread_name_prefix="fairray-mlflow") as pool:
         future = pool.submit(work)
+        before = first()
+        connected = _init_ray(address)
         try:
-            connected = _init_ray(address)
-        except BaseException as exc:
-            try:
-                _, _, sweep = future.result()
-                end_run(sweep.uri, sweep.run_id, "FAILED", f"{type(exc).__name__}: {exc}")
-            except Exception:
-                pass
-            raise
-        try:
-            return (connected, *future.result())
+            return connected, before, future.result()
         except BaseException:
             if connected:
                 ray.shutdown()
@@ -506,13 +515,19 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     uri = tracking_uri(spec)
     objectives = [(o.metric, o.direction.value) for o in spec.search.objectives]
 
-    def open_sweep_run():
-        experiment_id = ensure_experiment(uri, spec.experiment, root)
-        previous = _find_resumable(uri, experiment_id, spec.name, ablation) if resume else None
-        what = f"ablation {ablation!r} of sweep {spec.name!r}" if ablation else f"sweep {spec.name!r}"
-        if resume and previous is None:
+    what = f"ablation {ablation!r} of sweep {spec.name!r}" if ablation else f"sweep {spec.name!r}"
+
+    def find_previous():
+        """The earlier sweep run that ``--resume`` continues (a read)."""
+        experiment = client(uri).get_experiment_by_name(spec.experiment)
+        previous = _find_resumable(uri, experiment.experiment_id, spec.name, ablation) if experiment else None
+        if previous is None:
             raise FairrayError(f"--resume: no earlier {what} in MLflow experiment {spec.experiment!r} "
                                f"at {shown_uri(uri)}; run without --resume to start one")
+        return previous
+
+    def open_sweep_run(previous):
+        experiment_id = ensure_experiment(uri, spec.experiment, root)
         run_name = previous.data.tags[TAG_RAY_PATH].rsplit("/", 1)[1] if previous else \
             f"{spec.name}{'-' + ablation if ablation else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
         sweep = start_sweep_run(uri, experiment_id, spec.name, root, raw, objectives,
@@ -521,22 +536,36 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         _tag_search_settings(uri, sweep.run_id, spec, ablation)
         return experiment_id, run_name, sweep
 
+    def prepare_variants():
+        # once per sweep, before any trial: feature extraction (as Ray tasks with dataset.extract_workers > 1)
+        # or the cache; trials get the result through the object store
+        prepared = DataVariants.prepare(loaded, assignments, verbose=bool(verbose))
+        warn_thin_dev_cells(prepared.datasets(), spec.train.s_min)
+        return prepared
+
+    # Nothing is written before the data is read: a corpus that lacks a modality, a column or a file stops the
+    # sweep with its one line before any experiment or run exists, and (when its preparation needs no Ray) before
+    # Ray starts. The MLflow store's set-up (imports, schema: ~40 % of a small sweep's fixed cost) runs meanwhile.
     t0 = time.time()
-    if resume:  # a missing earlier sweep is reported before Ray starts
-        opened = open_sweep_run()
-        connected, experiment_id, run_name, sweep = _init_ray_while(address, lambda: opened)
-    else:  # the MLflow store's set-up (imports, schema) runs while Ray starts: ~40 % of a small sweep's fixed cost
-        connected, experiment_id, run_name, sweep = _init_ray_while(address, open_sweep_run)
+    assignments = dataset_assignments(spec, points)
+    early = not DataVariants.needs_ray(loaded, assignments)
+    previous = find_previous() if resume else None  # a missing earlier sweep is reported before Ray starts
+    connected, data, _ = _init_ray_while(address, lambda: client(uri),
+                                         lambda: prepare_variants() if early else None)
+    try:
+        if data is None:
+            data = prepare_variants()
+        experiment_id, run_name, sweep = open_sweep_run(previous)
+    except BaseException:
+        if connected:
+            ray.shutdown()
+        raise
     ray_path = f"{ray_root}/{run_name}"
     tracking = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": sweep.run_id, "sweep": spec.name}
 
     status, reason = "FAILED", None
     scheduler, searcher_impl = None, None
     try:
-        # once per sweep, before any trial: feature extraction (as Ray tasks with dataset.extract_workers > 1)
-        # or the cache; trials get the result through the object store
-        data = DataVariants.prepare(loaded, dataset_assignments(spec, points), verbose=bool(verbose))
-        warn_thin_dev_cells(data.datasets(), spec.train.s_min)
         backend = spec.resources.resolved_backend
         threads = _threads(spec)
         if backend == "function":

@@ -425,6 +425,19 @@ def _init_ray_while(address: str | None, work, first):
             raise
 
 
+def _warm_store(uri: str) -> None:
+    """The MLflow store's set-up that writes nothing: its imports and, for an existing store, the client and its
+    schema check. A SQLite file that does not exist yet is created when the sweep run is opened (after the data
+    was read), so bad data leaves no empty store behind."""
+    from fairray.tracking._mlflow import _sqlite_file
+
+    db = _sqlite_file(uri)
+    if db is not None and not db.exists():
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+        return
+    client(uri)
+
+
 def _find_resumable(uri: str, experiment_id: str, sweep: str, ablation: str | None):
     runs = client(uri).search_runs([experiment_id], filter_string=f"tags.`fairray.kind` = 'sweep' and "
                                    f"tags.`fairray.sweep` = '{sweep}'",
@@ -518,8 +531,11 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     what = f"ablation {ablation!r} of sweep {spec.name!r}" if ablation else f"sweep {spec.name!r}"
 
     def find_previous():
-        """The earlier sweep run that ``--resume`` continues (a read)."""
-        experiment = client(uri).get_experiment_by_name(spec.experiment)
+        """The earlier sweep run that ``--resume`` continues (a read; a SQLite store that does not exist has none)."""
+        from fairray.tracking._mlflow import _sqlite_file
+
+        missing = (db := _sqlite_file(uri)) is not None and not db.exists()
+        experiment = None if missing else client(uri).get_experiment_by_name(spec.experiment)
         previous = _find_resumable(uri, experiment.experiment_id, spec.name, ablation) if experiment else None
         if previous is None:
             raise FairrayError(f"--resume: no earlier {what} in MLflow experiment {spec.experiment!r} "
@@ -550,7 +566,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     assignments = dataset_assignments(spec, points)
     early = not DataVariants.needs_ray(loaded, assignments)
     previous = find_previous() if resume else None  # a missing earlier sweep is reported before Ray starts
-    connected, data, _ = _init_ray_while(address, lambda: client(uri),
+    connected, data, _ = _init_ray_while(address, lambda: _warm_store(uri),
                                          lambda: prepare_variants() if early else None)
     try:
         if data is None:

@@ -5,9 +5,11 @@ robust encoder ``E_r^m`` and a biased encoder ``E_b^m`` of the same type give ``
 follows the input: with ``model: modalities`` a ``sequence`` input (MOSI/MOSEI's aligned GloVe / COVAREP / FACET
 frames, ``sequences: true``) goes through an LSTM over its valid frames (``lstm``: METHODS' "1-layer LSTM over
 frame features", the released code's ``AuViSubNet``), a ``vector`` input through an MLP (``mlp``), so each
-modality gets its own robust and biased LSTM or MLP (departures from the released code, where METHODS is silent:
-text is an LSTM over GloVe vectors, not BERT over the transcript, which MulT's pickles do not carry; one learning
-rate for every encoder, where the released config gives audio / video 5e-3)::
+modality gets its own robust and biased LSTM or MLP (a departure from the released code, where METHODS is silent:
+text is an LSTM over GloVe vectors, not BERT over the transcript, which MulT's pickles do not carry). An encoder's
+learning rate (the model's ``lr_scales``, e.g. the released MOSI config's audio / video at 5 x 1e-3) marks its
+module, so both copies train at it, as the released optimisers group ``model_c`` and ``model_b`` of a modality;
+the heads, projections and fusion train at ``train.lr`` (the released ``learning_rate_other``)::
 
     B^m(h)  = biased head on [sg(h_r^m); h_b^m]          -> class logits, trained with GCE_q (bias learning)
     u^m     = F^m([h_r^m; sg(h_b^m)])                    -> R^d, the robust projection

@@ -7,8 +7,19 @@ the data is prepared), and builds a module whose ``forward`` takes the batch's i
 
 Trainable state: the loop optimises and checkpoints only parameters with ``requires_grad`` (plus
 buffers), so a plugin that freezes a backbone saves only what it trains (see
-:mod:`fairray.train.checkpoint`). A module (or any submodule) may define ``lr_scales()`` -> ``{parameter
-name prefix: multiplier of train.lr}`` to give parameter groups their own learning rate.
+:mod:`fairray.train.checkpoint`).
+
+Learning rates (the loop's parameter groups, :func:`fairray.train.loop.param_groups`): every parameter trains at
+``train.lr`` times the product of the scales that apply to it, so a module says which of its parameters train
+faster or slower without the loop knowing why. Two ways to declare one:
+
+* a module (or any submodule) defines ``lr_scales()`` -> ``{parameter name prefix: multiplier}`` (a backbone
+  below its head: ``{"backbone": 0.1}``; the longest matching prefix of one module applies);
+* :func:`set_lr_scale` marks a whole submodule (a fusion model's encoder of one input: ``model.lr_scales``).
+  The mark travels with the module, so a method that takes the encoders out of the model it builds (GEAR's
+  robust and biased copies, CBERL's trunks) keeps each input's learning rate without saying so.
+
+Scales compose: an encoder at 5x whose ``lr_scales()`` puts its backbone at 0.1x trains that backbone at 0.5x.
 """
 
 from __future__ import annotations
@@ -73,6 +84,31 @@ def check_model(name: str, params: Any, inputs: Mapping[str, InputSpec]) -> None
     check = getattr(plugin, "check", None)
     if check is not None:
         check(params, inputs)
+
+
+#: The attribute :func:`set_lr_scale` sets on a submodule (read by the loop's parameter groups).
+LR_SCALE = "lr_scale"
+
+
+def set_lr_scale(module: nn.Module, scale: float) -> nn.Module:
+    """Mark ``module``: every parameter under it trains at ``scale`` x ``train.lr`` (times other scales that
+    apply to it). Returns ``module``."""
+    if not (scale > 0 and scale < float("inf")):
+        raise ValueError(f"a learning-rate scale must be a finite number > 0, got {scale!r}")
+    setattr(module, LR_SCALE, float(scale))
+    return module
+
+
+def check_lr_scales(scales: Mapping[str, float] | None, names: Any, what: str) -> None:
+    """Refuse a ``lr_scales`` entry that is not a finite number > 0 or names none of ``names`` (the inputs or
+    encoder labels a model has; ``what`` says which), in one line naming the key and the value. ``names`` None:
+    only the values are checked (the names are checked once the model sees the dataset's inputs)."""
+    for key, value in (scales or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ValueError(f"lr_scales.{key}: must be a number > 0 (a multiple of train.lr), got {value!r}")
+        if names is not None and key not in names:
+            raise ValueError(f"lr_scales.{key}: names no {what} ({', '.join(names) or 'none'}); "
+                             f"give a multiple of train.lr for one of those")
 
 
 def models_for(kinds: set[str]) -> list[str]:

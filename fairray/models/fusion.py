@@ -33,6 +33,12 @@ YAML: the encoders are a mapping ``label -> model section``, written as the top-
       encoders:
         audio: {name: seq_pool, pooling: stats, hidden: 64}
         text: {name: text, model_path: /models/minilm, finetune: lora}
+      lr_scales: {audio: 5}   # the audio encoder at 5 x train.lr, the rest (text, the head) at train.lr
+
+``lr_scales`` (encoder label -> multiple of ``train.lr``, each > 0) gives an encoder its own learning rate: it
+marks the encoder's module (:func:`~fairray.models._base.set_lr_scale`), so the mark stays with the encoder when
+a method (GEAR, CBERL) takes it out of the fusion model; nested scales (a text encoder's ``backbone_lr_scale``)
+multiply it.
 
 Reuse (GEAR, CBERL): :class:`FusionModel` keeps the encoders in ``encoders`` (an ``nn.ModuleDict``);
 :meth:`FusionModel.embeddings` and :meth:`FusionModel.encoder_logits` give each modality's embedding and
@@ -51,7 +57,7 @@ from torch import nn
 from fairray._typed import Where, build, to_plain
 from fairray.errors import ConfigError, FairrayError
 from fairray.inputs import KINDS, InputSpec
-from fairray.models._base import MODELS, check_model
+from fairray.models._base import MODELS, check_lr_scales, check_model, set_lr_scale
 from fairray.models.mlp import drop_classifier, head_embed, mlp_layers
 
 #: The methods a module must have to be fused early (see the module docstring).
@@ -127,14 +133,19 @@ def build_encoders(encoders: Mapping[str, Encoder], inputs: Mapping[str, InputSp
 
 
 class FusionModel(nn.Module):
-    """Encoders by label and, in ``early`` mode, one head over their concatenated embeddings."""
+    """Encoders by label and, in ``early`` mode, one head over their concatenated embeddings. ``lr_scales``:
+    encoder label -> multiple of ``train.lr`` for that encoder's parameters (set on the encoder's module)."""
 
-    def __init__(self, encoders: Mapping[str, nn.Module], mode: str, head: nn.Sequential | None = None) -> None:
+    def __init__(self, encoders: Mapping[str, nn.Module], mode: str, head: nn.Sequential | None = None,
+                 lr_scales: Mapping[str, float] | None = None) -> None:
         super().__init__()
         if (mode == "early") != (head is not None):
             raise ValueError("FusionModel: early fusion needs a head, late fusion takes none")
+        check_lr_scales(lr_scales, list(encoders), "encoder of the model")
         self.mode = mode
         self.encoders = nn.ModuleDict(dict(encoders))
+        for label, scale in (lr_scales or {}).items():
+            set_lr_scale(self.encoders[label], scale)
         self.head = head
         self.embed_dim = (head[-1].in_features if head is not None
                           else sum(e.embed_dim for e in self.encoders.values()))
@@ -187,10 +198,13 @@ class Fusion:
         hidden: int = field(default=128, metadata={"ge": 1})
         depth: int = field(default=1, metadata={"ge": 0})
         dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
+        #: Encoder label -> multiple of train.lr for that encoder (e.g. {audio: 5}); the others at train.lr.
+        lr_scales: Mapping[str, float] | None = None
 
         def __post_init__(self) -> None:
             if not self.encoders:
                 raise ValueError("encoders: give at least one encoder ({label: {name: <model>, ...}})")
+            check_lr_scales(self.lr_scales, list(self.encoders), "encoder of the model")
 
     @classmethod
     def check(cls, params: Params, inputs: Mapping[str, InputSpec]) -> None:
@@ -204,4 +218,4 @@ class Fusion:
         if early:
             width = sum(e.embed_dim for e in encoders.values())
             head = nn.Sequential(*mlp_layers(width, params.hidden, params.depth, params.dropout, n_out))
-        return FusionModel(encoders, params.mode, head)
+        return FusionModel(encoders, params.mode, head, params.lr_scales)

@@ -13,6 +13,12 @@ every encoder from it, so with ``sequences: true`` on MOSI each modality gets it
       vector: {name: mlp, hidden: 64, depth: 1}       # every vector input
       inputs: null                                    # null: every input of a kind with an encoder section
       encoders: {audio: {name: lstm, hidden: 16}}     # an input's own section, replacing its kind's
+      lr_scales: {audio: 5, vision: 5}                # x train.lr for those inputs' encoders; the rest at train.lr
+
+``lr_scales`` gives an input's encoder its own learning rate, as a multiple of ``train.lr`` (the convention of
+``backbone_lr_scale``: searching ``train.lr`` keeps the ratio), and GEAR's robust and biased copies of that encoder
+both train at it (the scale marks the encoder's module; see :class:`~fairray.models.fusion.FusionModel`). A
+scale <= 0, or one for an input the model does not encode, is refused in one line naming the inputs it encodes.
 
 An input of a kind without a section is refused when it is named in ``inputs``, in one line that says which
 section to add; with ``inputs: null`` it is left out only if other inputs remain (no encoder at all is refused).
@@ -28,7 +34,7 @@ from torch import nn
 
 from fairray.errors import ConfigError
 from fairray.inputs import KINDS, InputSpec
-from fairray.models._base import MODELS
+from fairray.models._base import MODELS, check_lr_scales
 from fairray.models.fusion import Encoder, FusionModel, build_encoders, check_encoders
 from fairray.models.mlp import mlp_layers
 
@@ -56,8 +62,12 @@ class Modalities:
         hidden: int = field(default=128, metadata={"ge": 1})
         depth: int = field(default=1, metadata={"ge": 0})
         dropout: float = field(default=0.1, metadata={"ge": 0, "lt": 1})
+        #: Input name -> multiple of train.lr for that input's encoder (e.g. {audio: 5}); the others, and the
+        #: fusion head, at train.lr.
+        lr_scales: Mapping[str, float] | None = None
 
         def __post_init__(self) -> None:
+            check_lr_scales(self.lr_scales, None, "input")
             for kind in ("sequence", "vector", "tokens", "waveform"):
                 if isinstance(getattr(self, kind), str):
                     object.__setattr__(self, kind, Encoder(getattr(self, kind)))
@@ -95,6 +105,10 @@ class Modalities:
                 raise ConfigError(f"model modalities: encoder {section.name} (model.{s.kind}) reads no named input "
                                   "(it has no `input` parameter); choose a model that does")
             out[s.name] = Encoder(section.name, dataclasses.replace(section.params, input=s.name))
+        try:  # a scale for an input the model does not encode would be dropped silently
+            check_lr_scales(params.lr_scales, list(out), "input the model encodes")
+        except ValueError as exc:
+            raise ConfigError(f"model modalities: {exc}") from None
         return out
 
     @classmethod
@@ -106,4 +120,4 @@ class Modalities:
         encoders = build_encoders(cls.encoders(params, inputs), inputs, n_out, who="model modalities", embed=True)
         width = sum(e.embed_dim for e in encoders.values())
         head = nn.Sequential(*mlp_layers(width, params.hidden, params.depth, params.dropout, n_out))
-        return FusionModel(encoders, "early", head)
+        return FusionModel(encoders, "early", head, params.lr_scales)

@@ -37,6 +37,7 @@ from fairray.methods import METHODS, Batch, DevEval, LossOutput, Method, Sampler
 from fairray.methods._reduce import Accumulation, forbidden, recording, replaying
 from fairray.metrics import MetricKey, Predictions, decide, multi_hot
 from fairray.models import as_specs, build_model
+from fairray.models._base import LR_SCALE
 from fairray.train._session import Session
 from fairray.train.checkpoint import (
     BEST_FILE,
@@ -366,19 +367,30 @@ def model_builder(spec: SweepSpec, inputs: Mapping[str, InputSpec] | int) -> Cal
 
 
 def param_groups(module: torch.nn.Module, lr: float) -> list[dict[str, Any]]:
-    """Trainable parameters grouped by learning rate: a submodule's ``lr_scales()`` maps its parameter name
-    prefixes to multiples of ``lr`` (the longest matching prefix wins); everything else trains at ``lr``."""
-    scales: dict[str, float] = {}
+    """Trainable parameters grouped by learning rate, every one in exactly one group: each parameter trains at
+    ``lr`` times the product of the scales its modules declare (:mod:`fairray.models._base`): a submodule marked
+    by ``set_lr_scale`` (all its parameters; a modality's encoder, and GEAR's copies of it) and a submodule's
+    ``lr_scales()`` (parameter name prefix -> multiplier; of one module's prefixes the longest match applies).
+    Parameters nothing scales train at ``lr``; groups are ordered by scale."""
+    declared: list[dict[str, float]] = []  # per declaring module: full parameter-name prefix -> scale
     for prefix, sub in module.named_modules():
+        own = getattr(sub, LR_SCALE, None)
+        if own is not None:
+            declared.append({prefix: float(own)})
         if hasattr(sub, "lr_scales"):
-            for local, scale in sub.lr_scales().items():
-                scales[f"{prefix}.{local}" if prefix else local] = float(scale)
+            declared.append({f"{prefix}.{local}" if prefix else local: float(scale)
+                             for local, scale in sub.lr_scales().items()})
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        match = max((k for k in scales if name == k or name.startswith(k + ".")), key=len, default=None)
-        groups.setdefault(scales[match] if match else 1.0, []).append(p)
+        scale = 1.0
+        for scales in declared:
+            match = max((k for k in scales if k == "" or name == k or name.startswith(k + ".")), key=len,
+                        default=None)
+            if match is not None:
+                scale *= scales[match]
+        groups.setdefault(scale, []).append(p)
     return [{"params": ps, "lr": lr * scale, "lr_scale": scale} for scale, ps in sorted(groups.items())]
 
 

@@ -437,7 +437,38 @@ def find_sweep_run(uri: str, experiment: str, run_id: str | None = None, ablatio
     return runs[0]
 
 
+_SEARCH_PAGE = 10000  # runs per search_runs page (MLflow's SQL store accepts up to 50000)
+
+
 def trial_runs(uri: str, sweep_run) -> list:
+    """The child runs of ``sweep_run`` (deleted runs left out) as ``mlflow.entities.Run``: info, tags, params and
+    latest metrics. A SQL store is read with a few set-based queries of its own tables
+    (:func:`fairray.tracking._bulk.sql_child_runs`): ``search_runs`` spent ~8.6 s building ORM objects for the
+    ~220k latest metrics of a 500-trial sweep on SQLite. Another store (a tracking server, a file store), or a
+    database error of the bulk read, is read with ``search_runs``, page by page."""
+    from fairray.tracking._bulk import sql_child_runs
+
     c = client(uri)
-    return c.search_runs([sweep_run.info.experiment_id],
-                         filter_string=f"tags.`{PARENT_TAG}` = '{sweep_run.info.run_id}'", max_results=10000)
+    experiment_id, parent = sweep_run.info.experiment_id, sweep_run.info.run_id
+    store = getattr(getattr(c, "_tracking_client", None), "store", None)
+    if store is not None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            runs = sql_child_runs(store, experiment_id, parent)
+        except MlflowException as exc:
+            from sqlalchemy.exc import SQLAlchemyError
+
+            if not isinstance(exc.__cause__, SQLAlchemyError):
+                raise
+        else:
+            if runs is not None:
+                return runs
+    out, token = [], None
+    while True:
+        page = c.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'",
+                             max_results=_SEARCH_PAGE, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out

@@ -342,7 +342,7 @@ _TRAIN_POLL_S = 0.05  # seconds between a Ray Train controller's polls of its wo
 
 
 def _train_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants, tracking: dict, threads: int,
-                     scaling: dict, storage: str) -> None:
+                     scaling: dict, storage: str, keep: frozenset[str] = frozenset()) -> None:
     """The Tune trial builds and fits a TorchTrainer; a fixed name per trial resumes its checkpoints."""
     import ray.train
     from ray import tune
@@ -356,7 +356,7 @@ def _train_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants, t
     trainer = _trainer_class()(
         _train_worker,  # the dataset goes by reference: put once per sweep, not once per trial with its config
         train_loop_config={"raw": raw, "params": dict(config), "data": data.reference(config), "threads": threads,
-                           "tracking": TrialTracking(trial_id=trial_id, **tracking)},
+                           "tracking": TrialTracking(trial_id=trial_id, **tracking), "keep": keep},
         scaling_config=ray.train.ScalingConfig(**scaling),
         run_config=ray.train.RunConfig(name=f"train-{trial_id}", storage_path=storage,
                                        callbacks=[TuneReportCallback()]),
@@ -595,7 +595,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                                                 **({"GPU": spec.resources.gpus_per_worker}
                                                    if spec.resources.gpus_per_worker else {})}}
             trainable = tune.with_parameters(_train_trainable, raw=raw, data=data, tracking=tracking,
-                                             threads=threads, scaling=scaling, storage=ray_root)
+                                             threads=threads, scaling=scaling, storage=ray_root, keep=tune_keys(spec))
             # The trial's own driver holds no CPU, else two trials on two CPUs starve their workers.
             resources = {"cpu": 0, "memory": 256 * 1024**2}
         trainable = tune.with_resources(trainable, resources)

@@ -5,11 +5,13 @@ from fairray.train.loop import TrialTracking, headline, model_meta, run_trial
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point: ``config`` carries ``raw``, ``params``, ``data``, ``tracking``, ``threads``."""
+    """Ray Train entry point: ``config`` carries ``raw``, ``params``, ``data``, ``tracking``, ``threads`` and, from a
+    sweep, ``keep`` (the metrics its driver reads from Tune: see :class:`TrainSession`)."""
     import torch
 
     torch.set_num_threads(config.get("threads", 1))
-    run_trial(config["raw"], config["params"], config["data"], TrainSession(), config.get("tracking"))
+    run_trial(config["raw"], config["params"], config["data"], TrainSession(config.get("keep")),
+              config.get("tracking"))
 
 
 __all__ = [

@@ -111,18 +111,33 @@ class TuneSession:
 
 
 class TrainSession:
-    """The loop is a Ray Train ``train_loop_per_worker`` (DDP across ``world_size`` workers)."""
+    """The loop is a Ray Train ``train_loop_per_worker`` (DDP across ``world_size`` workers).
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    keep
+        In a sweep (``backend: train``), the metrics its driver reads
+        (:func:`fairray.sweep.runner.tune_keys`): each report then goes to Ray Train, and through
+        ``TuneReportCallback`` to Tune, as :func:`fairray.sweep.runner.for_tune` of it, i.e. without the final
+        evaluation's per-group breakdown, which the trial logs to MLflow itself. None: every key (a Train run
+        outside a sweep).
+    """
+
+    def __init__(self, keep: frozenset[str] | None = None) -> None:
         import ray.train
 
         ctx = ray.train.get_context()
         self.world_rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
+        self.keep = keep
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
 
+        if self.keep is not None:
+            from fairray.sweep.runner import for_tune  # the one rule of what a trial's report gives Tune
+
+            metrics = for_tune(metrics, self.keep)
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 

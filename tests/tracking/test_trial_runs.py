@@ -15,8 +15,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fairray.tracking import TrialRun, client, ensure_experiment, trial_runs
-from fairray.tracking import _bulk
+from fairray.tracking import TrialRun, _bulk, client, ensure_experiment, trial_runs
 from fairray.tracking import _mlflow as tracking_mlflow
 
 PARENT_TAG = "mlflow.parentRunId"

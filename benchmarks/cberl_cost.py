@@ -14,13 +14,17 @@ Seconds per epoch are the median of ``--repeats`` one-epoch trials; ``x erm`` di
 N`` only the first N dialogues of each split are kept (the same rows for every row of the table).
 
     python benchmarks/cberl_cost.py [--corpora ../shared/corpora] [--cache /tmp/features] [--dialogues 0]
-                                    [--repeats 1] [--batch-size 64]
+                                    [--repeats 1] [--batch-size 64] [--rows "erm,cberl full"] [--dense]
+
+``--dense`` times every CBERL row twice, alternating per repeat: on the sparse window graph (an edge list, what
+the method runs) and on the dense ``[B, B]`` adjacency of the first version (``CBERLNets.dense_graph``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import tempfile
 import time
@@ -67,9 +71,13 @@ def main() -> None:
     ap.add_argument("--dialogues", type=int, default=0, help="keep the first N dialogues per split (0 = all)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--rows", default="", help="comma-separated labels of the rows to time (default: all)")
+    ap.add_argument("--dense", action="store_true", help="also time each CBERL row on the dense [B, B] window "
+                    "graph (the first version's path), alternating with the edge list, side by side")
     args = ap.parse_args()
 
     from fairray.config import build_spec
+    from fairray.methods.cberl import CBERLNets
     from fairray.sweep import prepare_data
     from fairray.train import LocalSession, run_trial
 
@@ -85,19 +93,33 @@ def main() -> None:
         n_train = len(data.indices("train"))
         print(f"MELD text (MiniLM 384-d): {n_train} training utterances, {len(data.indices('dev'))} dev; "
               f"batch size {args.batch_size}; median of {args.repeats} one-epoch trial(s)")
-        print(f"{'configuration':<24}{'s / epoch':>10}{'x erm':>8}{'dev W-F1 (1 epoch)':>20}", flush=True)
+        print(f"{'configuration':<24}{'s / epoch':>10}{'x erm':>8}{'dev W-F1 (1 epoch)':>20}"
+              + (f"{'dense s / epoch':>17}{'dense / edges':>15}" if args.dense else ""), flush=True)
+        wanted = {r.strip() for r in args.rows.split(",") if r.strip()}
         erm = None
         for label, change in ROWS:
+            if wanted and label not in wanted and label != "erm":  # ERM is the unit of every ratio
+                continue
             raw = _raw(base, change, args.batch_size)
-            times = []
+            graphs = (False, True) if args.dense and change["method"]["name"] == "cberl" else (False,)
+            times: dict[bool, list[float]] = {g: [] for g in graphs}
             for _ in range(args.repeats):
-                with tempfile.TemporaryDirectory(prefix="trial-") as d:
-                    t0 = time.perf_counter()
-                    final = run_trial(raw, {}, data, LocalSession(d))
-                    times.append(time.perf_counter() - t0)
-            seconds = statistics.median(times)
+                for dense in graphs:  # alternating, so a load change hits both paths alike
+                    CBERLNets.dense_graph = dense
+                    with tempfile.TemporaryDirectory(prefix="trial-") as d:
+                        t0 = time.perf_counter()
+                        out = run_trial(raw, {}, data, LocalSession(d))
+                        times[dense].append(time.perf_counter() - t0)
+                    final = out if not dense else final
+            CBERLNets.dense_graph = False
+            seconds = statistics.median(times[False])
             erm = erm or seconds  # the first row is ERM
-            print(f"{label:<24}{seconds:>10.2f}{seconds / erm:>8.1f}{final['dev/weighted_f1']:>20.3f}", flush=True)
+            line = f"{label:<24}{seconds:>10.2f}{seconds / erm:>8.1f}{final['dev/weighted_f1']:>20.3f}"
+            if True in times:
+                dense_s = statistics.median(times[True])
+                line += f"{dense_s:>17.2f}{dense_s / seconds:>15.2f}"
+            print(line, flush=True)
+        print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 if __name__ == "__main__":
     main()

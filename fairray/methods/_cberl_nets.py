@@ -3,8 +3,9 @@
 * :func:`product_of_experts` and :class:`DJVAE` — per-modality Gaussian encoders fused by a product of
   experts with a N(0, I) prior expert, per-modality decoders, ``L_vae``;
 * :func:`dialogue_order` / :class:`DialogueLSTM` — a Bi-LSTM over each dialogue's utterances in turn order;
-* :func:`window_adjacency`, :class:`GCN`, :func:`scaled_cosine_error` — the MGNN utterance graph with its
-  ``w_past`` / ``w_fut`` windows, two GCN layers, and the masked-reconstruction error;
+* :func:`window_edges` (sparse; :func:`window_adjacency` is its dense reference), :class:`GCN`,
+  :func:`scaled_cosine_error` — the MGNN utterance graph with its ``w_past`` / ``w_fut`` windows, two GCN
+  layers, and the masked-reconstruction error;
 * :class:`ClassGenerator`, :class:`ClassCritic` — the class-conditional generator and discriminator of the
   bidirectional GAN, and :func:`frozen` (a module applied with detached weights: the generator's adversarial
   term must not train the discriminator).
@@ -16,6 +17,9 @@ graph has only self-loops (what the method does on data that has no dialogues).
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -61,9 +65,10 @@ class DJVAE(nn.Module):
         self.encoders = nn.ModuleDict({m: mlp(d, hidden, 2 * latent) for m, d in dims.items()})
         self.decoders = nn.ModuleDict({m: mlp(latent, hidden, d) for m, d in dims.items()})
 
-    def forward(self, x: dict[str, torch.Tensor], beta_kl: float, gen: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(z [B, Z], L_vae per sample [B])``; ``z`` is sampled with ``gen`` (training), ``μ_joint`` without."""
+    def forward(self, x: dict[str, torch.Tensor], beta_kl: float, gen: torch.Generator | None = None,
+                rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z [B, Z], L_vae per sample [B])``; ``z`` is sampled with ``gen`` (training), ``μ_joint`` without.
+        ``rows``: ``L_vae`` of the first ``rows`` samples only (the same values; the decoders skip the rest)."""
         stats = [self.encoders[m](x[m]).chunk(2, dim=1) for m in self.encoders]
         mu, logvar = product_of_experts(torch.stack([s[0] for s in stats]), torch.stack([s[1] for s in stats]))
         if gen is None:
@@ -71,8 +76,9 @@ class DJVAE(nn.Module):
         else:
             noise = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
             z = mu + noise * (0.5 * logvar).exp()
-        recon = sum((self.decoders[m](z) - x[m].detach()).pow(2).mean(dim=1) for m in self.decoders)
-        return z, recon + beta_kl * kl_standard_normal(mu, logvar)
+        k = len(z) if rows is None else rows
+        recon = sum((self.decoders[m](z[:k]) - x[m][:k].detach()).pow(2).mean(dim=1) for m in self.decoders)
+        return z, recon + beta_kl * kl_standard_normal(mu[:k], logvar[:k])
 
 
 class Concat(nn.Module):
@@ -83,10 +89,10 @@ class Concat(nn.Module):
         self.order = list(dims)
         self.proj = nn.Linear(sum(dims.values()), latent)
 
-    def forward(self, x: dict[str, torch.Tensor], beta_kl: float, gen: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: dict[str, torch.Tensor], beta_kl: float, gen: torch.Generator | None = None,
+                rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.proj(torch.cat([x[m] for m in self.order], dim=1))
-        return z, z.new_zeros(len(z))
+        return z, z.new_zeros(len(z) if rows is None else rows)
 
 
 # -- dialogue order --------------------------------------------------------------------------------------
@@ -134,11 +140,57 @@ class DialogueLSTM(nn.Module):
 
 def window_adjacency(dialogue: torch.Tensor, position: torch.Tensor, w_past: int, w_fut: int) -> torch.Tensor:
     """``A [B, B]`` with ``A[i, j] = 1`` when ``j`` is ``i`` itself or, in the same (known) dialogue, one of the
-    ``w_past`` utterances before or the ``w_fut`` after it: the messages node ``i`` receives."""
+    ``w_past`` utterances before or the ``w_fut`` after it: the messages node ``i`` receives. The dense
+    reference of :func:`window_edges` (what the method computes, O(B²) memory)."""
     same = (dialogue[:, None] == dialogue[None, :]) & (dialogue[:, None] >= 0)
     lag = position[:, None] - position[None, :]  # > 0: j is in i's past
     a = same & (((lag > 0) & (lag <= w_past)) | ((lag < 0) & (-lag <= w_fut)))
     return (a | torch.eye(len(dialogue), dtype=torch.bool, device=dialogue.device)).float()
+
+
+@dataclass(frozen=True)
+class WindowGraph:
+    """The nonzeros of :func:`window_adjacency` as an edge list: node ``dst[e]`` receives from ``src[e]``
+    (``A[dst, src] = 1``); ``n`` nodes. A batch's graph is block-diagonal by dialogue (every dialogue clone is
+    a dialogue of its own), so it has at most ``Σ_d L_d²`` edges instead of ``B²`` dense entries."""
+
+    dst: torch.Tensor
+    src: torch.Tensor
+    n: int
+
+    def without_messages_from(self, nodes: torch.Tensor) -> WindowGraph:
+        """``nodes`` send no messages but keep their self-loop (the masked pass: ``A[:, M] = 0, A[M, M] = 1``)."""
+        silent = torch.zeros(self.n, dtype=torch.bool, device=self.src.device)
+        silent[nodes] = True
+        keep = ~silent[self.src] | (self.src == self.dst)
+        return WindowGraph(self.dst[keep], self.src[keep], self.n)
+
+    def dense(self) -> torch.Tensor:
+        a = torch.zeros(self.n, self.n, device=self.src.device)
+        a[self.dst, self.src] = 1.0
+        return a
+
+
+def window_edges(dialogue: torch.Tensor, position: torch.Tensor, w_past: int, w_fut: int) -> WindowGraph:
+    """:func:`window_adjacency` without the dense matrix: every ordered pair of rows within each dialogue
+    (one vectorised gather over :func:`dialogue_order`'s groups), kept when it is a self-loop or within the
+    windows. Rows of unknown dialogue (-1) are dialogues of one row: only their self-loop."""
+    n = len(dialogue)
+    device = dialogue.device
+    if n == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return WindowGraph(empty, empty, 0)
+    order, starts, lengths = dialogue_order(dialogue, position)
+    pairs = lengths * lengths
+    first = torch.cumsum(pairs, 0) - pairs
+    group = torch.repeat_interleave(torch.arange(len(lengths), device=device), pairs)
+    k = torch.arange(int(pairs.sum()), device=device) - first[group]
+    size = lengths[group]
+    dst = order[starts[group] + torch.div(k, size, rounding_mode="floor")]
+    src = order[starts[group] + k % size]
+    lag = position[dst] - position[src]  # > 0: src is in dst's past
+    keep = (dst == src) | ((dialogue[dst] >= 0) & (((lag > 0) & (lag <= w_past)) | ((lag < 0) & (-lag <= w_fut))))
+    return WindowGraph(dst[keep], src[keep], n)
 
 
 def normalise(a: torch.Tensor) -> torch.Tensor:
@@ -147,8 +199,24 @@ def normalise(a: torch.Tensor) -> torch.Tensor:
     return d[:, None] * a * d[None, :]
 
 
+def propagator(a: torch.Tensor | WindowGraph) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> Â x`` with ``Â = D^-1/2 A D^-1/2`` (:func:`normalise`): a dense matrix product for a dense ``A``,
+    a sparse one (COO, the edges' weights) for a :class:`WindowGraph`: the same sums, O(edges)."""
+    if isinstance(a, torch.Tensor):
+        a_hat = normalise(a)
+        return lambda x: a_hat @ x
+    device = a.dst.device
+    degree = torch.zeros(a.n, device=device).index_add_(0, a.dst, torch.ones(len(a.dst), device=device))
+    r = degree.clamp(min=1.0).rsqrt()
+    with warnings.catch_warnings():  # torch warns once that invariant checks are off; the indices are in range
+        warnings.filterwarnings("ignore", message="Sparse invariant checks", category=UserWarning)
+        a_hat = torch.sparse_coo_tensor(torch.stack([a.dst, a.src]), r[a.dst] * r[a.src], (a.n, a.n)).coalesce()
+    return lambda x: torch.sparse.mm(a_hat.to(x.dtype), x)
+
+
 class GCN(nn.Module):
-    """Two graph-convolution layers ``H' = Â ReLU(Â H W_1) W_2`` (Kipf & Welling) on a given adjacency."""
+    """Two graph-convolution layers ``H' = Â ReLU(Â H W_1) W_2`` (Kipf & Welling) on a given adjacency (dense
+    ``A`` or a :class:`WindowGraph`)."""
 
     def __init__(self, d_in: int, hidden: int, dropout: float) -> None:
         super().__init__()
@@ -156,14 +224,15 @@ class GCN(nn.Module):
         self.dropout = dropout
         self.out_dim = hidden
 
-    def forward(self, h: torch.Tensor, a: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, a: torch.Tensor | WindowGraph, gen: torch.Generator | None = None
+                ) -> torch.Tensor:
         """Dropout between the layers only with ``gen`` (training; drawn from it, so a loss is reproducible)."""
-        a = normalise(a)
-        x = F.relu(a @ self.w1(h))
+        a_hat = propagator(a)
+        x = F.relu(a_hat(self.w1(h)))
         if gen is not None and self.dropout > 0:
             keep = torch.rand(x.shape, generator=gen, device=x.device) >= self.dropout
             x = x * keep.to(x.dtype) / (1.0 - self.dropout)
-        return a @ self.w2(x)
+        return a_hat(self.w2(x))
 
 
 def scaled_cosine_error(pred: torch.Tensor, target: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:

@@ -70,6 +70,7 @@ from fairray.methods._cberl_nets import (
     samme_alpha,
     scaled_cosine_error,
     window_adjacency,
+    window_edges,
 )
 from fairray.methods.erm import BaseLoss, BaseLossMethod, BaseLossParams
 
@@ -161,6 +162,9 @@ class CBERLNets(nn.Module):
     """Every network of CBERL in one module; ``reads_context``: the loop passes the batch's dialogue context."""
 
     reads_context = True
+    #: The window graph as a dense ``[B, B]`` matrix (the reference path, O(B²): what the first version ran;
+    #: ``benchmarks/cberl_cost.py --dense`` times it) instead of an edge list (the same sums, O(edges)).
+    dense_graph = False
 
     def __init__(self, model: nn.Module, params: CBERLParams, n_classes: int) -> None:
         super().__init__()
@@ -200,14 +204,19 @@ class CBERLNets(nn.Module):
         return CBERLOutput(self, e, context.dialogue, context.position, True)
 
     def graph_pass(self, e: dict[str, torch.Tensor], dialogue: torch.Tensor, position: torch.Tensor,
-                   gen: torch.Generator | None = None) -> GraphPass:
+                   gen: torch.Generator | None = None, scored: torch.Tensor | None = None,
+                   vae_rows: int | None = None) -> GraphPass:
         """DJVAE -> Bi-LSTM -> unmasked GCN -> heads. With ``gen`` (training): z sampled, dropout, and the
-        masked pass; without it (evaluation) the pass is deterministic and never masks."""
+        masked pass; without it (evaluation) the pass is deterministic and never masks. ``scored`` (row
+        indices): the heads read only those rows (``logits [M, len(scored), C]``: the rows of the loss, not a
+        clone's copies of real rows); ``vae_rows``: ``L_vae`` of the first rows only (the real ones). Both
+        leave every draw of ``gen`` as it is, so the loss is the same as with every row."""
         p = self.params
-        z, vae = self.fuse(e, p.beta_kl, gen)
+        z, vae = self.fuse(e, p.beta_kl, gen, rows=vae_rows)
         h = self.lstm(z, dialogue, position) if self.lstm is not None else z
-        a = window_adjacency(dialogue, position, p.w_past, p.w_fut)
+        a = (window_adjacency if self.dense_graph else window_edges)(dialogue, position, p.w_past, p.w_fut)
         g = torch.cat([h, self.gcn(h, a, gen)], dim=1)
+        g = g if scored is None else g[scored]
         logits = torch.stack([head(g) for head in self.heads])
         rec, k = h.new_zeros(()), 0
         if gen is not None and p.masking_rate > 0:
@@ -216,9 +225,12 @@ class CBERLNets(nn.Module):
                 masked = torch.randperm(len(h), generator=gen, device=h.device)[:k]
                 h_m = h.clone()
                 h_m[masked] = self.mask_token.to(h.dtype)
-                a_m = a.clone()
-                a_m[:, masked] = 0.0  # masked nodes send no messages ...
-                a_m[masked, masked] = 1.0  # ... but keep their self-loop (their own mask token)
+                if self.dense_graph:
+                    a_m = a.clone()
+                    a_m[:, masked] = 0.0  # masked nodes send no messages ...
+                    a_m[masked, masked] = 1.0  # ... but keep their self-loop (their own mask token)
+                else:
+                    a_m = a.without_messages_from(masked)  # the same, on the edge list
                 g_m = self.gcn(h_m, a_m, gen)
                 rec = scaled_cosine_error(self.decoder(g_m[masked]), h[masked].detach(), SCE_ALPHA).mean()
         return GraphPass(logits, vae, rec, k)
@@ -405,12 +417,12 @@ class CBERL(BaseLossMethod):
             if len(synth.label) and self.step >= self.warmup_steps:
                 e, dialogue, position, keep, target = self._insert(e, dialogue, position, keep, target, synth, order)
                 logs["synthetic_used"] = float(len(synth.label))
-        graph = nets.graph_pass(e, dialogue, position, gen)
         rows = torch.nonzero(keep).flatten()
-        cls, alpha = self.boosted(graph.logits[:, rows], target[rows])
-        total = total + cls + p.lambda_rec * graph.rec + graph.vae[:n_real].mean()
+        graph = nets.graph_pass(e, dialogue, position, gen, scored=rows, vae_rows=n_real)
+        cls, alpha = self.boosted(graph.logits, target[rows])
+        total = total + cls + p.lambda_rec * graph.rec + graph.vae.mean()
         logs.update({"focal": float(cls.detach()), "rec": float(graph.rec.detach()), "masked": float(graph.masked),
-                     "vae": float(graph.vae[:n_real].detach().mean())})
+                     "vae": float(graph.vae.detach().mean())})
         logs.update({f"alpha/{k}": float(a) for k, a in enumerate(alpha)} if p.heads > 1 else {})
         return LossOutput(total, logs, update=StepUpdate(alpha))
 

@@ -177,10 +177,11 @@ def speaker_replicates(*preds: Predictions, n_boot: int = 1000, seed: int = 0) -
     spk = spk.reshape(-1)
     n_spk = len(speakers)
     # one combined cell id per row over all preds, then each speaker's profile = its set of cells
+    # (the rank of (cells so far, this one's cell) in lexicographic order: the order of a mixed-radix code, which
+    # would overflow int64 past ~18 prediction sets of 11 cells, kept compact: at most one id per row)
     cell = np.zeros(len(first), np.int64)
     for p in preds:
-        ids = p.cell_ids()
-        cell = cell * (int(ids.max()) + 1) + ids
+        cell = np.unique(np.stack([cell, p.cell_ids()], axis=1), axis=0, return_inverse=True)[1].reshape(-1)
     pairs = np.unique(np.stack([spk, cell], axis=1), axis=0)
     profile_of: dict[tuple[int, ...], list[int]] = {}
     bounds = np.flatnonzero(np.diff(pairs[:, 0])) + 1

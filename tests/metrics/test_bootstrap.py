@@ -20,6 +20,31 @@ from fairray.metrics.predictions import Predictions
 CLASSES = ("neg", "pos")
 
 
+def test_many_prediction_sets_share_one_resample_without_overflowing_the_profiles() -> None:
+    # 40 paired prediction sets whose groups differ per set (inferred groups per trial): a mixed-radix cell code
+    # over 40 sets of up to 11 cells overflows int64; the profiles must still be each speaker's exact combination
+    base = _seven_class(seed=4)
+    rng = np.random.default_rng(0)
+    names, spk = np.unique(base.speaker, return_inverse=True)
+    preds = []
+    for _ in range(40):
+        flip = rng.random(len(names)) < 0.5  # each set assigns each speaker's gender anew (whole speakers)
+        gender = np.where(flip[spk], np.where(base.groups["gender"] == "F", "M", "F"), base.groups["gender"])
+        preds.append(_with(base, groups=base.groups.assign(gender=gender)))
+    # reference: one profile per distinct tuple of all sets' cells, drawn as speaker_replicates draws
+    combos = np.stack([p.cell_ids() for p in preds], axis=1)
+    profile_of: dict[tuple, list[int]] = {}
+    for s in range(len(names)):
+        cells = sorted({tuple(row) for row in combos[spk == s].tolist()})
+        profile_of.setdefault(tuple(cells), []).append(s)
+    drawn = np.concatenate([np.asarray(profile_of[k]) for k in sorted(profile_of)])
+    for rows in speaker_replicates(*preds, n_boot=20, seed=2):
+        got = np.bincount(spk[rows], minlength=len(names)) // np.bincount(spk)
+        for members in profile_of.values():  # every profile keeps its number of speakers
+            assert got[members].sum() == len(members)
+    assert len(drawn) == len(names)
+
+
 def _population(
     rng: np.random.Generator,
     *,

@@ -10,7 +10,7 @@ recomputed from the history.
 
 from __future__ import annotations
 
-PARENT_TAG = "mlflow.parentRunId"
+from fairray.tracking._mlflow import PARENT_TAG
 
 
 def sql_store(store) -> bool:

@@ -403,6 +403,16 @@ class ResourcesConfig:
     num_workers: int = field(default=1, metadata={"ge": 1})
     cpus_per_worker: float = field(default=1.0, metadata={"ge": 0})
     gpus_per_worker: float = field(default=0.0, metadata={"ge": 0})
+    #: ``backend: train`` only: run every trial of a Tune trial process on one worker group kept across its trials
+    #: (:mod:`fairray.train._group`: the same loop, torch.distributed set up once per group) instead of a new Ray
+    #: Train run per trial, whose start-up (~19 CPU s of new processes) dwarfs small trials.
+    reuse_workers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reuse_workers and self.resolved_backend != "train":
+            raise ValueError(f"reuse_workers: true keeps a worker group across trials of backend: train, but the "
+                             f"backend is {self.resolved_backend!r} (backend: {self.backend}); set backend: train "
+                             "or drop reuse_workers")
 
     @property
     def resolved_backend(self) -> str:

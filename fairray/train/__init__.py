@@ -1,6 +1,6 @@
 """The one training loop and the sessions it runs in (plain process, Tune trial, Ray Train worker)."""
 
-from fairray.train._session import LocalSession, Session, TrainSession, TuneSession
+from fairray.train._session import GroupSession, LocalSession, Session, TrainSession, TuneSession
 from fairray.train.loop import TrialTracking, headline, model_meta, run_trial
 
 
@@ -15,6 +15,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 __all__ = [
+    "GroupSession",
     "LocalSession",
     "Session",
     "TrainSession",

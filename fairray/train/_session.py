@@ -157,3 +157,67 @@ class TrainSession:
         import ray.train.torch
 
         return ray.train.torch.get_device()
+
+
+class GroupSession:
+    """The loop runs on a worker of a group kept across trials (``resources.reuse_workers``,
+    :mod:`fairray.train._group`): DDP across ``world_size`` workers as under :class:`TrainSession`, rank 0's
+    reports handed to ``outbox`` (which returns once the trial's Tune side took them, with whether Tune asked the
+    trial to stop).
+
+    Every worker reports at the same points of the loop; at each report rank 0 broadcasts the stop decision, so
+    that all workers leave the trial at the same report instead of some waiting in a collective.
+
+    Parameters
+    ----------
+    outbox
+        ``outbox(metrics, checkpoint archive or None) -> stop``, called on rank 0 only.
+    stop
+        Set when the trial is to end at its next report (checked on rank 0).
+    checkpoint_dir
+        The trial's latest checkpoint (a retry resuming), unpacked on this worker; None: a fresh start.
+    keep
+        The metrics the sweep's driver reads (:func:`fairray.sweep.runner.tune_keys`), as for :class:`TrainSession`.
+    backend
+        torch.distributed's backend (``gloo``, ``nccl``); None with one worker.
+    """
+
+    def __init__(self, world_rank: int, world_size: int, outbox, stop, checkpoint_dir: str | None,
+                 keep: frozenset[str] | None, backend: str | None) -> None:
+        self.world_rank, self.world_size = world_rank, world_size
+        self.outbox, self.stop, self.checkpoint_dir = outbox, stop, checkpoint_dir
+        self.keep, self.backend = keep, backend
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        from fairray.train._group import _Stopped, pack_dir
+
+        stop = False
+        if self.world_rank == 0:
+            if self.keep is not None:
+                from fairray.sweep.runner import for_tune  # the one rule of what a trial's report gives Tune
+
+                metrics = for_tune(metrics, self.keep)
+            stop = self.outbox(metrics, pack_dir(checkpoint_dir) if checkpoint_dir else None) or self.stop.is_set()
+        if self.world_size > 1:
+            flag = torch.tensor([1.0 if stop else 0.0],
+                                device=self.cuda_device() if self.backend == "nccl" else torch.device("cpu"))
+            torch.distributed.broadcast(flag, src=0)
+            stop = bool(flag.item() > 0)
+        if stop:
+            raise _Stopped(0)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        yield self.checkpoint_dir
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """DDP across the group's workers (what ``ray.train.torch.prepare_model`` does for a Ray Train worker)."""
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def cuda_device(self) -> torch.device:
+        return _first_visible_gpu()

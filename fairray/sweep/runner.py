@@ -36,6 +36,8 @@ from fairray.tracking import (
     local_path,
     shown_uri,
     start_sweep_run,
+    start_writer,
+    stop_writer,
     trial_runs,
 )
 from fairray.train import TrialTracking, TuneSession, run_trial, train_loop_per_worker
@@ -605,16 +607,22 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     previous = find_previous() if resume else None  # a missing earlier sweep is reported before Ray starts
     connected, data, _ = _init_ray_while(address, lambda: _warm_store(uri),
                                          lambda: prepare_variants() if early else None)
+    # the trials' MLflow writer (fairray/tracking/_writer.py): its imports run while the sweep is set up and the
+    # trial processes start, which then never import MLflow themselves
+    writer = start_writer(uri)
     try:
         if data is None:
             data = prepare_variants()
         experiment_id, run_name, sweep = open_sweep_run(previous)
+        writer.ready.remote()  # opens the store the sweep's run now exists in; the trials' first calls queue after it
     except BaseException:
+        stop_writer(writer, timeout_s=0)
         if connected:
             ray.shutdown()
         raise
     ray_path = f"{ray_root}/{run_name}"
-    tracking = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": sweep.run_id, "sweep": spec.name}
+    tracking = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": sweep.run_id, "sweep": spec.name,
+                "writer": writer}
 
     status, reason = "FAILED", None
     scheduler, searcher_impl = None, None
@@ -687,6 +695,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                 ),
             )
         results = tuner.fit()
+        stop_writer(writer)  # every trial call it received is stored before MLflow is read back
         # Tune stops gracefully on Ctrl-C and returns; MLflow tells what really finished.
         n_pruned = close_pruned_runs(uri, experiment_id, sweep.run_id, scheduler.pruned if scheduler else {})
         n_errored = len(results.errors)
@@ -718,6 +727,7 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
             raise unreachable from exc
         raise
     finally:
+        stop_writer(writer)  # a no-op when stopped above; else (an error, Ctrl-C) it drains before the closing below
         if scheduler is not None:  # pruned runs end KILLED with their reason, never as orphans
             close_pruned_runs(uri, experiment_id, sweep.run_id, scheduler.pruned)
         close_orphan_trials(uri, experiment_id, sweep.run_id, status="KILLED" if status == "KILLED" else "FAILED")

@@ -1,4 +1,5 @@
-"""Tracking: MLflow parent/child runs for sweeps and trials; failures of the remote stores a sweep writes to."""
+"""Tracking: MLflow parent/child runs for sweeps and trials (a sweep's trials log through one writer actor);
+failures of the remote stores a sweep writes to."""
 
 from fairray.tracking._faults import StorageUnreachable, storage_endpoint, storage_failure
 from fairray.tracking._mlflow import (
@@ -30,11 +31,13 @@ from fairray.tracking._mlflow import (
     trial_runs,
     ui_url,
 )
+from fairray.tracking._writer import RemoteTrialRun, TrackingWriter, start_writer, stop_writer
 
 __all__ = [
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
     "NOTE_TAG",
+    "RemoteTrialRun",
     "SHARED_VIEW_PREFIX",
     "StorageUnreachable",
     "TAG_ABLATION",
@@ -42,6 +45,7 @@ __all__ = [
     "TAG_SWEEP",
     "TAG_TRIAL",
     "SweepRun",
+    "TrackingWriter",
     "TrialRun",
     "client",
     "close_orphan_trials",
@@ -58,6 +62,8 @@ __all__ = [
     "set_descriptions",
     "shown_uri",
     "start_sweep_run",
+    "start_writer",
+    "stop_writer",
     "storage_endpoint",
     "storage_failure",
     "trial_runs",

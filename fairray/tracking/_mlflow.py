@@ -160,12 +160,22 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:-1]: value[:6000]}
 
 
-def _metrics(values: Mapping[str, float], step: int):
-    """Every value is logged: NaN as NaN, ±inf as MLflow's ±1.8e308 (order kept) — never dropped."""
+def _rows(values: Mapping[str, float], step: int) -> list[tuple[str, float, int, int]]:
+    """``(key, value, timestamp ms, step)`` of each value (plain tuples: no MLflow needed to make them)."""
+    now = int(time.time() * 1000)
+    return [(k, float(v), now, step) for k, v in values.items() if v is not None]
+
+
+def _metrics_of(rows: Iterable[tuple[str, float, int, int]]) -> list:
+    """:func:`_rows` as ``mlflow.entities.Metric``."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in values.items() if v is not None]
+    return [Metric(*row) for row in rows]
+
+
+def _metrics(values: Mapping[str, float], step: int):
+    """Every value is logged: NaN as NaN, ±inf as MLflow's ±1.8e308 (order kept) — never dropped."""
+    return _metrics_of(_rows(values, step))
 
 
 def _sql_log_metrics(store, run_id: str, metrics: list) -> bool:
@@ -349,6 +359,35 @@ def close_orphan_trials(uri: str, experiment_id: str, parent_run_id: str, status
     return len(runs)
 
 
+def _open_trial_run(uri: str, experiment_id: str, parent_run_id: str | None, trial_id: str,
+                    tags: Mapping[str, str], params: Mapping[str, str]) -> tuple[str, bool]:
+    """``(run_id, resumed)``: the run of ``trial_id`` in sweep ``parent_run_id``, resumed (RUNNING again, tagged
+    ``fairray.resumed``) when a retry finds it, else created with ``tags`` and ``params``."""
+    from mlflow.entities import Param
+
+    c = client(uri)
+    filt = f"tags.`{TAG_TRIAL}` = '{trial_id}'"
+    if parent_run_id:
+        filt += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    existing = c.search_runs([experiment_id], filter_string=filt, max_results=1)
+    if existing:
+        run_id = existing[0].info.run_id
+        c.update_run(run_id, status="RUNNING")
+        c.set_tag(run_id, "fairray.resumed", "true")
+        return run_id, True
+    method = tags.get(TAG_METHOD, "")
+    note = (f"fairray trial `{trial_id}`" + (f", method `{method}`" if method else "") +
+            ("; its place on the sweep's fronts is written here when the sweep ends." if parent_run_id else "."))
+    all_tags = {TAG_TRIAL: trial_id, NOTE_TAG: note, **tags}
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = c.create_run(experiment_id, tags=all_tags, run_name=trial_id)
+    plist = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(plist), 90):
+        c.log_batch(run.info.run_id, params=plist[i:i + 90])
+    return run.info.run_id, False
+
+
 class TrialRun:
     """The child run of one trial. A retried trial resumes its own run (found by trial id).
 
@@ -367,29 +406,7 @@ class TrialRun:
     @classmethod
     def open(cls, uri: str, experiment_id: str, parent_run_id: str | None, trial_id: str,
              tags: Mapping[str, str], params: Mapping[str, str]) -> TrialRun:
-        from mlflow.entities import Param
-
-        c = client(uri)
-        filt = f"tags.`{TAG_TRIAL}` = '{trial_id}'"
-        if parent_run_id:
-            filt += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
-        existing = c.search_runs([experiment_id], filter_string=filt, max_results=1)
-        if existing:
-            run_id = existing[0].info.run_id
-            c.update_run(run_id, status="RUNNING")
-            c.set_tag(run_id, "fairray.resumed", "true")
-            return cls(uri, run_id, resumed=True)
-        method = tags.get(TAG_METHOD, "")
-        note = (f"fairray trial `{trial_id}`" + (f", method `{method}`" if method else "") +
-                ("; its place on the sweep's fronts is written here when the sweep ends." if parent_run_id else "."))
-        all_tags = {TAG_TRIAL: trial_id, NOTE_TAG: note, **tags}
-        if parent_run_id:
-            all_tags[PARENT_TAG] = parent_run_id
-        run = c.create_run(experiment_id, tags=all_tags, run_name=trial_id)
-        plist = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(plist), 90):
-            c.log_batch(run.info.run_id, params=plist[i:i + 90])
-        return cls(uri, run.info.run_id, resumed=False)
+        return cls(uri, *_open_trial_run(uri, experiment_id, parent_run_id, trial_id, tags, params))
 
     def log(self, values: Mapping[str, float], step: int) -> None:
         self._pending.extend(_metrics(values, step))

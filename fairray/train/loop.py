@@ -61,13 +61,26 @@ __all__ = ["CONFIG_FILE", "META_FILE", "MODEL_FILE", "TRAINER_FILE", "Precision"
 
 @dataclass(frozen=True)
 class TrialTracking:
-    """Where a trial logs in MLflow (``parent_run_id`` is the sweep's run, None for ``fairray train``)."""
+    """Where a trial logs in MLflow (``parent_run_id`` is the sweep's run, None for ``fairray train``).
+    ``writer``: the sweep's :class:`~fairray.tracking.TrackingWriter` actor, through which the trial logs without
+    importing MLflow; None (``fairray train``, tests): the trial's process writes to the store itself."""
 
     uri: str
     experiment_id: str
     parent_run_id: str | None
     trial_id: str
     sweep: str
+    writer: Any = None
+
+    def open(self, tags: Mapping[str, str], params: Mapping[str, str]):
+        """The trial's run (a retry resumes its own): a :class:`~fairray.tracking.RemoteTrialRun` through the
+        writer, else a :class:`~fairray.tracking.TrialRun`."""
+        from fairray.tracking import RemoteTrialRun, TrialRun
+
+        if self.writer is not None:
+            return RemoteTrialRun.open(self.writer, self.uri, self.experiment_id, self.parent_run_id, self.trial_id,
+                                       tags, params)
+        return TrialRun.open(self.uri, self.experiment_id, self.parent_run_id, self.trial_id, tags, params)
 
 
 def headline(flat: Mapping[str, float]) -> dict[str, float]:
@@ -605,15 +618,14 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             round_labels = _batch(data, round_rows, stores={}).to(device)
 
         if tracking is not None and session.world_rank == 0:
-            from fairray.tracking import TrialRun, flatten
+            from fairray.tracking import flatten
 
             tags = {"fairray.kind": "trial" if tracking.parent_run_id else "train", "fairray.sweep": tracking.sweep,
                     "fairray.method": spec.method.name, "fairray.dataset": spec.dataset.name,
                     "fairray.searched_params": json.dumps(sorted(params))}
             # the raw spec, plus the values the loader derived (s_min defaults to 5 for gap objectives)
             logged = {**flatten({k: v for k, v in trial_raw.items() if k != "search"}), "train.s_min": str(tcfg.s_min)}
-            run = TrialRun.open(tracking.uri, tracking.experiment_id, tracking.parent_run_id, tracking.trial_id,
-                                tags, logged)
+            run = tracking.open(tags, logged)
             n_train = sum(p.numel() for p in unwrap(module).parameters() if p.requires_grad)
             run.log({"model/trainable_params": float(n_train),
                      "model/total_params": float(sum(p.numel() for p in unwrap(module).parameters()))}, step=0)

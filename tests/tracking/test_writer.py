@@ -1,0 +1,135 @@
+"""A sweep's trials log through one MLflow writer actor (fairray/tracking/_writer.py): with real Ray, real Tune and
+a real SQLite store, the trial processes never import MLflow or SQLAlchemy, yet every trial's run is complete
+(FINISHED, every epoch, its artifacts); a retry resumes its own run through the writer; a store error reaches the
+trial and the run still ends FAILED; a writer that dies is restarted for the next calls."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from fairray.config import load_spec
+from fairray.sweep import run_sweep
+from fairray.tracking import RemoteTrialRun, ensure_experiment, start_sweep_run, start_writer, stop_writer
+
+pytestmark = pytest.mark.slow
+SPEC = Path(__file__).resolve().parents[2] / "search_spaces" / "minmaxgap.yaml"
+OBJECTIVE = "dev/weighted_f1"
+
+
+@pytest.fixture
+def probed_ray(tmp_path, monkeypatch):
+    """A local Ray whose every worker records its imports of MLflow, SQLAlchemy and the training loop."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    monkeypatch.setenv("FAIRRAY_IMPORT_PROBE", str(probe))  # the local cluster's workers inherit it
+    # the probe module by its own folder (another installed package may be called ``tests``)
+    path = [str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": "_import_probe.install"})
+    try:
+        yield probe
+    finally:
+        ray.shutdown()
+
+
+def _imports(probe: Path) -> dict[int, set[str]]:
+    return {int(p.stem): set(p.read_text().split()) for p in probe.glob("*.txt")}
+
+
+def test_trial_processes_import_no_mlflow_and_runs_are_complete(probed_ray, tmp_path):
+    epochs = 2
+    raw = yaml.safe_load(SPEC.read_text())
+    raw["train"]["epochs"] = epochs
+    raw["search"]["sampler"] = "random"
+    raw["budget"].update(num_samples=4, max_concurrent=2, max_failures=0)
+    raw["resources"].update(backend="function", cpus_per_worker=1)
+    raw["storage"]["path"] = str(tmp_path / "runs")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+
+    out = run_sweep(load_spec(spec), verbose=0)
+    assert out.n_finished == out.n_trials == 4, out
+
+    c = MlflowClient(out.tracking_uri)
+    runs = c.search_runs([c.get_experiment_by_name(out.experiment).experiment_id], max_results=100)
+    trials = [r for r in runs if r.data.tags.get("fairray.kind") == "trial"]
+    assert len(trials) == 4 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+    for r in trials:
+        steps = sorted(m.step for m in c.get_metric_history(r.info.run_id, OBJECTIVE))
+        assert steps == list(range(epochs + 1)), steps  # every epoch, then the final evaluation
+        assert "test/weighted_f1" in r.data.metrics and float(r.data.params["train.epochs"]) == epochs
+        files = {a.path for folder in ("checkpoint", "predictions") for a in c.list_artifacts(r.info.run_id, folder)}
+        assert {"checkpoint/model.pt", "predictions/dev.npz", "predictions/test.npz"} <= files, files
+
+    # the processes that ran trials (Tune records each result's pid) imported the loop but no MLflow
+    pids = set()
+    for result in Path(out.ray_path).glob("*/result.json"):
+        pids |= {json.loads(line)["pid"] for line in result.read_text().splitlines() if line.strip()}
+    imports = _imports(probed_ray)
+    assert pids and pids <= set(imports), (pids, imports)  # the probe ran in every trial process
+    for pid in pids:
+        assert "fairray.train.loop" in imports[pid], imports[pid]
+        assert not imports[pid] & {"mlflow", "sqlalchemy", "alembic"}, (pid, imports[pid])
+    writers = [pid for pid, names in imports.items() if pid not in pids and "mlflow" in names]
+    assert len(writers) == 1, imports  # the one writer did, so the probe sees MLflow imports where they happen
+
+
+def test_remote_run_resumes_reports_store_errors_and_survives_a_writer_restart(probed_ray, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = ensure_experiment(uri, "w", str(tmp_path))
+    parent = start_sweep_run(uri, experiment_id, "w", str(tmp_path), {}, [(OBJECTIVE, "max")]).run_id
+    writer = start_writer(uri)
+    try:
+        ray.get(writer.ready.remote())
+        run = RemoteTrialRun.open(writer, uri, experiment_id, parent, "t0", {"fairray.kind": "trial"}, {"p": "1"})
+        assert not run.resumed
+        run.log({OBJECTIVE: 0.25}, step=0)
+        art = tmp_path / "art"
+        (art / "groups").mkdir(parents=True)
+        (art / "groups" / "dev.csv").write_text("a,b\n1,2\n")
+        run.log_artifacts(art)
+        run.flush()
+        c = MlflowClient(uri)
+        assert [m.value for m in c.get_metric_history(run.run_id, OBJECTIVE)] == [0.25]
+
+        # the writer dies mid-trial: the trial's next wait fails (Tune would retry it) ...
+        ray.kill(writer, no_restart=False)
+        run.log({OBJECTIVE: 0.5}, step=1)
+        with pytest.raises(ray.exceptions.RayActorError):
+            run.flush()
+        # ... and the retry, on the restarted writer, resumes the same run and finishes it
+        retry = RemoteTrialRun.open(writer, uri, experiment_id, parent, "t0", {"fairray.kind": "trial"}, {"p": "1"})
+        assert retry.resumed and retry.run_id == run.run_id
+        retry.log({OBJECTIVE: 0.75}, step=1)
+        retry.finish()
+        done = c.get_run(run.run_id)
+        assert done.info.status == "FINISHED" and done.data.tags["fairray.resumed"] == "true"
+        # the send that failed may or may not have run (Ray's word for a call to an actor that died): as when a
+        # retry trains again the epoch it was in, a step may hold two values, none is lost
+        assert {0.25, 0.75} <= {m.value for m in c.get_metric_history(run.run_id, OBJECTIVE)} <= {0.25, 0.5, 0.75}
+        (tmp_path / "dl").mkdir()
+        assert Path(c.download_artifacts(run.run_id, "groups/dev.csv", str(tmp_path / "dl"))).read_text() == "a,b\n1,2\n"
+
+        # a store error (a deleted run: MLflow refuses its metrics) reaches the trial at its next wait ...
+        gone = RemoteTrialRun.open(writer, uri, experiment_id, parent, "t2", {"fairray.kind": "trial"}, {})
+        c.delete_run(gone.run_id)
+        gone.log({OBJECTIVE: 1.0}, step=0)
+        with pytest.raises(Exception, match="(?i)active"):
+            gone.flush()
+        # ... and a trial's end closes its run with its status and reason, after its last metrics
+        other = RemoteTrialRun.open(writer, uri, experiment_id, parent, "t1", {"fairray.kind": "trial"}, {})
+        other.log({OBJECTIVE: 0.1}, step=0)
+        other.end("FAILED", "TrialError: diverged")
+        failed = c.get_run(other.run_id)
+        assert failed.info.status == "FAILED" and failed.data.tags["fairray.failure_reason"] == "TrialError: diverged"
+        assert [m.value for m in c.get_metric_history(other.run_id, OBJECTIVE)] == [0.1]
+    finally:
+        stop_writer(writer)

@@ -100,6 +100,8 @@ class GroupWorker:
         from fairray.train import GroupSession, run_trial
 
         self._stop.clear()
+        print(f"fairray: trial {getattr(tracking, 'trial_id', None)} on group worker {self.rank} of {self.world_size}, "
+              f"pid {os.getpid()}", flush=True)  # in the worker's Ray log: which process ran which trial
         inbox: queue.Queue = queue.Queue()
         acks: queue.Queue = queue.Queue()
         workdir = tempfile.mkdtemp(prefix="fairray-group-")

@@ -3,7 +3,8 @@
 The same N trial configurations (sampled once by the first sweep, read back from MLflow) are run:
   * in-process, one after another (concurrency 1) and in a pool of 2 processes (concurrency 2);
   * through `fairray sweep` with backend `function` (loop inside the Tune trial) and backend `train` (Ray Train
-    TorchTrainer per trial, one CPU worker), at concurrency 1 and 2, each twice:
+    TorchTrainer per trial, one CPU worker; `train-reuse`: the same with ``resources.reuse_workers``, one worker
+    group kept across a trial process's trials), at concurrency 1 and 2, each twice:
       - ``own Ray``:  the sweep starts its own local Ray cluster, as ``fairray sweep`` does on a workstation;
       - ``Ray up``:   the sweep joins a cluster that is already running (started and timed here, outside the
                       sweep), as on a cluster: Ray's start-up excluded, measured rather than subtracted.
@@ -30,6 +31,7 @@ from pathlib import Path
 import yaml
 
 SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "minmaxgap.yaml"
+BACKENDS = {"function": "fu", "train": "tr", "train-reuse": "tg"}  # --backends choices: their sweeps' name prefix
 
 
 def _spec(tmp: Path, name: str, trials: int, epochs: int, concurrency: int, backend: str) -> Path:
@@ -39,7 +41,9 @@ def _spec(tmp: Path, name: str, trials: int, epochs: int, concurrency: int, back
     raw["train"]["epochs"] = epochs
     raw["search"]["sampler"] = "random"  # configurations independent of results: same sequence every sweep
     raw["budget"].update(num_samples=trials, max_concurrent=concurrency, seed=0)
-    raw["resources"].update(backend=backend, num_workers=1, cpus_per_worker=1)
+    # "train-reuse": backend train on a worker group kept across a trial process's trials (resources.reuse_workers)
+    raw["resources"].update(backend="train" if backend == "train-reuse" else backend, num_workers=1, cpus_per_worker=1,
+                            **({"reuse_workers": True} if backend == "train-reuse" else {}))
     raw["storage"]["path"] = str(tmp / name)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -165,7 +169,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--backends", nargs="+", default=["function", "train"], choices=["function", "train"])
+    ap.add_argument("--backends", nargs="+", default=["function", "train"], choices=BACKENDS,
+                    help="train-reuse: backend train with resources.reuse_workers (one worker group per trial process)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--modes", nargs="+", default=["own", "up"], choices=["own", "up"],
                     help="own: the sweep starts its own Ray; up: Ray already running")
@@ -182,7 +187,7 @@ def main() -> None:
             for r in range(args.rounds):
                 for backend in args.backends:
                     for mode in args.modes:
-                        name = f"{backend[:2]}{c}{mode}{r}"
+                        name = f"{BACKENDS[backend]}{c}{mode}{r}"
                         wall, cpu, start, span, got = _sweep(_spec(tmp, name, args.trials, args.epochs, c, backend),
                                                              mode == "up")
                         key = (backend, mode)

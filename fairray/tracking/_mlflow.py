@@ -413,8 +413,9 @@ class TrialRun:
         if len(self._pending) >= _BATCH or time.monotonic() - self._flushed >= self.flush_s:
             self.flush()
 
-    def flush(self) -> None:
-        """Send the buffered metrics now."""
+    def flush(self, wait: bool = True) -> None:
+        """Send the buffered metrics now (stored when this returns, whatever ``wait``: ``wait=False`` lets a
+        :class:`~fairray.tracking.RemoteTrialRun` return before its writer has stored them)."""
         pending, self._pending = self._pending, []
         _send_metrics(client(self.uri), self.run_id, pending)
         self._flushed = time.monotonic()

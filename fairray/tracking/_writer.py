@@ -8,23 +8,27 @@ methods and forwards them to the writer. ``fairray train`` (no sweep) keeps the 
 
 Lifecycle and guarantees:
 
-- ``open`` waits for the writer (the run id is needed); a retried trial resumes its own run, found by trial id,
-  exactly as :meth:`TrialRun.open` does (the writer runs that code).
-- Metrics are buffered in the trial as before (one send at most every :attr:`RemoteTrialRun.flush_s`) and sent
-  without waiting; the actor runs one caller's calls in the order they were sent. An error of a send (the store
-  refused the rows) is raised in the trial at its next call that looks (the next send, ``flush``, ``finish``), so a
-  store failure still fails the trial, which Tune retries. ``flush`` (called before every checkpoint) waits until
-  the writer has stored everything sent: a trial resumed from that checkpoint loses no epoch.
+- Nothing but ``flush()``, ``finish`` and ``end`` waits for the writer: ``open`` (which resumes the run of a retried
+  trial, found by trial id, exactly as :meth:`TrialRun.open`: the writer runs that code), the metric sends (one at
+  most every :attr:`RemoteTrialRun.flush_s`, as before) and artifacts are sent and the trial goes on; the actor runs
+  one caller's calls in the order they were sent, and a later call receives ``open``'s result by reference. An
+  error of a call (the store refused it) is raised in the trial at its next send or wait, so a store failure still
+  fails the trial, which Tune retries.
+- ``flush()`` (before every checkpoint is reported) waits until the writer has stored everything sent: a trial
+  resumed from that checkpoint loses no epoch. The loop sends the rows before it writes the checkpoint, so the
+  writer stores them meanwhile.
 - Artifacts travel as bytes in the call (through Ray's object store when large), so the trial's folder may be
   removed as soon as the call is sent, and a trial on another node than the writer needs no access to the
   artifact store: the writer, on the driver's node, uploads them wherever the experiment keeps artifacts (a local
   folder, S3, a tracking server's proxy).
-- ``finish`` and ``end`` wait until the run is closed (and raise what any earlier send raised), so a trial ends
+- ``finish`` and ``end`` wait until the run is closed (and raise what any earlier call raised), so a trial ends
   only once its run is FINISHED / FAILED / KILLED. A trial process killed before it closed its run leaves it
   RUNNING, as before: the driver drains the writer (:func:`stop_writer`: every call already received is run)
   before :func:`close_orphan_trials` closes what is left.
 - The writer is pinned to the driver's node (it reaches the store as the driver does) and holds no CPU. If it
-  dies, calls in flight fail their trials (retried by Tune), and Ray restarts it for the next calls.
+  dies, Ray restarts it and runs the calls it had not answered again (see :data:`MAX_RESTARTS`).
+- One writer serialises a sweep's writes (one thread: a caller's calls stay in order); on SQLite, which takes one
+  writer at a time, that costs nothing. A tracking server with many concurrent trials gets one request at a time.
 """
 
 from __future__ import annotations
@@ -50,10 +54,9 @@ from fairray.tracking._mlflow import (
 #: Seconds the driver waits, at the end of a sweep, for the writer to run the calls it has received (a store that
 #: stopped answering is not waited for longer: what is left RUNNING is closed FAILED by ``close_orphan_trials``).
 DRAIN_TIMEOUT_S = 120.0
-#: Seconds a trial's ``open`` waits for a writer that is restarting (a retry can come right after the crash that
-#: failed its trial; ``open`` finds the run by trial id, so repeating it is safe).
-OPEN_RETRY_S = 60.0
-#: Restarts of a writer that died (its in-flight calls fail their trials; later calls go to the new one).
+#: Restarts of a writer that died. Its calls are retried on the new one (``max_task_retries``): each is safe to
+#: repeat (``open`` finds the run it made by trial id; a metric row stored twice is refused by the store's key and
+#: skipped by ``log_batch``; artifacts are overwritten; ending a run twice ends it once).
 MAX_RESTARTS = 3
 
 
@@ -83,29 +86,36 @@ class TrackingWriter:
              params: Mapping[str, str]) -> tuple[str, bool]:
         return _open_trial_run(self.uri, experiment_id, parent_run_id, trial_id, tags, params)
 
-    def log(self, run_id: str, rows: list[tuple]) -> None:
-        _send_metrics(client(self.uri), run_id, _metrics_of(rows))
+    # ``run``: what :meth:`open` returned, ``(run_id, resumed)``, or a run id
 
-    def log_artifacts(self, run_id: str, files: list[tuple[str, bytes]], artifact_path: str | None) -> None:
+    def log(self, run: tuple[str, bool] | str, rows: list[tuple]) -> None:
+        _send_metrics(client(self.uri), _run_id(run), _metrics_of(rows))
+
+    def log_artifacts(self, run: tuple[str, bool] | str, files: list[tuple[str, bytes]],
+                      artifact_path: str | None) -> None:
         with tempfile.TemporaryDirectory(prefix="fairray-writer-") as d:
             for rel, data in files:
                 path = Path(d, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
-            client(self.uri).log_artifacts(run_id, d, artifact_path)
+            client(self.uri).log_artifacts(_run_id(run), d, artifact_path)
 
-    def finish(self, run_id: str, rows: list[tuple]) -> None:
-        self.log(run_id, rows)
-        end_run(self.uri, run_id, "FINISHED")
+    def finish(self, run: tuple[str, bool] | str, rows: list[tuple]) -> None:
+        self.log(run, rows)
+        end_run(self.uri, _run_id(run), "FINISHED")
 
-    def end(self, run_id: str, status: str, reason: str, rows: list[tuple]) -> None:
+    def end(self, run: tuple[str, bool] | str, status: str, reason: str, rows: list[tuple]) -> None:
         try:
-            self.log(run_id, rows)  # the epochs before a failure stay visible; a store that is down still gets it
+            self.log(run, rows)  # the epochs before a failure stay visible; a store that is down still gets it
         finally:
-            end_run(self.uri, run_id, status, reason)
+            end_run(self.uri, _run_id(run), status, reason)
 
     def drain(self) -> None:
         """Nothing: it runs after every call the writer received before it."""
+
+
+def _run_id(run: tuple[str, bool] | str) -> str:
+    return run if isinstance(run, str) else run[0]
 
 
 def start_writer(uri: str):
@@ -113,7 +123,8 @@ def start_writer(uri: str):
     once (its imports run meanwhile)."""
     import ray
 
-    options: dict[str, Any] = {"num_cpus": 0, "max_restarts": MAX_RESTARTS, "max_task_retries": 0}
+    options: dict[str, Any] = {"num_cpus": 0, "max_restarts": MAX_RESTARTS,
+                               "max_task_retries": -1}
     if not ray.util.client.ray.is_connected():  # a Ray Client driver is not a node: the writer goes anywhere
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -137,32 +148,36 @@ def stop_writer(writer, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
 
 class RemoteTrialRun:
     """:class:`TrialRun`'s interface, forwarded to a sweep's :class:`TrackingWriter` (see the module docstring):
-    the trial process imports no MLflow."""
+    the trial process imports no MLflow. Only ``flush()``, ``finish`` and ``end`` wait for the writer."""
 
     #: Per-epoch metrics are sent at most this many seconds after they were logged (as ``TrialRun.flush_s``).
     flush_s = 5.0
 
-    def __init__(self, writer, uri: str, run_id: str, resumed: bool) -> None:
-        self.writer, self.uri, self.run_id, self.resumed = writer, uri, run_id, resumed
+    def __init__(self, writer, uri: str, opened) -> None:
+        """``opened``: the object ref of the writer's ``open`` (``(run_id, resumed)``), passed to every later call,
+        which Ray runs once it is ready."""
+        self.writer, self.uri, self._opened = writer, uri, opened
         self._pending: list[tuple] = []
-        self._sent: list = []  # object refs of sends not yet seen to succeed
+        self._sent: list = [opened]  # object refs of calls not yet seen to succeed
         self._flushed = time.monotonic()
 
     @classmethod
     def open(cls, writer, uri: str, experiment_id: str, parent_run_id: str | None, trial_id: str,
              tags: Mapping[str, str], params: Mapping[str, str]) -> RemoteTrialRun:
+        """The trial's run, opened (or resumed, found by trial id) by the writer without waiting for it."""
+        return cls(writer, uri, writer.open.remote(experiment_id, parent_run_id, trial_id, dict(tags), dict(params)))
+
+    @property
+    def run_id(self) -> str:
         import ray
 
-        deadline = time.monotonic() + OPEN_RETRY_S
-        while True:
-            try:
-                run_id, resumed = ray.get(writer.open.remote(experiment_id, parent_run_id, trial_id, dict(tags),
-                                                             dict(params)))
-                return cls(writer, uri, run_id, resumed)
-            except ray.exceptions.ActorUnavailableError:  # restarting after it died: open is safe to repeat
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        return ray.get(self._opened)[0]
+
+    @property
+    def resumed(self) -> bool:
+        import ray
+
+        return ray.get(self._opened)[1]
 
     def log(self, values: Mapping[str, float], step: int) -> None:
         self._pending.extend(_rows(values, step))
@@ -170,12 +185,12 @@ class RemoteTrialRun:
             self._send()
 
     def _send(self) -> None:
-        """Send the buffered rows without waiting; raise the error of an earlier send that has failed."""
+        """Send the buffered rows without waiting; raise the error of an earlier call that has failed."""
         import ray
 
         pending, self._pending = self._pending, []
         if pending:
-            self._sent.append(self.writer.log.remote(self.run_id, pending))
+            self._sent.append(self.writer.log.remote(self._opened, pending))
         self._flushed = time.monotonic()
         done, self._sent = ray.wait(self._sent, num_returns=len(self._sent), timeout=0)
         ray.get(done)
@@ -186,22 +201,25 @@ class RemoteTrialRun:
         sent, self._sent = self._sent, []
         ray.get(sent)
 
-    def flush(self) -> None:
-        """Send the buffered metrics and wait until the writer has stored everything sent so far."""
+    def flush(self, wait: bool = True) -> None:
+        """Send the buffered metrics; with ``wait``, return once the writer has stored everything sent so far."""
         self._send()
-        self._wait()
+        if wait:
+            self._wait()
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
-        """Send the files under ``local_dir`` (read now: the folder may go as soon as this returns)."""
+        """Send the files under ``local_dir`` (read now: the folder may go as soon as this returns), after the
+        metrics logged so far."""
         root = Path(local_dir)
         files = [(p.relative_to(root).as_posix(), p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
-        self._sent.append(self.writer.log_artifacts.remote(self.run_id, files, artifact_path))
+        self._send()
+        self._sent.append(self.writer.log_artifacts.remote(self._opened, files, artifact_path))
 
     def finish(self) -> None:
         import ray
 
         pending, self._pending = self._pending, []
-        ref = self.writer.finish.remote(self.run_id, pending)
+        ref = self.writer.finish.remote(self._opened, pending)
         self._wait()
         ray.get(ref)
 
@@ -209,9 +227,8 @@ class RemoteTrialRun:
         import ray
 
         pending, self._pending = self._pending, []
-        ref = self.writer.end.remote(self.run_id, status, reason, pending)  # runs after every earlier send
+        ref = self.writer.end.remote(self._opened, status, reason, pending)  # runs after every earlier call
         try:
             self._wait()
         finally:
             ray.get(ref)
-

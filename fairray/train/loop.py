@@ -648,12 +648,14 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             if session.world_rank != 0 or not due:
                 session.report(metrics, None)
                 return
-            if run is not None:  # MLflow gets every epoch a checkpoint holds: a trial resumed from it loses none
-                run.flush()
+            if run is not None:  # through a sweep's writer, the rows are stored while the checkpoint is written
+                run.flush(wait=False)
             d = Path(tempfile.mkdtemp(prefix="ckpt-", dir=workdir))
             try:
                 write_checkpoint(d, module, trainer_state(), texts, best=best_file,
                                  model_state=best_file if selected else None)
+                if run is not None:  # MLflow holds every epoch a checkpoint holds: a trial resumed from it loses none
+                    run.flush()
                 session.report(metrics, str(d))  # Tune copies the folder; a LocalSession moves it
             finally:
                 shutil.rmtree(d, ignore_errors=True)

@@ -176,3 +176,47 @@ def test_a_bad_reuse_workers_value_is_one_line_and_exit_2(tmp_path, capsys, reso
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+GOOD, BAD, GOOD2 = 3e-3, 1e-5, 2.9e-3
+
+
+def test_moasha_stops_a_trial_on_the_group_and_the_next_trial_still_runs(ray_up, tmp_path):
+    """A stop from Tune (MOASHA) reaches the group's workers: the dominated trial ends PRUNED / KILLED before its
+    last epoch, and the trial after it runs on that trial process (on the same group when the workers stopped
+    within STOP_GRACE_S, else on a fresh one) to its end."""
+    import optuna
+    from optuna.trial import TrialState
+
+    import fairray.sweep.searcher as searcher_module
+
+    before = {a.actor_id for a in _actors(ray_up, "GroupWorker")}
+    path = _spec(tmp_path, trials=3, epochs=12)
+    raw = yaml.safe_load(path.read_text())
+    raw["search"]["space"]["train.lr"] = {"type": "loguniform", "low": BAD, "high": GOOD}
+    raw["search"]["early_stopping"] = {"type": "moasha", "grace": 2, "reduction": 2,
+                                       "objectives": [{"metric": "dev/weighted_f1", "direction": "max"}]}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    base = searcher_module.FairraySearcher
+
+    class Enqueued(base):  # the sweep's own searcher, with the configurations queued in a known order
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for lr in (GOOD, BAD, GOOD2):
+                self.study.enqueue_trial({"train.lr": lr})
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(searcher_module, "FairraySearcher", Enqueued)
+        outcome = _sweep(path)
+    assert outcome.n_errored == 0 and outcome.n_pruned >= 1 and outcome.n_finished + outcome.n_pruned == 3, outcome
+    by_lr = {float(r.data.params["train.lr"]): r for r in _trial_runs(outcome)}
+    assert by_lr[GOOD].info.status == "FINISHED" and by_lr[GOOD].data.metrics["final"] == 1.0
+    bad = by_lr[BAD]
+    assert bad.info.status == "KILLED" and bad.data.tags["fairray.pruned"] == "true", bad.data.tags
+    assert "final" not in bad.data.metrics  # stopped on its workers, not trained to the end
+    assert by_lr[GOOD2].info.status in ("FINISHED", "KILLED")  # ran after the stop (a later rung may prune it)
+    parent = MlflowClient(outcome.tracking_uri).get_run(outcome.sweep_run_id)
+    study = optuna.load_study(study_name="fairray", storage=parent.data.tags["fairray.optuna_study"])
+    assert {t.params["train.lr"]: t.state for t in study.get_trials()}[BAD] == TrialState.PRUNED
+    workers = _new_workers(ray_up, before)
+    assert workers and {a.state for a in workers} == {"DEAD"}, [(a.pid, a.state) for a in workers]

@@ -1,5 +1,5 @@
 """The CBERL per-class report (METHODS 3.12, 4.5): minority-class F1, weighted F1 and the gender gaps of MELD's
-main cast, per ablation cell, against ERM and focal-only ERM (``fairray report SPEC --ablation NAME --layout
+main cast, per ablation cell, against ERM, focal-only ERM and full CBERL (``fairray report SPEC --ablation NAME --layout
 cberl``; ``auto`` picks it when a cell is ``cberl``).
 
 Columns (every one a mean over the cell's seeds with a speaker-bootstrap interval):
@@ -144,10 +144,13 @@ def _same(value: str, target: float | str) -> bool:
 
 
 def baselines(labels: Sequence[str]) -> list[str]:
-    """The cells the report compares against: ERM with plain CE (else the first ERM cell), then focal-only."""
+    """The cells the report compares against: ERM with plain CE (else the first ERM cell), then focal-only, then
+    full CBERL when the grid has ablation cells (``w/o ...``: each switch's effect is its difference to it)."""
     erm = [lb for lb in labels if lb.startswith("ERM (")]
     first = ["ERM (ce)"] if "ERM (ce)" in erm else erm[:1]
-    return [*first, *(["focal-only ERM"] if "focal-only ERM" in labels else [])]
+    focal = ["focal-only ERM"] if "focal-only ERM" in labels else []
+    ablated = [lb for lb in labels if lb != "CBERL" and lb != "focal-only ERM" and not lb.startswith("ERM (")]
+    return [*first, *focal, *(["CBERL"] if "CBERL" in labels and ablated else [])]
 
 
 def per_class_table(sweep: Sweep, labels: Sequence[str], preds: Sequence[Sequence[Predictions]], *,

@@ -102,7 +102,7 @@ def test_intervals_come_from_the_idi_reports_shared_resample():
 
 def test_differences_to_erm_and_focal_only_are_paired_and_resolve_a_real_gain():
     labels, _, table = _table()
-    assert list(table.versus) == ["ERM (ce)", "focal-only ERM"]
+    assert list(table.versus) == ["ERM (ce)", "focal-only ERM", "CBERL"]
     vs_erm = table.versus["ERM (ce)"]
     assert vs_erm[labels.index("ERM (ce)")] == {}
     full = vs_erm[0]
@@ -113,8 +113,14 @@ def test_differences_to_erm_and_focal_only_are_paired_and_resolve_a_real_gain():
     assert vs_focal[labels.index("focal-only ERM")] == {}
     assert vs_focal[1]["F1 fear"].estimate == pytest.approx(
         table.values[1]["F1 fear"].estimate - table.values[3]["F1 fear"].estimate)
+    vs_full = table.versus["CBERL"]  # an ablation's effect: its paired difference to full CBERL
+    assert vs_full[0] == {}
+    off = vs_full[labels.index("w/o masking (ρ=0)")]["minority WA-acc"]
+    assert off.estimate == pytest.approx(table.values[1]["minority WA-acc"].estimate -
+                                         table.values[0]["minority WA-acc"].estimate)
+    assert off.defined and off.hi < 0  # 0.5 vs 0.7 recall of the rare classes: a loss outside the noise
     md = render_cberl_markdown(table, title="t")
-    assert "## Against ERM (ce)" in md and "## Against focal-only ERM" in md
+    assert "## Against ERM (ce)" in md and "## Against focal-only ERM" in md and "## Against CBERL" in md
     assert "| CBERL | 3 | " in md and "minority WA-F1: seed 0.222, here" in md
     assert "(~)" in md  # CBERL's W-F1 vs focal-only and the like are within noise somewhere in these tables
 
@@ -140,6 +146,8 @@ def test_labels_name_the_ablation_switches_and_baselines():
     assert cell_label(_cell("erm", {}), {"method.loss": "cb_ce"}) == "ERM (cb_ce)"
     assert baselines(["CBERL", "ERM (cb_ce)", "ERM (ce)", "focal-only ERM"]) == ["ERM (ce)", "focal-only ERM"]
     assert baselines(["CBERL", "ERM (cb_ce)"]) == ["ERM (cb_ce)"]
+    assert baselines(["CBERL", "w/o DJVAE", "ERM (ce)"]) == ["ERM (ce)", "CBERL"]  # ablation cells: vs full too
+    assert baselines(["w/o DJVAE", "ERM (ce)"]) == ["ERM (ce)"]  # no full CBERL cell to compare with
 
 
 def test_auto_layout_picks_cberl_for_a_cberl_ablation():

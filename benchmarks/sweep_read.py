@@ -5,7 +5,9 @@ in one run, alternately, median of ``--repeats``:
 
 - ``load_sweep``: the trial runs read with ``search_runs`` (old) or the bulk SQL read of
   :func:`fairray.tracking.trial_runs` (new);
-- the whiskers: ``neighbour_noise`` front by front (old) or :func:`fairray.dashboard._data.shared_noise` (new);
+- the whiskers: :func:`fairray.frontier.query.neighbour_noise` front by front (old: each front's predictions read
+  and resampled on their own) or :func:`~fairray.frontier.query.shared_neighbour_noise` of all fronts (new: each
+  trial's predictions read once, one resample per split);
 - the whole ``collect`` on a cold cache, each path with its own read and whiskers.
 
     python benchmarks/sweep_read.py [--trials 500] [--repeats 3] [--n-boot 200] [--keep DIR]
@@ -38,12 +40,15 @@ def old_path():
     import fairray.dashboard._data as data
     import fairray.frontier.query as query
 
-    saved = query.trial_runs, data.shared_noise
-    query.trial_runs, data.shared_noise = _search_trial_runs, lambda sweep, fronts, n_boot: {}
+    def front_by_front(sweep, fronts, **options):
+        return [query.shared_neighbour_noise(sweep, [front], **options)[0] for front in fronts]
+
+    saved = query.trial_runs, data.shared_neighbour_noise
+    query.trial_runs, data.shared_neighbour_noise = _search_trial_runs, front_by_front
     try:
         yield
     finally:
-        query.trial_runs, data.shared_noise = saved
+        query.trial_runs, data.shared_neighbour_noise = saved
 
 
 def main() -> None:

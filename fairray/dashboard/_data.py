@@ -2,9 +2,9 @@
 
 :func:`collect` reads a sweep with :func:`fairray.frontier.query.load_sweep`, computes its fronts with
 :func:`~fairray.frontier.query.fronts` (overall, per stratum value and per attribute group), their
-speaker-bootstrap intervals with :func:`~fairray.frontier.query.neighbour_noise` (from the trials' logged
-predictions), each trial's per-group metrics and its metric histories, and the tables of the ablations
-the spec declares (:mod:`fairray.report`). A :class:`Cache` carries what cannot change between two
+speaker-bootstrap intervals with :func:`~fairray.frontier.query.shared_neighbour_noise` (from the trials'
+logged predictions, one resample for all fronts), each trial's per-group metrics and its metric histories,
+and the tables of the ablations the spec declares (:mod:`fairray.report`). A :class:`Cache` carries what cannot change between two
 refreshes of a running sweep: the history of a finished run, the intervals of an unchanged front, the
 table of an unchanged ablation.
 """
@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fairray.errors import FairrayError, TrackingError
-from fairray.frontier.pareto import Direction
 from fairray.frontier.plot import FrontPanel, front_panel
-from fairray.frontier.query import Front, Sweep, TrialRecord, fronts, load_predictions, load_sweep, neighbour_noise
+from fairray.frontier.query import Front, Sweep, fronts, load_sweep, shared_neighbour_noise
 from fairray.metrics import METRICS, MetricKey
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
@@ -155,109 +154,23 @@ def _noise_key(sweep: Sweep, front: Front, n_boot: int) -> tuple:
     return (sweep.run_id, front.title, front.objectives, on, n_boot)
 
 
-def _along_first(front: Front) -> list[int]:
-    """The front's Pareto-optimal trials (indices), ordered along its first objective, as
-    :func:`~fairray.frontier.query.neighbour_noise` orders them."""
-    on = [i for i in range(len(front.trials)) if front.on_front[i]]
-    sign = -1.0 if front.directions[0] is Direction.MAX else 1.0
-    on.sort(key=lambda i: sign * front.values[i][0])
-    return on
-
-
-def _resample(preds: Sequence, n_boot: int) -> bytes:
-    """A digest of the speaker resample :func:`~fairray.metrics.replicate_matrix` draws for ``preds`` (every
-    replicate's rows): equal digests, the same replicates."""
-    import hashlib
-
-    from fairray.metrics import speaker_replicates
-
-    digest = hashlib.blake2b(digest_size=20)
-    for rows in speaker_replicates(*preds, n_boot=n_boot, seed=WHISKER_SEED):
-        digest.update(len(rows).to_bytes(8, "little"))
-        digest.update(rows.astype("<i8", copy=False).tobytes())
-    return digest.digest()
-
-
-def shared_noise(sweep: Sweep, fronts_: Sequence[Front], n_boot: int) -> dict[int, dict]:
-    """:func:`~fairray.frontier.query.neighbour_noise` of several fronts of one sweep from one speaker resample:
-    ``{index in fronts_: noise}`` of the fronts it could serve.
-
-    A trial Pareto-optimal on several fronts (the six panels share most of theirs: 43 Pareto points are 8 trials
-    in the 500-trial benchmark) has its predictions read and its replicate reports computed once, and one
-    report per replicate serves every objective of every front it is on. The values are those of
-    ``neighbour_noise`` front by front: the same seed, and the same replicates, which is checked (the resample
-    :func:`~fairray.metrics.speaker_replicates` draws for the union of the fronts' trials is compared with the one
-    it draws for each front's own); a front whose resample differs, a trial without logged predictions or an
-    objective they do not give leaves its fronts out, for ``neighbour_noise`` to compute (or explain) alone.
-    """
-    from fairray.errors import DataError
-    from fairray.metrics import interval, replicate_matrix
-
-    by_split: dict[str, list[int]] = {}
-    for i, front in enumerate(fronts_):
-        by_split.setdefault(MetricKey.parse(front.objectives[0]).split, []).append(i)
-    out: dict[int, dict] = {}
-    for split, members in by_split.items():
-        orders = {i: _along_first(fronts_[i]) for i in members}
-        trials: dict[str, TrialRecord] = {}
-        keys: dict[str, None] = {}
-        for i in members:
-            trials.update((fronts_[i].trials[t].run_id, fronts_[i].trials[t]) for t in orders[i])
-            keys.update(dict.fromkeys(fronts_[i].objectives))
-        out.update((i, {}) for i in members if not orders[i])  # no Pareto-optimal trial: no whisker
-        members = [i for i in members if orders[i]]
-        if not members:
-            continue
-        try:
-            preds = load_predictions(sweep, list(trials.values()), split)
-            row = {run_id: a for a, run_id in enumerate(trials)}
-            union = _resample(preds, n_boot)
-            served = [i for i in members if _resample([preds[row[fronts_[i].trials[t].run_id]] for t in orders[i]],
-                                                      n_boot) == union]
-            if not served:
-                continue
-            full, reps = replicate_matrix(preds, list(keys), n_boot=n_boot, seed=WHISKER_SEED)
-        except (TrackingError, DataError, KeyError):  # each front on its own says which trial or key
-            continue
-        column = {k: j for j, k in enumerate(keys)}
-        for i in served:
-            front, on = fronts_[i], orders[i]
-            rows = [row[front.trials[t].run_id] for t in on]
-            noise: dict[str, dict] = {}
-            for a, r in enumerate(rows):
-                entry: dict = {"ci": {k: interval(full[r, column[k]], reps[r, :, column[k]], WHISKER_LEVEL)
-                                      for k in front.objectives}}
-                if a + 1 < len(rows):
-                    nxt = rows[a + 1]
-                    entry["next"] = front.trials[on[a + 1]].trial_id
-                    for k in front.objectives:
-                        j = column[k]
-                        entry[k] = interval(full[r, j] - full[nxt, j], reps[r, :, j] - reps[nxt, :, j],
-                                            WHISKER_LEVEL)
-                noise[front.trials[on[a]].trial_id] = entry
-            out[i] = noise
-    return out
-
-
 def _panels(sweep: Sweep, fronts_: Sequence[Front], n_boot: int, cache: Cache, notes: list[str]) -> list[FrontPanel]:
-    """Each front's panel with its whiskers: computed for the fronts not in ``cache`` together
-    (:func:`shared_noise`), a front that could not share them on its own."""
+    """Each front's panel with its whiskers: those of the fronts not in ``cache`` computed together, from one
+    speaker resample per split (:func:`~fairray.frontier.query.shared_neighbour_noise`); a front that cannot have
+    them (predictions not logged) is drawn without, and the page notes why."""
     noise: list[dict | None] = [None] * len(fronts_)
     if n_boot > 0:
         keys = [_noise_key(sweep, front, n_boot) for front in fronts_]
         missing = [i for i, key in enumerate(keys) if key not in cache.noise]
-        shared = shared_noise(sweep, [fronts_[i] for i in missing], n_boot) if missing else {}
-        for j, i in enumerate(missing):
-            if j in shared:
-                cache.noise[keys[i]] = shared[j]
-                continue
-            try:
-                cache.noise[keys[i]] = neighbour_noise(sweep, fronts_[i], n_boot=n_boot, level=WHISKER_LEVEL,
-                                                       seed=WHISKER_SEED)
-            except TrackingError as exc:  # predictions not logged: the front without whiskers
-                message = f"no intervals for {sweep.experiment!r}: {exc}"
+        computed = shared_neighbour_noise(sweep, [fronts_[i] for i in missing], n_boot=n_boot, level=WHISKER_LEVEL,
+                                          seed=WHISKER_SEED) if missing else []
+        for i, result in zip(missing, computed, strict=True):
+            if isinstance(result, TrackingError):
+                message = f"no intervals for {sweep.experiment!r}: {result}"
                 if message not in notes:
                     notes.append(message)
+                continue
+            cache.noise[keys[i]] = result
         noise = [cache.noise.get(key) for key in keys]
     return [front_panel(front, n) for front, n in zip(fronts_, noise, strict=True)]
 

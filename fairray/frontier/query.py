@@ -315,34 +315,145 @@ def load_predictions(sweep: Sweep, trials: Sequence[TrialRecord], split: str) ->
     return out
 
 
+def pareto_order(front: Front) -> list[int]:
+    """The front's Pareto-optimal trials (indices into ``front.trials``), ordered along its first objective (best
+    first): the order of :func:`neighbour_noise`'s entries and of each trial's ``next``."""
+    on = [i for i in range(len(front.trials)) if front.on_front[i]]
+    sign = -1.0 if front.directions[0] is Direction.MAX else 1.0
+    on.sort(key=lambda i: sign * front.values[i][0])
+    return on
+
+
 def neighbour_noise(sweep: Sweep, front: Front, *, n_boot: int = 200, level: float = 0.95, seed: int = 0
                     ) -> dict[str, dict[str, Any]]:
     """For each Pareto-optimal trial of ``front``, ordered along its first objective: the speaker-bootstrap
     interval of each objective (``"ci"``) and the paired interval of every objective's difference to the next
     Pareto-optimal trial. All come from ONE speaker resample shared by the front's trials
     (:func:`~fairray.metrics.replicate_matrix`). ``{trial_id: {"ci": {objective: Interval}, "next": trial_id,
-    objective: Interval}}``; a difference whose interval contains 0 is within noise."""
-    from fairray.metrics import interval, replicate_matrix
+    objective: Interval}}``; a difference whose interval contains 0 is within noise. A front without a
+    Pareto-optimal trial gives ``{}``.
 
-    split = MetricKey.parse(front.objectives[0]).split
-    on = [i for i in range(len(front.trials)) if front.on_front[i]]
-    sign = -1.0 if front.directions[0] is Direction.MAX else 1.0
-    on.sort(key=lambda i: sign * front.values[i][0])
-    preds = load_predictions(sweep, [front.trials[i] for i in on], split)
-    try:
-        full, reps = replicate_matrix(preds, list(front.objectives), n_boot=n_boot, seed=seed)
-    except KeyError as exc:
-        raise TrackingError(f"the logged predictions do not give {exc.args[0]}; choose objectives the trials "
-                            "report") from None
+    :func:`shared_neighbour_noise` of the one front: several fronts of a sweep are better asked for together.
+    """
+    (noise,) = shared_neighbour_noise(sweep, [front], n_boot=n_boot, level=level, seed=seed)
+    if isinstance(noise, TrackingError):
+        raise noise
+    return noise
+
+
+def shared_neighbour_noise(sweep: Sweep, fronts_: Sequence[Front], *, n_boot: int = 200, level: float = 0.95,
+                           seed: int = 0) -> list[dict[str, dict[str, Any]] | TrackingError]:
+    """:func:`neighbour_noise` of each of several fronts of one sweep, in order; a front that cannot have its
+    intervals gets the :class:`~fairray.errors.TrackingError` saying why (a trial without logged predictions, an
+    objective they do not give), the other fronts their intervals.
+
+    A trial Pareto-optimal on several fronts (the dashboard's six panels share most of theirs: 43 Pareto points
+    are 8 trials in the 500-trial benchmark) has its predictions read once, and the fronts of one split are
+    served by ONE :func:`~fairray.metrics.replicate_matrix` over the union of their trials and objectives: one
+    report per trial and replicate, however many fronts and objectives read it.
+
+    The values are each front's own, not merely close: the resample
+    :func:`~fairray.metrics.speaker_replicates` draws for a set of prediction sets depends on the seed, the
+    speakers and the (attribute group, stratum) cells of the rows; when every set has the same uids, speakers
+    and cells (the trials of one sweep on one split do) the union of the fronts' trials draws the very
+    replicates each front's own trials draw. So the union is formed of trials whose predictions agree on those
+    three; a front whose trials do not all agree (e.g. a swept ``train.s_min`` that changes which groups a
+    report holds) is resampled on its own trials, and so is each front of a union one of whose trials lacks an
+    objective of another front.
+    """
+    from fairray.metrics import replicate_matrix
+
+    orders = [pareto_order(front) for front in fronts_]
+    out: list[dict[str, dict[str, Any]] | TrackingError | None] = [None] * len(fronts_)
+    by_split: dict[str, list[int]] = {}
+    for i, front in enumerate(fronts_):
+        if orders[i]:
+            by_split.setdefault(MetricKey.parse(front.objectives[0]).split, []).append(i)
+        else:
+            out[i] = {}  # no Pareto-optimal trial: no interval
+    for split, members in by_split.items():
+        trials = {fronts_[i].trials[t].run_id: fronts_[i].trials[t] for i in members for t in orders[i]}
+        preds = _predictions_of_each(sweep, list(trials.values()), split)
+        resample = _resample_classes([p for p in preds.values() if not isinstance(p, TrackingError)])
+        unions: dict[object, list[int]] = {}
+        for i in members:
+            run_ids = [fronts_[i].trials[t].run_id for t in orders[i]]
+            missing = next((preds[r] for r in run_ids if isinstance(preds[r], TrackingError)), None)
+            if missing is not None:
+                out[i] = missing  # as the front alone: its first trial (along the front) without predictions
+                continue
+            classes = {resample[id(preds[r])] for r in run_ids}
+            unions.setdefault(classes.pop() if len(classes) == 1 else ("alone", i), []).append(i)
+        work = list(unions.values())
+        while work:
+            union = work.pop()
+            run_ids = list(dict.fromkeys(fronts_[i].trials[t].run_id for i in union for t in orders[i]))
+            keys = list(dict.fromkeys(k for i in union for k in fronts_[i].objectives))
+            try:
+                full, reps = replicate_matrix([preds[r] for r in run_ids], keys, n_boot=n_boot, seed=seed)
+            except KeyError as exc:
+                if len(union) > 1:  # which front's objective is it? each front on its own says
+                    work += [[i] for i in union]
+                    continue
+                out[union[0]] = TrackingError(f"the logged predictions do not give {exc.args[0]}; choose objectives "
+                                              "the trials report")
+                continue
+            row = {r: a for a, r in enumerate(run_ids)}
+            column = {k: j for j, k in enumerate(keys)}
+            for i in union:
+                out[i] = _noise_entries(fronts_[i], orders[i], row, column, full, reps, level)
+    return out  # type: ignore[return-value]  (every front was given its noise or its error)
+
+
+def _noise_entries(front: Front, order: Sequence[int], row: dict[str, int], column: dict[str, int],
+                   full: np.ndarray, reps: np.ndarray, level: float) -> dict[str, dict[str, Any]]:
+    """The ``ci`` / ``next`` entries of :func:`neighbour_noise` of ``front``'s trials ``order`` from a replicate
+    matrix (``full [P, K]``, ``reps [P, n_boot, K]``) whose row of a trial is ``row[run_id]`` and column of an
+    objective ``column[key]``."""
+    from fairray.metrics import interval
+
+    rows = [row[front.trials[t].run_id] for t in order]
     out: dict[str, dict[str, Any]] = {}
-    for a in range(len(on)):
-        entry: dict[str, Any] = {"ci": {k: interval(full[a, j], reps[a, :, j], level)
-                                        for j, k in enumerate(front.objectives)}}
-        if a + 1 < len(on):
-            entry["next"] = front.trials[on[a + 1]].trial_id
-            for j, key in enumerate(front.objectives):
-                entry[key] = interval(full[a, j] - full[a + 1, j], reps[a, :, j] - reps[a + 1, :, j], level)
-        out[front.trials[on[a]].trial_id] = entry
+    for a, r in enumerate(rows):
+        entry: dict[str, Any] = {"ci": {k: interval(full[r, column[k]], reps[r, :, column[k]], level)
+                                        for k in front.objectives}}
+        if a + 1 < len(rows):
+            nxt = rows[a + 1]
+            entry["next"] = front.trials[order[a + 1]].trial_id
+            for k in front.objectives:
+                j = column[k]
+                entry[k] = interval(full[r, j] - full[nxt, j], reps[r, :, j] - reps[nxt, :, j], level)
+        out[front.trials[order[a]].trial_id] = entry
+    return out
+
+
+def _predictions_of_each(sweep: Sweep, trials: Sequence[TrialRecord], split: str) -> dict[str, Any]:
+    """``{run_id: Predictions}`` of ``trials`` on ``split``, or the :class:`TrackingError` of a trial without them."""
+    out: dict[str, Any] = {}
+    for trial in trials:
+        try:
+            (out[trial.run_id],) = load_predictions(sweep, [trial], split)
+        except TrackingError as exc:
+            out[trial.run_id] = exc
+    return out
+
+
+def _resample_classes(preds: Sequence) -> dict[int, int]:
+    """``{id(pred): class}``: prediction sets of one class have equal uids, speakers and (group, stratum) cells
+    (rows in the same order), so :func:`~fairray.metrics.speaker_replicates` draws the same replicates for any
+    subset of a class (the profiles, and so the draws, are those of one set's cells)."""
+    representatives: list = []
+    out: dict[int, int] = {}
+    for p in preds:
+        cells = p.cell_ids()
+        for c, (rep, rep_cells) in enumerate(representatives):
+            if (len(p) == len(rep) and np.array_equal(p.uid, rep.uid) and np.array_equal(p.speaker, rep.speaker)
+                    and np.array_equal(cells, rep_cells)):
+                out[id(p)] = c
+                break
+        else:
+            out[id(p)] = len(representatives)
+            representatives.append((p, cells))
     return out
 
 

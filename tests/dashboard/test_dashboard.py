@@ -384,13 +384,17 @@ def test_curves_are_read_in_bulk_as_the_per_run_histories(tiny_sweep):
 def test_page_read_through_a_tracking_server_is_the_page_read_from_its_store(tiny_sweep, data):
     """Through a tracking server (MLflow's own, started by ``fairray ui`` on loopback) the curves are read per
     run and key, a few requests at a time: the same details as from the SQLite store itself."""
+    import contextlib
+    import os
+    import signal
     import subprocess
     import sys
     import time
 
     port = _free_port()
+    # its own session: the server (``mlflow ui`` and the uvicorn it starts) is stopped as one process group
     proc = subprocess.Popen([sys.executable, "-m", "fairray.cli", "ui", "--tracking-uri", tiny_sweep.uri, "--port",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         end = time.monotonic() + 180
@@ -404,8 +408,13 @@ def test_page_read_through_a_tracking_server_is_the_page_read_from_its_store(tin
             assert time.monotonic() < end and proc.poll() is None, "MLflow's server did not come up"
             time.sleep(0.5)
         served = collect(url, tiny_sweep.experiment, ablation="tiny", n_boot=0)
-    finally:
-        proc.terminate()
+    finally:  # how fast the server shuts down is not what this tests (on a loaded machine: more than 30 s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what is left of that group, and only of it
         proc.wait(timeout=30)
     assert set(served.details) == set(data.details)
     for trial_id, d in data.details.items():

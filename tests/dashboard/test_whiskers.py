@@ -1,5 +1,7 @@
 """The dashboard's whiskers computed for all fronts together (one resample and one report per replicate per trial,
-however many fronts it is Pareto-optimal on) are :func:`neighbour_noise` front by front, on the real tiny sweep."""
+however many fronts it is Pareto-optimal on) are each front's own, on the real tiny sweep: those of
+:func:`neighbour_noise` front by front (the frontier command's), and those of the definition (the front's own trials'
+logged predictions resampled alone). The rules of the sharing are tested without MLflow in tests/frontier/test_noise.py."""
 
 from __future__ import annotations
 
@@ -7,9 +9,13 @@ import math
 
 import pytest
 
+import fairray.metrics
 from fairray.dashboard import _data
-from fairray.dashboard._data import Cache, shared_noise, sweep_fronts
-from fairray.frontier.query import load_sweep, neighbour_noise
+from fairray.dashboard._data import WHISKER_LEVEL, WHISKER_SEED, Cache, sweep_fronts
+from fairray.frontier import query
+from fairray.frontier.pareto import Direction
+from fairray.frontier.query import load_predictions, load_sweep, neighbour_noise
+from fairray.metrics import interval, replicate_matrix
 
 pytestmark = pytest.mark.slow
 
@@ -40,52 +46,58 @@ def assert_same_noise(got: dict, want: dict, where: str) -> None:
             _assert_same_interval(got[trial][key], entry[key], (where, trial, key))
 
 
+def _own(sweep, front) -> dict:
+    """The definition: the front's Pareto-optimal trials along its first objective, their logged predictions
+    resampled on their own."""
+    on = [i for i in range(len(front.trials)) if front.on_front[i]]
+    sign = -1.0 if front.directions[0] is Direction.MAX else 1.0
+    on.sort(key=lambda i: sign * front.values[i][0])
+    preds = load_predictions(sweep, [front.trials[i] for i in on], "dev")
+    full, reps = replicate_matrix(preds, list(front.objectives), n_boot=N_BOOT, seed=WHISKER_SEED)
+    out = {}
+    for a, i in enumerate(on):
+        entry = {"ci": {k: interval(full[a, j], reps[a, :, j], WHISKER_LEVEL) for j, k in enumerate(front.objectives)}}
+        if a + 1 < len(on):
+            entry["next"] = front.trials[on[a + 1]].trial_id
+            for j, k in enumerate(front.objectives):
+                entry[k] = interval(full[a, j] - full[a + 1, j], reps[a, :, j] - reps[a + 1, :, j], WHISKER_LEVEL)
+        out[front.trials[i].trial_id] = entry
+    return out
+
+
+def _page_noise(sweep, fronts, cache=None) -> list[dict]:
+    cache = Cache() if cache is None else cache
+    notes: list[str] = []
+    _data._panels(sweep, fronts, N_BOOT, cache, notes)
+    assert notes == []
+    return [cache.noise[_data._noise_key(sweep, front, N_BOOT)] for front in fronts]
+
+
 def test_shared_whiskers_are_each_fronts_own(tiny_sweep):
     sweep, fronts = _fronts(tiny_sweep)
     assert len(fronts) == 6
     # the tiny sweep's two trials are each Pareto-optimal on several panels: they are shared
     assert sum(int(f.on_front.sum()) for f in fronts) > len({t.run_id for f in fronts
                                                               for t, o in zip(f.trials, f.on_front, strict=True) if o})
-    shared = shared_noise(sweep, fronts, N_BOOT)
-    assert sorted(shared) == list(range(len(fronts)))  # every front served by the one resample
-    for i, front in enumerate(fronts):
-        assert_same_noise(shared[i], neighbour_noise(sweep, front, n_boot=N_BOOT), front.title)
+    for front, noise in zip(fronts, _page_noise(sweep, fronts), strict=True):
+        assert noise
+        assert_same_noise(noise, neighbour_noise(sweep, front, n_boot=N_BOOT), front.title)
+        assert_same_noise(noise, _own(sweep, front), front.title)
 
 
-def test_the_page_takes_its_whiskers_from_the_shared_resample(tiny_sweep, monkeypatch):
-    """Were the shared computation to fall back front by front (silently slower), this fails."""
+def test_the_page_resamples_once_and_reads_each_trials_predictions_once(tiny_sweep, monkeypatch):
+    """Were the page to resample front by front (silently slower: six resamples of the same trials), this fails."""
     sweep, fronts = _fronts(tiny_sweep)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("neighbour_noise called")
-
-    monkeypatch.setattr(_data, "neighbour_noise", refuse)
-    notes: list[str] = []
-    panels = _data._panels(sweep, fronts, N_BOOT, Cache(), notes)
-    assert len(panels) == len(fronts) and notes == []
-
-
-def test_a_front_whose_resample_differs_gets_its_own(tiny_sweep, monkeypatch):
-    """The check behind the sharing: where the union of the fronts' trials would draw other replicates than a
-    front's own trials (here: pretended), that front is computed alone, with the same result as before."""
-    sweep, fronts = _fronts(tiny_sweep)
-    real = _data._resample
-    calls = []
-
-    def differs_for_the_first_front(preds, n_boot):
-        calls.append(len(preds))
-        digest = real(preds, n_boot)
-        return digest + b"x" if len(calls) == 2 else digest  # call 1: the union; call 2: the first front
-
-    monkeypatch.setattr(_data, "_resample", differs_for_the_first_front)
-    shared = shared_noise(sweep, fronts, N_BOOT)
-    assert 0 not in shared and sorted(shared) == list(range(1, len(fronts)))
-    monkeypatch.setattr(_data, "_resample", real)
-    cache = Cache()
-    _data._panels(sweep, fronts, N_BOOT, cache, [])
-    for front in fronts:
-        got = cache.noise[_data._noise_key(sweep, front, N_BOOT)]
-        assert_same_noise(got, neighbour_noise(sweep, front, n_boot=N_BOOT), front.title)
+    resamples, reads = [], []
+    real_matrix, real_load = fairray.metrics.replicate_matrix, query.load_predictions
+    monkeypatch.setattr(fairray.metrics, "replicate_matrix",
+                        lambda preds, keys, **kw: resamples.append(len(preds)) or real_matrix(preds, keys, **kw))
+    monkeypatch.setattr(query, "load_predictions",
+                        lambda s, trials, split: reads.extend(t.run_id for t in trials) or real_load(s, trials, split))
+    _page_noise(sweep, fronts)
+    distinct = {t.run_id for f in fronts for t, o in zip(f.trials, f.on_front, strict=True) if o}
+    assert resamples == [len(distinct)]
+    assert sorted(reads) == sorted(distinct)
 
 
 def test_a_refresh_recomputes_only_the_fronts_not_cached(tiny_sweep, monkeypatch):
@@ -94,10 +106,32 @@ def test_a_refresh_recomputes_only_the_fronts_not_cached(tiny_sweep, monkeypatch
     _data._panels(sweep, fronts, N_BOOT, cache, [])
     assert len(cache.noise) == len(fronts)
     seen = []
-    real = _data.shared_noise
-    monkeypatch.setattr(_data, "shared_noise", lambda s, f, n: seen.append(len(f)) or real(s, f, n))
+    real = _data.shared_neighbour_noise
+    monkeypatch.setattr(_data, "shared_neighbour_noise", lambda s, f, **kw: seen.append(len(f)) or real(s, f, **kw))
     del cache.noise[_data._noise_key(sweep, fronts[3], N_BOOT)]
     _data._panels(sweep, fronts, N_BOOT, cache, [])
     assert seen == [1]
     assert_same_noise(cache.noise[_data._noise_key(sweep, fronts[3], N_BOOT)],
                       neighbour_noise(sweep, fronts[3], n_boot=N_BOOT), fronts[3].title)
+
+
+def test_a_front_without_logged_predictions_is_a_note_not_an_error(tiny_sweep, monkeypatch):
+    sweep, fronts = _fronts(tiny_sweep)
+    on = [t for t, o in zip(fronts[0].trials, fronts[0].on_front, strict=True) if o]
+    gone = on[0].run_id
+    real_load = query.load_predictions
+
+    def load(s, trials, split):
+        if any(t.run_id == gone for t in trials):
+            raise query.TrackingError(f"trial {on[0].trial_id} has no predictions/{split}.npz artifact")
+        return real_load(s, trials, split)
+
+    monkeypatch.setattr(query, "load_predictions", load)
+    cache, notes = Cache(), []
+    panels = _data._panels(sweep, fronts, N_BOOT, cache, notes)
+    assert len(panels) == len(fronts)
+    assert notes == [f"no intervals for {sweep.experiment!r}: trial {on[0].trial_id} has no predictions/dev.npz artifact"]
+    for front in fronts:
+        key = _data._noise_key(sweep, front, N_BOOT)
+        has_gone = any(t.run_id == gone for t, o in zip(front.trials, front.on_front, strict=True) if o)
+        assert (key in cache.noise) is not has_gone, front.title

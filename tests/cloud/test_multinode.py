@@ -130,7 +130,11 @@ def test_sweep_runs_its_trials_on_the_worker_nodes(cluster, tmp_path):
         workers = {n.node_id for n in nodes if not n.is_head_node}
         actors = list_actors(address=url, detail=True, limit=1000, raise_on_missing_output=False)
     assert len(head) == 1 and len(workers) == 2
-    trial_actors = [a for a in actors if a.class_name not in ("_StatsActor",) and a.node_id]
+    # the sweep's MLflow writer runs on the driver's node (here the head), which reaches the store; the trials
+    # send it their metrics and artifacts from the worker nodes (fairray/tracking/_writer.py)
+    writers = [a for a in actors if a.class_name == "TrackingWriter"]
+    assert len(writers) == 1 and writers[0].node_id in head, [(a.class_name, a.node_id in head) for a in actors]
+    trial_actors = [a for a in actors if a.class_name not in ("_StatsActor", "TrackingWriter") and a.node_id]
     placed = {a.node_id for a in trial_actors}
     assert placed, [(a.class_name, a.node_id) for a in actors]
     assert placed <= workers, [(a.class_name, a.node_id in head) for a in trial_actors]

@@ -15,6 +15,7 @@ N`` only the first N dialogues of each split are kept (the same rows for every r
 
     python benchmarks/cberl_cost.py [--corpora ../shared/corpora] [--cache /tmp/features] [--dialogues 0]
                                     [--repeats 1] [--batch-size 64] [--rows "erm,cberl full"] [--dense]
+                                    [--threads 1]
 
 ``--dense`` times every CBERL row twice, alternating per repeat: on the sparse window graph (an edge list, what
 the method runs) and on the dense ``[B, B]`` adjacency of the first version (``CBERLNets.dense_graph``).
@@ -74,7 +75,13 @@ def main() -> None:
     ap.add_argument("--rows", default="", help="comma-separated labels of the rows to time (default: all)")
     ap.add_argument("--dense", action="store_true", help="also time each CBERL row on the dense [B, B] window "
                     "graph (the first version's path), alternating with the edge list, side by side")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: what a sweep trial with "
+                    "resources.cpus_per_worker 1 uses; torch's default, one per core, competes with the machine's "
+                    "other processes)")
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from fairray.config import build_spec
     from fairray.methods.cberl import CBERLNets
@@ -96,6 +103,8 @@ def main() -> None:
         print(f"{'configuration':<24}{'s / epoch':>10}{'x erm':>8}{'dev W-F1 (1 epoch)':>20}"
               + (f"{'dense s / epoch':>17}{'dense / edges':>15}" if args.dense else ""), flush=True)
         wanted = {r.strip() for r in args.rows.split(",") if r.strip()}
+        with tempfile.TemporaryDirectory(prefix="warmup-") as d:  # untimed: the process's first trial pays the
+            run_trial(_raw(base, ROWS[0][1], args.batch_size), {}, data, LocalSession(d))  # lazy imports, not ERM
         erm = None
         for label, change in ROWS:
             if wanted and label not in wanted and label != "erm":  # ERM is the unit of every ratio

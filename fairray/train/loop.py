@@ -623,8 +623,11 @@ def run_trial(raw: Mapping[str, Any], params: Mapping[str, Any], data: SERData, 
             tags = {"fairray.kind": "trial" if tracking.parent_run_id else "train", "fairray.sweep": tracking.sweep,
                     "fairray.method": spec.method.name, "fairray.dataset": spec.dataset.name,
                     "fairray.searched_params": json.dumps(sorted(params))}
-            # the raw spec, plus the values the loader derived (s_min defaults to 5 for gap objectives)
-            logged = {**flatten({k: v for k, v in trial_raw.items() if k != "search"}), "train.s_min": str(tcfg.s_min)}
+            # the raw spec, plus the values the loader derived (s_min defaults to 5 for gap objectives) and the
+            # method's knobs the spec left at their defaults (a cell that sets only method.name still shows its
+            # augment_ratio, masking_rate, ... in the MLflow UI)
+            logged = {**flatten({"method": spec.method.to_plain()}),
+                      **flatten({k: v for k, v in trial_raw.items() if k != "search"}), "train.s_min": str(tcfg.s_min)}
             run = tracking.open(tags, logged)
             n_train = sum(p.numel() for p in unwrap(module).parameters() if p.requires_grad)
             run.log({"model/trainable_params": float(n_train),

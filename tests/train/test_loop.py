@@ -169,3 +169,17 @@ def test_multi_net_methods_resume_identically(data, tmp_path, method):
         run_trial(raw(4, method), {}, data, LocalSession(tmp_path / "b"), on_epoch=stop)
     resumed = run_trial(raw(4, method), {}, data, LocalSession(tmp_path / "b"))
     assert resumed == full
+
+
+def test_the_run_params_hold_the_methods_defaulted_knobs_and_the_specs_values(data, tmp_path):
+    """A spec that names only the method still records every knob the method trained with; a value the spec
+    (or the sampler) set wins over the default."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = ensure_experiment(uri, "t", str(tmp_path))
+    run_trial(raw(1), {"method.lambda_max": 2.0}, data, LocalSession(tmp_path / "ck"),
+              TrialTracking(uri, exp, None, "knobs", "t"))
+    params = MlflowClient(uri).search_runs([exp])[0].data.params
+    defaults = METHODS.get("minmaxgap").Params()
+    assert params["method.name"] == "minmaxgap" and params["method.lambda_max"] == "2.0"
+    assert float(params["method.eta"]) == pytest.approx(defaults.eta)
+    assert float(params["method.p"]) == pytest.approx(defaults.p)

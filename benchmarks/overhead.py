@@ -31,7 +31,8 @@ from pathlib import Path
 import yaml
 
 SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "minmaxgap.yaml"
-BACKENDS = {"function": "fu", "train": "tr", "train-reuse": "tg"}  # --backends choices: their sweeps' name prefix
+# --backends choices: their sweeps' name prefix; "function-direct": backend function with tracking.writer false
+BACKENDS = {"function": "fu", "function-direct": "fd", "train": "tr", "train-reuse": "tg"}
 
 
 def _spec(tmp: Path, name: str, trials: int, epochs: int, concurrency: int, backend: str) -> Path:
@@ -42,8 +43,10 @@ def _spec(tmp: Path, name: str, trials: int, epochs: int, concurrency: int, back
     raw["search"]["sampler"] = "random"  # configurations independent of results: same sequence every sweep
     raw["budget"].update(num_samples=trials, max_concurrent=concurrency, seed=0)
     # "train-reuse": backend train on a worker group kept across a trial process's trials (resources.reuse_workers)
-    raw["resources"].update(backend="train" if backend == "train-reuse" else backend, num_workers=1, cpus_per_worker=1,
-                            **({"reuse_workers": True} if backend == "train-reuse" else {}))
+    raw["resources"].update(backend={"train-reuse": "train", "function-direct": "function"}.get(backend, backend),
+                            num_workers=1, cpus_per_worker=1, **({"reuse_workers": True} if backend == "train-reuse" else {}))
+    if backend == "function-direct":  # each trial process writes to the MLflow store itself (no writer actor)
+        raw.setdefault("tracking", {})["writer"] = False
     raw["storage"]["path"] = str(tmp / name)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -170,7 +173,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=6)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--backends", nargs="+", default=["function", "train"], choices=BACKENDS,
-                    help="train-reuse: backend train with resources.reuse_workers (one worker group per trial process)")
+                    help="train-reuse: backend train with resources.reuse_workers (one worker group per trial process); "
+                    "function-direct: backend function with tracking.writer false (trials write to MLflow themselves)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--modes", nargs="+", default=["own", "up"], choices=["own", "up"],
                     help="own: the sweep starts its own Ray; up: Ray already running")

@@ -427,6 +427,10 @@ class TrackingConfig:
     uri: str | None = None
     #: MLflow experiment; default: the spec's ``name``.
     experiment: str | None = None
+    #: A sweep's trials log through one MLflow writer actor on the driver's node (trial processes never import
+    #: MLflow); ``false``: each trial process writes to the store itself (e.g. many concurrent trials against a
+    #: tracking server, which the one writer would serve one request at a time).
+    writer: bool = True
 
 
 @dataclass(frozen=True)

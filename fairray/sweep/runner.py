@@ -609,12 +609,13 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                                          lambda: prepare_variants() if early else None)
     # the trials' MLflow writer (fairray/tracking/_writer.py): its imports run while the sweep is set up and the
     # trial processes start, which then never import MLflow themselves
-    writer = start_writer(uri)
+    writer = start_writer(uri) if spec.tracking.writer else None
     try:
         if data is None:
             data = prepare_variants()
         experiment_id, run_name, sweep = open_sweep_run(previous)
-        writer.ready.remote()  # opens the store the sweep's run now exists in; the trials' first calls queue after it
+        if writer is not None:  # opens the store the sweep's run now exists in; the trials' first calls queue after it
+            writer.ready.remote()
     except BaseException:
         stop_writer(writer, timeout_s=0)
         if connected:

@@ -134,7 +134,10 @@ def start_writer(uri: str):
 
 
 def stop_writer(writer, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
-    """Run every call ``writer`` has received (waiting at most ``timeout_s``), then end it. Safe to call twice."""
+    """Run every call ``writer`` has received (waiting at most ``timeout_s``), then end it. Safe to call twice;
+    None (``tracking.writer: false``: no writer) does nothing."""
+    if writer is None:
+        return
     import ray
 
     try:

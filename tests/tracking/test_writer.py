@@ -45,9 +45,12 @@ def _imports(probe: Path) -> dict[int, set[str]]:
     return {int(p.stem): set(p.read_text().split()) for p in probe.glob("*.txt")}
 
 
-def test_trial_processes_import_no_mlflow_and_runs_are_complete(probed_ray, tmp_path):
+@pytest.mark.parametrize("writer", [True, False], ids=["writer", "direct"])
+def test_trial_processes_import_no_mlflow_and_runs_are_complete(probed_ray, tmp_path, writer):
+    """``tracking.writer: false``: the same complete runs, written by the trial processes themselves."""
     epochs = 2
     raw = yaml.safe_load(SPEC.read_text())
+    raw["tracking"]["writer"] = writer
     raw["train"]["epochs"] = epochs
     raw["search"]["sampler"] = "random"
     raw["budget"].update(num_samples=4, max_concurrent=2, max_failures=0)
@@ -78,9 +81,12 @@ def test_trial_processes_import_no_mlflow_and_runs_are_complete(probed_ray, tmp_
     assert pids and pids <= set(imports), (pids, imports)  # the probe ran in every trial process
     for pid in pids:
         assert "fairray.train.loop" in imports[pid], imports[pid]
-        assert not imports[pid] & {"mlflow", "sqlalchemy", "alembic"}, (pid, imports[pid])
+        if writer:
+            assert not imports[pid] & {"mlflow", "sqlalchemy", "alembic"}, (pid, imports[pid])
+        else:  # each trial process opened the store itself
+            assert {"mlflow", "sqlalchemy"} <= imports[pid], (pid, imports[pid])
     writers = [pid for pid, names in imports.items() if pid not in pids and "mlflow" in names]
-    assert len(writers) == 1, imports  # the one writer did, so the probe sees MLflow imports where they happen
+    assert len(writers) == (1 if writer else 0), imports  # the one writer did, so the probe sees MLflow imports
 
 
 def test_remote_run_resumes_reports_store_errors_and_survives_a_writer_restart(probed_ray, tmp_path):

@@ -5,17 +5,14 @@ logged predictions resampled alone). The rules of the sharing are tested without
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 import fairray.metrics
 from fairray.dashboard import _data
 from fairray.dashboard._data import WHISKER_LEVEL, WHISKER_SEED, Cache, sweep_fronts
 from fairray.frontier import query
-from fairray.frontier.pareto import Direction
 from fairray.frontier.query import load_predictions, load_sweep, neighbour_noise
-from fairray.metrics import interval, replicate_matrix
+from tests.frontier.test_noise import assert_same_noise, reference_noise
 
 pytestmark = pytest.mark.slow
 
@@ -27,42 +24,11 @@ def _fronts(tiny_sweep):
     return sweep, sweep_fronts(sweep, "language")
 
 
-def _assert_same_interval(a, b, where) -> None:
-    assert a.n_boot_valid == b.n_boot_valid, where
-    for name in ("estimate", "lo", "hi"):
-        x, y = getattr(a, name), getattr(b, name)
-        assert (math.isnan(x) and math.isnan(y)) or abs(x - y) <= 1e-9, (where, name, x, y)
-
-
-def assert_same_noise(got: dict, want: dict, where: str) -> None:
-    assert list(got) == list(want), where  # the same trials, in the same order along the first objective
-    for trial, entry in want.items():
-        assert got[trial].keys() == entry.keys(), (where, trial)
-        assert got[trial].get("next") == entry.get("next"), (where, trial)
-        assert got[trial]["ci"].keys() == entry["ci"].keys()
-        for key, ci in entry["ci"].items():
-            _assert_same_interval(got[trial]["ci"][key], ci, (where, trial, "ci", key))
-        for key in (k for k in entry if k not in ("ci", "next")):
-            _assert_same_interval(got[trial][key], entry[key], (where, trial, key))
-
-
 def _own(sweep, front) -> dict:
-    """The definition: the front's Pareto-optimal trials along its first objective, their logged predictions
-    resampled on their own."""
-    on = [i for i in range(len(front.trials)) if front.on_front[i]]
-    sign = -1.0 if front.directions[0] is Direction.MAX else 1.0
-    on.sort(key=lambda i: sign * front.values[i][0])
-    preds = load_predictions(sweep, [front.trials[i] for i in on], "dev")
-    full, reps = replicate_matrix(preds, list(front.objectives), n_boot=N_BOOT, seed=WHISKER_SEED)
-    out = {}
-    for a, i in enumerate(on):
-        entry = {"ci": {k: interval(full[a, j], reps[a, :, j], WHISKER_LEVEL) for j, k in enumerate(front.objectives)}}
-        if a + 1 < len(on):
-            entry["next"] = front.trials[on[a + 1]].trial_id
-            for j, k in enumerate(front.objectives):
-                entry[k] = interval(full[a, j] - full[a + 1, j], reps[a, :, j] - reps[a + 1, :, j], WHISKER_LEVEL)
-        out[front.trials[i].trial_id] = entry
-    return out
+    """The definition (``reference_noise``) on the front's logged predictions, at the page's seed and level."""
+    on = [t for t, pareto in zip(front.trials, front.on_front, strict=True) if pareto]
+    preds = dict(zip((t.run_id for t in on), load_predictions(sweep, on, "dev"), strict=True))
+    return reference_noise(front, preds, n_boot=N_BOOT, seed=WHISKER_SEED, level=WHISKER_LEVEL)
 
 
 def _page_noise(sweep, fronts, cache=None) -> list[dict]:

@@ -93,20 +93,21 @@ def store(monkeypatch):
     return preds
 
 
-def _reference(front, preds) -> dict:
-    """The definition: the front's Pareto-optimal trials along its first objective, resampled on their own."""
+def reference_noise(front, preds, *, n_boot: int = N_BOOT, seed: int = SEED, level: float = LEVEL) -> dict:
+    """The definition: the front's Pareto-optimal trials along its first objective, resampled on their own
+    (``preds``: run id -> Predictions). The dashboard's whisker tests check against it too."""
     on = [i for i in range(len(front.trials)) if front.on_front[i]]
     sign = -1.0 if front.directions[0] is Direction.MAX else 1.0
     on.sort(key=lambda i: sign * front.values[i][0])
     full, reps = replicate_matrix([preds[front.trials[i].run_id] for i in on], list(front.objectives),
-                                  n_boot=N_BOOT, seed=SEED)
+                                  n_boot=n_boot, seed=seed)
     out = {}
     for a, i in enumerate(on):
-        entry = {"ci": {k: interval(full[a, j], reps[a, :, j], LEVEL) for j, k in enumerate(front.objectives)}}
+        entry = {"ci": {k: interval(full[a, j], reps[a, :, j], level) for j, k in enumerate(front.objectives)}}
         if a + 1 < len(on):
             entry["next"] = front.trials[on[a + 1]].trial_id
             for j, k in enumerate(front.objectives):
-                entry[k] = interval(full[a, j] - full[a + 1, j], reps[a, :, j] - reps[a + 1, :, j], LEVEL)
+                entry[k] = interval(full[a, j] - full[a + 1, j], reps[a, :, j] - reps[a + 1, :, j], level)
         out[front.trials[i].trial_id] = entry
     return out
 
@@ -123,6 +124,7 @@ def assert_same_noise(got: dict, want: dict, where: str) -> None:
     for trial, entry in want.items():
         assert got[trial].keys() == entry.keys(), (where, trial)
         assert got[trial].get("next") == entry.get("next"), (where, trial)
+        assert got[trial]["ci"].keys() == entry["ci"].keys(), (where, trial)
         for key in entry:
             if key == "next":
                 continue
@@ -156,9 +158,9 @@ def test_the_fronts_share_one_resample_and_get_their_own_whiskers(store, monkeyp
     assert store.loads == {f"run-t{k}": 1 for k in range(1, 5)}  # each trial's predictions read once
     for front, noise in zip(fs, got, strict=True):
         assert len(noise) == int(front.on_front.sum()) >= 3
-        assert_same_noise(noise, _reference(front, store), front.title)
+        assert_same_noise(noise, reference_noise(front, store), front.title)
         assert_same_noise(neighbour_noise(sweep, front, n_boot=N_BOOT, level=LEVEL, seed=SEED),
-                          _reference(front, store), front.title)
+                          reference_noise(front, store), front.title)
 
 
 def test_a_front_whose_trials_draw_other_replicates_is_resampled_alone(store, monkeypatch):
@@ -174,7 +176,7 @@ def test_a_front_whose_trials_draw_other_replicates_is_resampled_alone(store, mo
     got = shared_neighbour_noise(sweep, fs, n_boot=N_BOOT, level=LEVEL, seed=SEED)
     assert sorted(calls) == [3, 3]  # t1..t3 for "all" and en together; de's own t1, t2, t4
     for front, noise in zip(fs, got, strict=True):
-        assert_same_noise(noise, _reference(front, store), front.title)
+        assert_same_noise(noise, reference_noise(front, store), front.title)
     # the check has teeth: the "all" front's trials resampled with t4 (the union of all fronts) draw otherwise
     union = [store[f"run-t{k}"] for k in (1, 2, 3, 4)]
     _, mixed = replicate_matrix(union, [UTIL, GAP], n_boot=N_BOOT, seed=SEED)
@@ -189,7 +191,7 @@ def test_a_trial_without_predictions_costs_only_its_fronts_their_whiskers(store)
     got = shared_neighbour_noise(sweep, fs, n_boot=N_BOOT, level=LEVEL, seed=SEED)
     assert isinstance(got[1], TrackingError) and "trial t4 (run run-t4) has no predictions/dev.npz" in str(got[1])
     for i in (0, 2):
-        assert_same_noise(got[i], _reference(fs[i], store), fs[i].title)
+        assert_same_noise(got[i], reference_noise(fs[i], store), fs[i].title)
     with pytest.raises(TrackingError, match="trial t4"):
         neighbour_noise(sweep, fs[1], n_boot=N_BOOT)
 
@@ -203,7 +205,7 @@ def test_an_objective_the_predictions_do_not_give_is_its_fronts_error(store):
     got = shared_neighbour_noise(sweep, fs, n_boot=N_BOOT, level=LEVEL, seed=SEED)
     assert isinstance(got[3], TrackingError) and "do not give" in str(got[3])
     for i in range(3):
-        assert_same_noise(got[i], _reference(fs[i], store), fs[i].title)
+        assert_same_noise(got[i], reference_noise(fs[i], store), fs[i].title)
     with pytest.raises(TrackingError, match="choose objectives the trials report"):
         neighbour_noise(sweep, fs[3], n_boot=N_BOOT)
 
@@ -215,4 +217,4 @@ def test_a_front_without_a_pareto_optimal_trial_has_no_whiskers(store):
     assert not fs[0].on_front.any()
     got = shared_neighbour_noise(sweep, fs, n_boot=N_BOOT, level=LEVEL, seed=SEED)
     assert got[0] == {} and neighbour_noise(sweep, fs[0], n_boot=N_BOOT) == {}
-    assert_same_noise(got[2], _reference(fs[2], store), fs[2].title)
+    assert_same_noise(got[2], reference_noise(fs[2], store), fs[2].title)

@@ -46,7 +46,7 @@ def _assert_same(a: dict, b: dict) -> None:
         (latest_a, hist_a), (latest_b, hist_b) = a[key], b[key]
         assert _same(latest_a, latest_b), (key, latest_a, latest_b)
         assert [h[:2] for h in hist_a] == [h[:2] for h in hist_b], key
-        assert all(_same(x[2], y[2]) for x, y in zip(hist_a, hist_b)), (key, hist_a, hist_b)
+        assert all(_same(x[2], y[2]) for x, y in zip(hist_a, hist_b, strict=True)), (key, hist_a, hist_b)
 
 
 def _both(c, fast, slow, metrics):

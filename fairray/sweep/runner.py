@@ -609,8 +609,9 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                                          lambda: prepare_variants() if early else None)
     # the trials' MLflow writer (fairray/tracking/_writer.py): its imports run while the sweep is set up and the
     # trial processes start, which then never import MLflow themselves
-    writer = start_writer(uri) if spec.tracking.writer else None
+    writer = None
     try:
+        writer = start_writer(uri) if spec.tracking.writer else None
         if data is None:
             data = prepare_variants()
         experiment_id, run_name, sweep = open_sweep_run(previous)
@@ -728,11 +729,13 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
             raise unreachable from exc
         raise
     finally:
-        stop_writer(writer)  # a no-op when stopped above; else (an error, Ctrl-C) it drains before the closing below
-        if scheduler is not None:  # pruned runs end KILLED with their reason, never as orphans
-            close_pruned_runs(uri, experiment_id, sweep.run_id, scheduler.pruned)
-        close_orphan_trials(uri, experiment_id, sweep.run_id, status="KILLED" if status == "KILLED" else "FAILED")
-        end_run(uri, sweep.run_id, status, reason)
-        if connected:  # leaves a cluster joined with --address running; only this driver disconnects
-            ray.shutdown()
+        try:  # a no-op when stopped above; else (an error, Ctrl-C) it drains before the closing below
+            stop_writer(writer)
+        finally:  # a second Ctrl-C during the drain still closes the runs
+            if scheduler is not None:  # pruned runs end KILLED with their reason, never as orphans
+                close_pruned_runs(uri, experiment_id, sweep.run_id, scheduler.pruned)
+            close_orphan_trials(uri, experiment_id, sweep.run_id, status="KILLED" if status == "KILLED" else "FAILED")
+            end_run(uri, sweep.run_id, status, reason)
+            if connected:  # leaves a cluster joined with --address running; only this driver disconnects
+                ray.shutdown()
 

@@ -26,7 +26,7 @@ Lifecycle and guarantees:
   RUNNING, as before: the driver drains the writer (:func:`stop_writer`: every call already received is run)
   before :func:`close_orphan_trials` closes what is left.
 - The writer is pinned to the driver's node (it reaches the store as the driver does) and holds no CPU. If it
-  dies, Ray restarts it and runs the calls it had not answered again (see :data:`MAX_RESTARTS`).
+  dies, Ray restarts it and runs the calls it had not answered again, once (see :data:`MAX_RESTARTS`).
 - One writer serialises a sweep's writes (one thread: a caller's calls stay in order); on SQLite, which takes one
   writer at a time, that costs nothing. A tracking server with many concurrent trials gets one request at a time.
 """
@@ -54,10 +54,12 @@ from fairray.tracking._mlflow import (
 #: Seconds the driver waits, at the end of a sweep, for the writer to run the calls it has received (a store that
 #: stopped answering is not waited for longer: what is left RUNNING is closed FAILED by ``close_orphan_trials``).
 DRAIN_TIMEOUT_S = 120.0
-#: Restarts of a writer that died. Its calls are retried on the new one (``max_task_retries``): each is safe to
-#: repeat (``open`` finds the run it made by trial id; a metric row stored twice is refused by the store's key and
-#: skipped by ``log_batch``; artifacts are overwritten; ending a run twice ends it once).
-MAX_RESTARTS = 3
+#: A writer that died is always restarted (-1), and each call it had not answered is run again once on the new one
+#: (:data:`CALL_RETRIES`): each is safe to repeat (``open`` finds the run it made by trial id; a metric row stored
+#: twice is refused by the store's key and skipped by ``log_batch``; artifacts are overwritten; ending a run twice
+#: ends it once). A call that kills the writer every time thus fails its own trial only, not the sweep's logging.
+MAX_RESTARTS = -1
+CALL_RETRIES = 1
 
 
 class TrackingWriter:
@@ -123,8 +125,7 @@ def start_writer(uri: str):
     once (its imports run meanwhile)."""
     import ray
 
-    options: dict[str, Any] = {"num_cpus": 0, "max_restarts": MAX_RESTARTS,
-                               "max_task_retries": -1}
+    options: dict[str, Any] = {"num_cpus": 0, "max_restarts": MAX_RESTARTS, "max_task_retries": CALL_RETRIES}
     if not ray.util.client.ray.is_connected():  # a Ray Client driver is not a node: the writer goes anywhere
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -641,18 +641,17 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
                        "resources_per_worker": {"CPU": spec.resources.cpus_per_worker,
                                                 **({"GPU": spec.resources.gpus_per_worker}
                                                    if spec.resources.gpus_per_worker else {})}}
+            from fairray.train._group import TRIAL_PROCESS, GroupShape
+
             group = None
             if spec.resources.reuse_workers:  # the trial process keeps its workers, in its own placement group
-                from fairray.train._group import GroupShape
-
                 group = GroupShape(spec.resources.num_workers, spec.resources.cpus_per_worker,
                                    spec.resources.gpus_per_worker, threads)
             trainable = tune.with_parameters(_train_trainable, raw=raw, data=data, tracking=tracking,
                                              threads=threads, scaling=scaling, storage=ray_root, keep=tune_keys(spec),
                                              group=group)
-            # The trial's own driver holds no CPU, else two trials on two CPUs starve their workers.
-            resources = {"cpu": 0, "memory": 256 * 1024**2} if group is None else \
-                tune.PlacementGroupFactory(group.bundles)
+            resources = ({"cpu": TRIAL_PROCESS["CPU"], "memory": TRIAL_PROCESS["memory"]} if group is None
+                         else tune.PlacementGroupFactory(group.bundles))
         trainable = tune.with_resources(trainable, resources)
 
         if resume and tune.Tuner.can_restore(ray_path):

@@ -136,6 +136,11 @@ class GroupWorker:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+#: The Tune trial process's own resources: no CPU (its workers, or the Ray Train run's, hold them; two trials on two
+#: CPUs would starve their workers otherwise), a little memory.
+TRIAL_PROCESS = {"CPU": 0, "memory": 256 * 1024**2}
+
+
 @dataclass(frozen=True)
 class GroupShape:
     num_workers: int
@@ -147,7 +152,7 @@ class GroupShape:
     def bundles(self) -> list[dict[str, float]]:
         """The trial's placement group: the trial process (no CPU) first, then one bundle per worker."""
         worker = {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
-        return [{"CPU": 0, "memory": 256 * 1024**2}] + [dict(worker) for _ in range(self.num_workers)]
+        return [dict(TRIAL_PROCESS)] + [dict(worker) for _ in range(self.num_workers)]
 
 
 class WorkerDied(RuntimeError):

@@ -133,8 +133,9 @@ def test_a_killed_worker_fails_the_trial_and_its_retry_resumes_on_a_fresh_group(
     def kill_after_first_checkpoint():
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and not killed:
-            # the trial's first checkpoint is in Ray's storage: a retry has something to resume from
-            if list((tmp_path / "runs" / "ray").glob("*/trial_*/checkpoint_*")):
+            # the trial's third checkpoint is in Ray's storage, so Tune has long registered its first (a checkpoint
+            # reaches storage before its report reaches Tune): a retry has something to resume from
+            if list((tmp_path / "runs" / "ray").glob("*/trial_*/checkpoint_000002")):
                 alive = [a for a in _new_workers(ray_up, before) if a.state == "ALIVE"]
                 if alive:
                     os.kill(alive[0].pid, signal.SIGKILL)
@@ -153,11 +154,15 @@ def test_a_killed_worker_fails_the_trial_and_its_retry_resumes_on_a_fresh_group(
     (run,) = _trial_runs(outcome)
     assert run.info.status == "FINISHED"
     history = MlflowClient(outcome.tracking_uri).get_metric_history(run.info.run_id, "dev/weighted_f1")
-    assert set(range(40)) <= {m.step for m in history}  # every epoch logged, across the two attempts
-    # the retry started from the checkpoint: Tune's iterations continue instead of restarting at 1
+    steps = [m.step for m in history]
+    assert set(range(40)) <= set(steps)  # every epoch logged, across the two attempts
+    # the retry started from a checkpoint, not from scratch: its first epoch was trained (and logged) once only.
+    # (Tune's result.json is no witness: on a retry Tune restores it from storage, where the first rows may not have
+    # been synced yet, so the first attempt's rows can be lost there.)
+    assert steps.count(0) == 1, sorted(steps)
     iterations = [json.loads(line)["training_iteration"] for f in Path(outcome.ray_path).glob("trial_*/result.json")
                   for line in f.read_text().splitlines() if line.strip()]
-    assert iterations.count(1) == 1, iterations
+    assert iterations.count(1) <= 1, iterations  # Tune's count went on across the retry instead of restarting at 1
 
 
 @pytest.mark.parametrize(("resources", "message"), [

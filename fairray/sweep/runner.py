@@ -343,46 +343,10 @@ def _trainer_class():
 _TRAIN_POLL_S = 0.05  # seconds between a Ray Train controller's polls of its workers (see _train_trainable)
 
 
-def _group_trial(config: dict, raw: Mapping[str, Any], data: DataVariants, tracking: dict, shape,
-                 keep: frozenset[str]) -> None:
-    """``reuse_workers``: the trial runs on this trial process's worker group (:mod:`fairray.train._group`), made
-    on its first trial and kept for the next; rank 0's reports become this trial's ``tune.report``s."""
-    import shutil
-    import tempfile
-
-    from ray import tune
-
-    from fairray.train._group import group_for, pack_dir, unpack_dir
-
-    trial_id = tune.get_context().get_trial_id()
-    restored = tune.get_checkpoint()
-    if restored is not None:  # a retry: every worker resumes from the trial's latest checkpoint
-        with restored.as_directory() as d:
-            restored = pack_dir(d)
-    reports = group_for(shape).run(raw, dict(config), data.reference(config),
-                                   TrialTracking(trial_id=trial_id, **tracking), keep, restored)
-    try:
-        for metrics, blob in reports:
-            if blob is None:
-                tune.report(metrics)
-                continue
-            d = unpack_dir(blob, tempfile.mkdtemp(prefix="fairray-ckpt-"))
-            try:
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))  # Tune copies it to storage
-            finally:
-                shutil.rmtree(d, ignore_errors=True)
-    finally:
-        reports.close()  # stopped by Tune (SystemExit from tune.report): the workers stop too
-
-
 def _train_trainable(config: dict, raw: Mapping[str, Any], data: DataVariants, tracking: dict, threads: int,
-                     scaling: dict, storage: str, keep: frozenset[str] = frozenset(), group=None) -> None:
-    """The Tune trial builds and fits a TorchTrainer; a fixed name per trial resumes its checkpoints. ``group``
-    (a :class:`fairray.train._group.GroupShape`, ``resources.reuse_workers``): the trial runs on the worker group
-    kept by this trial process instead."""
-    if group is not None:
-        _group_trial(config, raw, data, tracking, group, keep)
-        return
+                     scaling: dict, storage: str, keep: frozenset[str] = frozenset()) -> None:
+    """The Tune trial builds and fits a TorchTrainer; a fixed name per trial resumes its checkpoints.
+    (``resources.reuse_workers``: :func:`fairray.sweep._group_trial.group_trainable` instead.)"""
     import ray.train
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -647,9 +611,15 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
             if spec.resources.reuse_workers:  # the trial process keeps its workers, in its own placement group
                 group = GroupShape(spec.resources.num_workers, spec.resources.cpus_per_worker,
                                    spec.resources.gpus_per_worker, threads)
-            trainable = tune.with_parameters(_train_trainable, raw=raw, data=data, tracking=tracking,
-                                             threads=threads, scaling=scaling, storage=ray_root, keep=tune_keys(spec),
-                                             group=group)
+            if group is None:
+                trainable = tune.with_parameters(_train_trainable, raw=raw, data=data, tracking=tracking,
+                                                 threads=threads, scaling=scaling, storage=ray_root,
+                                                 keep=tune_keys(spec))
+            else:  # a light trainable: its trial process imports neither torch nor this module (_group_trial.py)
+                from fairray.sweep._group_trial import GroupTrialArgs, group_trainable
+
+                trainable = tune.with_parameters(group_trainable, args=GroupTrialArgs(
+                    raw, ray.put(data), dict(tracking), tune_keys(spec), group))
             resources = ({"cpu": TRIAL_PROCESS["CPU"], "memory": TRIAL_PROCESS["memory"]} if group is None
                          else tune.PlacementGroupFactory(group.bundles))
         trainable = tune.with_resources(trainable, resources)

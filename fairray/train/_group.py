@@ -10,7 +10,10 @@ on CPU, nccl on GPU); each trial runs the same :func:`fairray.train.run_trial` o
 its checkpoints as folder archives through the object store.
 
 Lifecycle: :func:`group_for` makes the group on a trial process's first trial and hands the same one to its later
-trials; :meth:`WorkerGroup.run` runs one trial; a worker that dies (or a trial that cannot be stopped in time)
+trials; :meth:`WorkerGroup.run` runs one trial (a :class:`TrialJob`, which the trial process hands over without
+unpickling the sweep's data or importing torch: :mod:`fairray.sweep._group_trial`). Rank 0 holds each report until
+the trial process has handed it to Tune and Tune let the trial go on, so a Tune stop (early stopping) ends the trial
+at the report Tune decided on, at once, on every worker, with its MLflow run closed there. A worker that dies (or a trial that cannot be stopped in time)
 kills the group, so that the trial fails (Tune's ``max_failures`` retries it from its last checkpoint) and the next
 trial makes a fresh one. The actors are owned by the trial process: when Tune ends it, they end with it.
 """
@@ -57,11 +60,55 @@ class _Stopped(SystemExit):
     """Tune stopped the trial (early stopping, the sweep's end): run_trial ends its MLflow run KILLED."""
 
 
+class TrialIncomplete(RuntimeError):
+    """A trial's workers ended it without its final report although the trial process never stopped it."""
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What a worker runs for one trial: :func:`fairray.train.run_trial` on the trial's dataset, picked on the
+    worker from the sweep's :class:`~fairray.sweep.runner.DataVariants` (an object reference: neither the trial
+    process nor this object unpickles it), with the trial's MLflow tracking built there too."""
+
+    raw: Mapping[str, Any]
+    params: Mapping[str, Any]
+    variants: Any  # ray.ObjectRef of the sweep's DataVariants (datasets by reference)
+    tracking: Mapping[str, Any]  # TrialTracking's fields but trial_id
+    trial_id: str
+
+    def __call__(self, session) -> None:
+        import ray
+
+        from fairray.train import TrialTracking, run_trial
+
+        data = ray.get(self.variants).select(self.params)
+        run_trial(self.raw, dict(self.params), data, session, TrialTracking(trial_id=self.trial_id, **self.tracking))
+
+
+class _Trial:
+    """One trial's state on a worker: its token, its reports' acknowledgements and its stop flag."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.stop = threading.Event()
+        self.acks: queue.Queue = queue.Queue()  # one item per report: whether to stop there
+        self.running = False  # its run() call is under way (never forgotten meanwhile)
+
+
+#: Tokens a worker remembers (a stop may arrive before its trial's call starts, or after it ended).
+_KEEP_TOKENS = 8
+
+
 class GroupWorker:
-    """One worker of the group (a Ray actor, two threads: a trial's call and :meth:`stop`)."""
+    """One worker of the group (a Ray actor, two threads: a trial's :meth:`run`, and :meth:`ack` / :meth:`stop`).
+
+    Every call names its trial by a token (:meth:`WorkerGroup.run` makes one per trial): the actor runs its calls on
+    two threads in no fixed order, so a late ``stop`` of the previous trial may run while the next one is under way;
+    it stops only the trial it names."""
 
     def __init__(self) -> None:
-        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._trials: dict[str, _Trial] = {}  # by token, oldest first
         self.rank, self.world_size, self.backend = 0, 1, None
 
     def address(self) -> str:
@@ -89,51 +136,75 @@ class GroupWorker:
                                                  timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
         return os.getpid()
 
-    def stop(self) -> None:
-        """Ask the running trial to end at its next report (every worker at the same one: see GroupSession)."""
-        self._stop.set()
+    def _trial(self, token: str, create: bool) -> _Trial | None:
+        with self._lock:
+            trial = self._trials.get(token)
+            if trial is None and create:
+                trial = self._trials[token] = _Trial(token)
+                idle = [t for t, s in self._trials.items() if not s.running]
+                for old in idle[:max(len(self._trials) - _KEEP_TOKENS, 0)]:
+                    del self._trials[old]
+            return trial
 
-    def run(self, raw: Mapping[str, Any], params: Mapping[str, Any], data, tracking, keep: frozenset[str],
-            checkpoint: bytes | None) -> Iterator[tuple[dict[str, Any], bytes | None]]:
-        """One trial (a streaming-generator call): yields rank 0's reports as ``(metrics, checkpoint archive or
-        None)``; the other ranks yield nothing. Errors of the trial are raised from the generator."""
-        from fairray.train import GroupSession, run_trial
+    def ack(self, token: str) -> None:
+        """The trial process handed trial ``token``'s latest report to Tune, which did not stop the trial: go on."""
+        trial = self._trial(token, create=False)
+        if trial is not None:
+            trial.acks.put(False)
 
-        self._stop.clear()
-        print(f"fairray: trial {getattr(tracking, 'trial_id', None)} on group worker {self.rank} of {self.world_size}, "
+    def stop(self, token: str) -> None:
+        """End trial ``token`` at its current or next report (every worker at the same one: see GroupSession).
+        A stop of any other trial than ``token`` (one that ended, one not started yet) leaves it alone."""
+        trial = self._trial(token, create=True)  # created: this stop ran before its trial's call started
+        trial.stop.set()
+        trial.acks.put(True)
+
+    def run(self, token: str, job, keep: frozenset[str] | None, checkpoint: bytes | None
+            ) -> Iterator[tuple[str, dict[str, Any] | None, bytes | None]]:
+        """Trial ``token`` (a streaming-generator call): ``job(session)`` (a :class:`TrialJob`) on this worker.
+        Rank 0 yields ``("report", metrics, checkpoint archive or None)`` per report, each held until the trial
+        process acknowledges it (:meth:`ack`, after ``tune.report`` returned) or stops the trial (:meth:`stop`),
+        then ``("done", None, None)`` when the trial ran to its end; the other ranks yield nothing. A stopped
+        trial's stream just ends. Errors of the trial are raised from the generator."""
+        from fairray.train import GroupSession
+
+        trial = self._trial(token, create=True)
+        trial.running = True
+        print(f"fairray: trial {getattr(job, 'trial_id', token)} on group worker {self.rank} of {self.world_size}, "
               f"pid {os.getpid()}", flush=True)  # in the worker's Ray log: which process ran which trial
         inbox: queue.Queue = queue.Queue()
-        acks: queue.Queue = queue.Queue()
         workdir = tempfile.mkdtemp(prefix="fairray-group-")
 
         def outbox(metrics: dict[str, Any], blob: bytes | None) -> bool:
             inbox.put(("report", (metrics, blob)))
-            return acks.get()
+            return trial.acks.get() or trial.stop.is_set()
 
-        def trial() -> None:
+        def body() -> None:
             try:
                 ckpt = unpack_dir(checkpoint, os.path.join(workdir, "restored")) if checkpoint else None
-                session = GroupSession(self.rank, self.world_size, outbox, self._stop, ckpt, keep, self.backend)
-                run_trial(raw, params, data, session, tracking)
+                job(GroupSession(self.rank, self.world_size, outbox, trial.stop, ckpt, keep, self.backend))
                 inbox.put(("done", None))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised there
                 inbox.put(("error", exc))
 
-        thread = threading.Thread(target=trial, name="fairray-trial", daemon=True)
+        thread = threading.Thread(target=body, name="fairray-trial", daemon=True)
         thread.start()
         try:
             while True:
                 kind, value = inbox.get()
                 if kind == "report":
-                    yield value
-                    acks.put(self._stop.is_set())
+                    yield ("report", *value)
                     continue
                 if kind == "error" and not isinstance(value, _Stopped):
                     raise value
+                if kind == "done" and self.rank == 0:
+                    yield ("done", None, None)
                 return
         finally:
             thread.join()
             shutil.rmtree(workdir, ignore_errors=True)
+            with self._lock:
+                self._trials.pop(token, None)
 
 
 #: The Tune trial process's own resources: no CPU (its workers, or the Ray Train run's, hold them; two trials on two
@@ -193,20 +264,27 @@ class WorkerGroup:
             with contextlib.suppress(Exception):
                 ray.kill(w)
 
-    def run(self, raw: Mapping[str, Any], params: Mapping[str, Any], data, tracking, keep: frozenset[str],
-            checkpoint: bytes | None) -> Iterator[tuple[dict[str, Any], bytes | None]]:
-        """Run one trial on every worker; yield rank 0's reports. Closing the iterator early (Tune stopped the
-        trial) asks the workers to stop at their next report and waits :data:`STOP_GRACE_S` for them, else kills
-        the group. A worker that dies kills the group and raises :class:`WorkerDied`."""
+    def run(self, job: TrialJob, keep: frozenset[str] | None, checkpoint: bytes | None
+            ) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+        """Run one trial (``job``) on every worker; yield rank 0's reports as ``(metrics, checkpoint archive or
+        None)``. A report is acknowledged to the workers when the caller asks for the next one, i.e. after it
+        handed this one to Tune and Tune let the trial go on; closing the iterator instead (Tune stopped the trial
+        at that report: ``tune.report`` raised) stops the workers there, at once, waiting :data:`STOP_GRACE_S`
+        for them to end before the group is killed. A worker that dies kills the group and raises
+        :class:`WorkerDied`; a stream that ends without the trial's end raises :class:`TrialIncomplete`."""
+        import uuid
+
         import ray
         from ray.exceptions import RayActorError
 
+        token = uuid.uuid4().hex
         ckpt_ref = ray.put(checkpoint) if checkpoint is not None else None
         calls = [w.run.options(num_returns="streaming", _generator_backpressure_num_objects=1)
-                 .remote(raw, params, data, tracking, keep, ckpt_ref) for w in self.workers]
+                 .remote(token, job, keep, ckpt_ref) for w in self.workers]
         stream, others = calls[0], calls[1:]
         finished = False
         try:
+            done = False
             while True:
                 pending = [stream, *(c for c in others if c is not None)]
                 ready, _ = ray.wait(pending, num_returns=1, fetch_local=False)
@@ -220,7 +298,15 @@ class WorkerGroup:
                     ref = next(stream)
                 except StopIteration:
                     break
-                yield ray.get(ref)
+                kind, metrics, blob = ray.get(ref)
+                if kind == "done":
+                    done = True
+                    continue
+                yield metrics, blob
+                self.workers[0].ack.remote(token)  # Tune took the report and asked for the next one
+            if not done:
+                raise TrialIncomplete(f"trial {getattr(job, 'trial_id', '?')}: its workers ended it without its "
+                                      "final report, though it was not stopped")
             for c in others:  # rank 0 is done: the others end at the same final report
                 if c is not None:
                     with contextlib.suppress(StopIteration):
@@ -232,16 +318,16 @@ class WorkerGroup:
                              "the group is replaced for the next trial") from exc
         finally:
             if not finished and self.alive:
-                self._stop_calls(calls)
+                self._stop_calls(token, calls)
 
-    def _stop_calls(self, calls) -> None:
+    def _stop_calls(self, token: str, calls) -> None:
         """The trial ended early on this side: stop the workers' calls, or the group if they do not end in time."""
         import time
 
         import ray
 
         for w in self.workers:
-            w.stop.remote()
+            w.stop.remote(token)
         deadline = time.monotonic() + STOP_GRACE_S
         for c in calls:  # draining a call lets its worker past a held report to the stop check
             while True:

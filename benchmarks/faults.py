@@ -187,7 +187,7 @@ def worker_kill(root: Path) -> dict:
     raw["budget"].update(num_samples=2, max_concurrent=2, max_failures=2)
     spec.write_text(yaml.safe_dump(raw))
     watch = Watch()
-    with local_cluster() as (gcs, _, client_env, procs):
+    with local_cluster() as (gcs, _, client_env, procs, _):
         watch.poll(*procs)
         proc = sweep(spec, "--address", gcs, cwd=root, env=client_env)
         db = root / "runs" / "mlflow.db"

@@ -48,7 +48,8 @@ def ray_start(args: list[str], env: dict, log: Path, ports: list[int]) -> subpro
 def local_cluster(worker_cpus: tuple[int, ...] = (1, 1)):
     """A head that offers no CPU and one worker node per entry of ``worker_cpus``, on loopback with token
     authentication, each node a ``ray start --block`` process group stopped by handle: yields (GCS address, job API
-    URL, client environment, [head, worker, ...] processes). Also used by ``benchmarks/faults.py``."""
+    URL, client environment, [head, worker, ...] processes, Ray Client address ``ray://...`` of the head). Also used
+    by ``benchmarks/faults.py``."""
     temp = Path(tempfile.mkdtemp(prefix="fr-mn-", dir="/tmp"))  # Ray's socket paths must stay short
     bin_dir = str(Path(sys.executable).parent)
     client_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
@@ -86,7 +87,7 @@ def local_cluster(worker_cpus: tuple[int, ...] = (1, 1)):
                                        node_ports[i + 1]))
                 wait_until(lambda n=i + 2: alive_nodes() == n, procs[-1], "ray worker", temp / f"worker{i}.log",
                            timeout_s=120)
-            yield gcs, url, client_env, procs
+            yield gcs, url, client_env, procs, f"ray://127.0.0.1:{client_port}"
             AuthenticationTokenLoader.instance().reset_cache()
     finally:
         for proc in reversed(procs):
@@ -96,13 +97,14 @@ def local_cluster(worker_cpus: tuple[int, ...] = (1, 1)):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """(GCS address, job API URL, client environment, [head, worker, worker] processes): :func:`local_cluster`."""
+    """(GCS address, job API URL, client environment, [head, worker, worker] processes, Ray Client address):
+    :func:`local_cluster`."""
     with local_cluster() as c:
         yield c
 
 
 def test_sweep_runs_its_trials_on_the_worker_nodes(cluster, tmp_path):
-    gcs, url, client_env, _ = cluster
+    gcs, url, client_env, *_ = cluster
     raw = yaml.safe_load(SPEC.read_text())
     raw["train"]["epochs"] = 2
     raw["budget"].update(num_samples=2, max_concurrent=2)
@@ -138,3 +140,40 @@ def test_sweep_runs_its_trials_on_the_worker_nodes(cluster, tmp_path):
     placed = {a.node_id for a in trial_actors}
     assert placed, [(a.class_name, a.node_id) for a in actors]
     assert placed <= workers, [(a.class_name, a.node_id in head) for a in trial_actors]
+
+
+def test_a_sweep_through_ray_client_tracks_every_trial(cluster, tmp_path):
+    """``fairray sweep --address ray://head:10001`` (the CLI's own example): the driver is a Ray Client, Tune's
+    controller runs on the cluster, and the trials still reach MLflow through the sweep's writer: each trial run
+    FINISHED with its metrics and its checkpoint artifact, the sweep run FINISHED, none left RUNNING."""
+    _, url, client_env, _, client = cluster
+    raw = yaml.safe_load(SPEC.read_text())
+    raw["train"]["epochs"] = 2
+    raw["budget"].update(num_samples=2, max_concurrent=2)
+    raw["storage"]["path"] = str(tmp_path / "runs")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, **client_env}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-m", "fairray", "sweep", str(spec), "--address", client, "--quiet"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 trials finished, 0 errored" in out.stdout, out.stdout[-3000:]
+
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("minmaxgap").experiment_id], max_results=100)
+    trials = [r for r in runs if r.data.tags.get("fairray.kind") == "trial"]
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3, [(r.info.status, r.data.tags) for r in runs]
+    assert len(trials) == 2
+    for r in trials:
+        assert "dev/weighted_f1" in r.data.metrics and "method.lambda_max" in r.data.params
+        assert any(f.path == "checkpoint" for f in c.list_artifacts(r.info.run_id))
+
+    from ray.util.state import list_actors
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in client_env.items():
+            mp.setenv(k, v)
+        actors = list_actors(address=url, detail=True, limit=1000, raise_on_missing_output=False)
+    assert any(a.class_name == "TrackingWriter" for a in actors), sorted({a.class_name for a in actors})

@@ -2,7 +2,9 @@
 one local Ray started here with a few CPUs): a trial process keeps its worker group across its trials (one worker
 process for two trials, checked in Ray's actor table against the trials' MLflow run times), two gloo workers train
 as a Ray Train TorchTrainer's two workers do, a worker killed mid-trial fails the trial and Tune's retry resumes it
-from its checkpoint on a fresh group, and no worker outlives the sweep. Bad values: one line, exit 2."""
+from its checkpoint on a fresh group, a MOASHA stop ends a slow trial at its rung on the kept group (its rows and
+run closed by the trial itself), and no worker outlives the sweep. Bad values: one line, exit 2. (The group's actor
+protocol, with scripted trials: tests/train/test_group.py.)"""
 
 from __future__ import annotations
 
@@ -183,35 +185,53 @@ def test_a_bad_reuse_workers_value_is_one_line_and_exit_2(tmp_path, capsys, reso
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
-GOOD, BAD, GOOD2 = 3e-3, 1e-5, 2.9e-3
+GOOD, BAD, GOOD2 = 3e-3, 1e-6, 2.9e-3
+#: The dominated trial's model and batch: epochs of several seconds (~30 GFLOP each: 2,562 rows through a 1024-wide,
+#: three-deep MLP in batches of 8), longer than STOP_GRACE_S, where a stop answered one report late killed the group.
+SLOW = {"model.hidden": 1024, "train.batch_size": 8}
+FAST = {"model.hidden": 16, "train.batch_size": 32}
 
 
-def test_moasha_stops_a_trial_on_the_group_and_the_next_trial_still_runs(ray_up, tmp_path):
-    """A stop from Tune (MOASHA) reaches the group's workers: the dominated trial ends PRUNED / KILLED before its
-    last epoch, and the trial after it runs on that trial process (on the same group when the workers stopped
-    within STOP_GRACE_S, else on a fresh one) to its end."""
+def test_moasha_stops_a_trial_at_its_rung_and_the_group_runs_the_next_trial(ray_up, tmp_path):
+    """A stop from Tune (MOASHA) ends the dominated trial on its workers at the report Tune decided on: its rows up to
+    the rung all in MLflow and none after, its run closed KILLED by the trial itself (not left RUNNING for the sweep's
+    end to close), and the same worker process, group kept, runs the next trial to its end."""
     import optuna
     from optuna.trial import TrialState
 
+    import fairray.sweep.marks as marks_module
     import fairray.sweep.searcher as searcher_module
 
     before = {a.actor_id for a in _actors(ray_up, "GroupWorker")}
+    grace = 2
     path = _spec(tmp_path, trials=3, epochs=12)
     raw = yaml.safe_load(path.read_text())
-    raw["search"]["space"]["train.lr"] = {"type": "loguniform", "low": BAD, "high": GOOD}
-    raw["search"]["early_stopping"] = {"type": "moasha", "grace": 2, "reduction": 2,
+    raw["model"]["depth"] = 3
+    raw["search"]["space"] = {"train.lr": {"type": "loguniform", "low": BAD, "high": GOOD},
+                              "model.hidden": {"type": "categorical", "choices": [16, 1024]},
+                              "train.batch_size": {"type": "categorical", "choices": [8, 32]}}
+    raw["search"]["early_stopping"] = {"type": "moasha", "grace": grace, "reduction": 2,
                                        "objectives": [{"metric": "dev/weighted_f1", "direction": "max"}]}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    base = searcher_module.FairraySearcher
+    base, close = searcher_module.FairraySearcher, marks_module.close_pruned_runs
 
     class Enqueued(base):  # the sweep's own searcher, with the configurations queued in a known order
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            for lr in (GOOD, BAD, GOOD2):
-                self.study.enqueue_trial({"train.lr": lr})
+            for params in ({"train.lr": GOOD, **FAST}, {"train.lr": BAD, **SLOW}, {"train.lr": GOOD2, **FAST}):
+                self.study.enqueue_trial(params)
+
+    at_end: dict[str, str] = {}
+
+    def closing(uri, experiment_id, parent_run_id, pruned):  # the runs as the trials left them, before the sweep
+        client = MlflowClient(uri)  # closes what is still open
+        for r in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'"):
+            at_end[r.data.tags["fairray.trial_id"]] = r.info.status
+        return close(uri, experiment_id, parent_run_id, pruned)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(searcher_module, "FairraySearcher", Enqueued)
+        mp.setattr(marks_module, "close_pruned_runs", closing)
         outcome = _sweep(path)
     assert outcome.n_errored == 0 and outcome.n_pruned >= 1 and outcome.n_finished + outcome.n_pruned == 3, outcome
     by_lr = {float(r.data.params["train.lr"]): r for r in _trial_runs(outcome)}
@@ -219,9 +239,15 @@ def test_moasha_stops_a_trial_on_the_group_and_the_next_trial_still_runs(ray_up,
     bad = by_lr[BAD]
     assert bad.info.status == "KILLED" and bad.data.tags["fairray.pruned"] == "true", bad.data.tags
     assert "final" not in bad.data.metrics  # stopped on its workers, not trained to the end
+    assert at_end[bad.data.tags["fairray.trial_id"]] == "KILLED", at_end  # closed by the trial, not by the sweep
+    history = MlflowClient(outcome.tracking_uri).get_metric_history(bad.info.run_id, "dev/weighted_f1")
+    assert sorted(m.step for m in history) == list(range(grace)), history  # every epoch to the rung, none after
     assert by_lr[GOOD2].info.status in ("FINISHED", "KILLED")  # ran after the stop (a later rung may prune it)
     parent = MlflowClient(outcome.tracking_uri).get_run(outcome.sweep_run_id)
     study = optuna.load_study(study_name="fairray", storage=parent.data.tags["fairray.optuna_study"])
     assert {t.params["train.lr"]: t.state for t in study.get_trials()}[BAD] == TrialState.PRUNED
     workers = _new_workers(ray_up, before)
-    assert workers and {a.state for a in workers} == {"DEAD"}, [(a.pid, a.state) for a in workers]
+    assert len(workers) == 1, [(a.pid, a.state) for a in workers]  # the group was kept through the stop
+    (worker,) = workers
+    assert sorted(_trials_by_pid(worker.pid)) == sorted(r.data.tags["fairray.trial_id"] for r in by_lr.values())
+    assert worker.state == "DEAD"

@@ -363,8 +363,6 @@ def _open_trial_run(uri: str, experiment_id: str, parent_run_id: str | None, tri
                     tags: Mapping[str, str], params: Mapping[str, str]) -> tuple[str, bool]:
     """``(run_id, resumed)``: the run of ``trial_id`` in sweep ``parent_run_id``, resumed (RUNNING again, tagged
     ``fairray.resumed``) when a retry finds it, else created with ``tags`` and ``params``."""
-    from mlflow.entities import Param
-
     c = client(uri)
     filt = f"tags.`{TAG_TRIAL}` = '{trial_id}'"
     if parent_run_id:
@@ -374,6 +372,9 @@ def _open_trial_run(uri: str, experiment_id: str, parent_run_id: str | None, tri
         run_id = existing[0].info.run_id
         c.update_run(run_id, status="RUNNING")
         c.set_tag(run_id, "fairray.resumed", "true")
+        # a process (or writer) that died between ``create_run`` and the params' ``log_batch`` left the run without
+        # (some of) them: log what is missing; params already there stay (MLflow refuses to change one)
+        _log_params(c, run_id, {k: v for k, v in params.items() if k not in existing[0].data.params})
         return run_id, True
     method = tags.get(TAG_METHOD, "")
     note = (f"fairray trial `{trial_id}`" + (f", method `{method}`" if method else "") +
@@ -382,10 +383,16 @@ def _open_trial_run(uri: str, experiment_id: str, parent_run_id: str | None, tri
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = c.create_run(experiment_id, tags=all_tags, run_name=trial_id)
-    plist = [Param(k, v) for k, v in params.items()]
-    for i in range(0, len(plist), 90):
-        c.log_batch(run.info.run_id, params=plist[i:i + 90])
+    _log_params(c, run.info.run_id, params)
     return run.info.run_id, False
+
+
+def _log_params(c, run_id: str, params: Mapping[str, str]) -> None:
+    from mlflow.entities import Param
+
+    plist = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(plist), 90):  # MLflow takes at most 100 params per batch
+        c.log_batch(run_id, params=plist[i:i + 90])
 
 
 class TrialRun:

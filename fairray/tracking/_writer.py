@@ -17,18 +17,24 @@ Lifecycle and guarantees:
 - ``flush()`` (before every checkpoint is reported) waits until the writer has stored everything sent: a trial
   resumed from that checkpoint loses no epoch. The loop sends the rows before it writes the checkpoint, so the
   writer stores them meanwhile.
-- Artifacts travel as bytes in the call (through Ray's object store when large), so the trial's folder may be
-  removed as soon as the call is sent, and a trial on another node than the writer needs no access to the
-  artifact store: the writer, on the driver's node, uploads them wherever the experiment keeps artifacts (a local
-  folder, S3, a tracking server's proxy).
+- Artifacts travel through Ray's object store, one object per file (put straight from the file's memory map: a
+  large ``model.pt`` is never copied into the trial's or the writer's heap, nor held with the other files), so
+  the trial's folder may be removed as soon as the call is sent, and a trial on another node than the writer
+  needs no access to the artifact store: the writer, on the driver's node, uploads them wherever the experiment
+  keeps artifacts (a local folder, S3, a tracking server's proxy). Uploads run in their own concurrency group
+  (:data:`ARTIFACT_THREADS` threads), so one trial's large upload does not hold up other trials' metrics and
+  ``flush()``: a trial's artifacts may thus be stored after its later metric rows, but ``finish`` and ``end``
+  are sent only once its uploads are done (``finish`` raises an upload's error: the run ends FAILED, not
+  FINISHED without its checkpoint).
 - ``finish`` and ``end`` wait until the run is closed (and raise what any earlier call raised), so a trial ends
   only once its run is FINISHED / FAILED / KILLED. A trial process killed before it closed its run leaves it
   RUNNING, as before: the driver drains the writer (:func:`stop_writer`: every call already received is run)
   before :func:`close_orphan_trials` closes what is left.
 - The writer is pinned to the driver's node (it reaches the store as the driver does) and holds no CPU. If it
   dies, Ray restarts it and runs the calls it had not answered again, once (see :data:`MAX_RESTARTS`).
-- One writer serialises a sweep's writes (one thread: a caller's calls stay in order); on SQLite, which takes one
-  writer at a time, that costs nothing. A tracking server with many concurrent trials gets one request at a time.
+- One writer serialises a sweep's store writes (one thread: a caller's calls stay in order); on SQLite, which takes
+  one writer at a time, that costs nothing. A tracking server with many concurrent trials gets one request at a
+  time (artifact uploads aside).
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ DRAIN_TIMEOUT_S = 120.0
 #: ends it once). A call that kills the writer every time thus fails its own trial only, not the sweep's logging.
 MAX_RESTARTS = -1
 CALL_RETRIES = 1
+#: Threads of the writer's ``artifacts`` concurrency group: uploads beside the one thread of metric and run calls.
+ARTIFACT_THREADS = 2
+ARTIFACTS = "artifacts"
 
 
 class TrackingWriter:
@@ -93,13 +102,21 @@ class TrackingWriter:
     def log(self, run: tuple[str, bool] | str, rows: list[tuple]) -> None:
         _send_metrics(client(self.uri), _run_id(run), _metrics_of(rows))
 
-    def log_artifacts(self, run: tuple[str, bool] | str, files: list[tuple[str, bytes]],
+    def log_artifacts(self, run: tuple[str, bool] | str, files: list[tuple[str, Any]],
                       artifact_path: str | None) -> None:
+        """Store ``files`` (``(relative path, object ref of the file's bytes)``; plain bytes are accepted too) under
+        the run's ``artifact_path``; runs in the ``artifacts`` concurrency group (see the module docstring)."""
+        import ray
+
         with tempfile.TemporaryDirectory(prefix="fairray-writer-") as d:
             for rel, data in files:
                 path = Path(d, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+                if isinstance(data, ray.ObjectRef):
+                    data = ray.get(data)  # a read-only view of the object store's copy, not a heap copy
+                with open(path, "wb") as f:
+                    f.write(memoryview(data))
+                del data  # one file's object pinned at a time
             client(self.uri).log_artifacts(_run_id(run), d, artifact_path)
 
     def finish(self, run: tuple[str, bool] | str, rows: list[tuple]) -> None:
@@ -120,9 +137,9 @@ def _run_id(run: tuple[str, bool] | str) -> str:
     return run if isinstance(run, str) else run[0]
 
 
-def start_writer(uri: str):
+def start_writer(uri: str, cls: type[TrackingWriter] = TrackingWriter):
     """A :class:`TrackingWriter` actor of store ``uri`` on this driver's node (Ray must be up); returns its handle at
-    once (its imports run meanwhile)."""
+    once (its imports run meanwhile). ``cls``: a subclass (the tests' fault injection)."""
     import ray
 
     options: dict[str, Any] = {"num_cpus": 0, "max_restarts": MAX_RESTARTS, "max_task_retries": CALL_RETRIES}
@@ -131,7 +148,7 @@ def start_writer(uri: str):
 
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                         soft=False)
-    return ray.remote(TrackingWriter).options(**options).remote(uri)
+    return ray.remote(concurrency_groups={ARTIFACTS: ARTIFACT_THREADS})(cls).options(**options).remote(uri)
 
 
 def stop_writer(writer, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
@@ -163,6 +180,7 @@ class RemoteTrialRun:
         self.writer, self.uri, self._opened = writer, uri, opened
         self._pending: list[tuple] = []
         self._sent: list = [opened]  # object refs of calls not yet seen to succeed
+        self._uploads: list = []  # object refs of log_artifacts calls (in their own concurrency group)
         self._flushed = time.monotonic()
 
     @classmethod
@@ -212,16 +230,30 @@ class RemoteTrialRun:
             self._wait()
 
     def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
-        """Send the files under ``local_dir`` (read now: the folder may go as soon as this returns), after the
-        metrics logged so far."""
+        """Send the files under ``local_dir``, each its own object in Ray's object store (copied there now: the
+        folder may go as soon as this returns); the writer uploads them beside other trials' calls."""
+        import ray
+
         root = Path(local_dir)
-        files = [(p.relative_to(root).as_posix(), p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()]
+        files = [(p.relative_to(root).as_posix(), ray.put(_mapped(p))) for p in sorted(root.rglob("*")) if p.is_file()]
         self._send()
-        self._sent.append(self.writer.log_artifacts.remote(self._opened, files, artifact_path))
+        ref = self.writer.log_artifacts.options(concurrency_group=ARTIFACTS).remote(self._opened, files, artifact_path)
+        self._uploads.append(ref)
+        self._sent.append(ref)
+
+    def _uploaded(self) -> list:
+        """Wait until every upload sent has ended (stored or failed); returns their refs."""
+        import ray
+
+        uploads, self._uploads = self._uploads, []
+        if uploads:
+            ray.wait(uploads, num_returns=len(uploads))
+        return uploads
 
     def finish(self) -> None:
         import ray
 
+        ray.get(self._uploaded())  # an upload's error is raised before the run is marked FINISHED
         pending, self._pending = self._pending, []
         ref = self.writer.finish.remote(self._opened, pending)
         self._wait()
@@ -230,9 +262,20 @@ class RemoteTrialRun:
     def end(self, status: str, reason: str) -> None:
         import ray
 
+        self._uploaded()
         pending, self._pending = self._pending, []
         ref = self.writer.end.remote(self._opened, status, reason, pending)  # runs after every earlier call
         try:
             self._wait()
         finally:
             ray.get(ref)
+
+
+def _mapped(path: Path):
+    """The bytes of ``path`` as a read-only memory map (``ray.put`` copies them into the object store without a heap
+    copy); an empty file as empty bytes (nothing to map)."""
+    import numpy as np
+
+    if path.stat().st_size == 0:
+        return b""
+    return np.memmap(path, dtype=np.uint8, mode="r")

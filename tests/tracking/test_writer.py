@@ -142,3 +142,94 @@ def test_remote_run_resumes_reports_store_errors_and_survives_a_writer_restart(p
         assert [m.value for m in c.get_metric_history(other.run_id, OBJECTIVE)] == [0.1]
     finally:
         stop_writer(writer)
+
+
+@pytest.fixture
+def faults(monkeypatch):
+    """tests/tracking/_writer_faults.py, importable here and (through PYTHONPATH, set by ``probed_ray``) in workers."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import _writer_faults
+
+    return _writer_faults
+
+
+def _store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = ensure_experiment(uri, "w", str(tmp_path))
+    parent = start_sweep_run(uri, experiment_id, "w", str(tmp_path), {}, [(OBJECTIVE, "max")]).run_id
+    return uri, experiment_id, parent
+
+
+def test_a_large_upload_holds_up_no_other_trial_and_finish_waits_for_it(probed_ray, tmp_path, faults):
+    """Artifacts go one object-store object per file and are uploaded in their own concurrency group: while one
+    trial's upload is stuck, another trial's metrics are stored (its flush returns); the first trial's finish
+    returns only once its upload is stored, and its artifacts arrive byte for byte."""
+    import threading
+
+    uri, experiment_id, parent = _store(tmp_path)
+    writer = start_writer(uri, faults.BlockedUploads)
+    try:
+        big = RemoteTrialRun.open(writer, uri, experiment_id, parent, "big", {"fairray.kind": "trial"}, {})
+        small = RemoteTrialRun.open(writer, uri, experiment_id, parent, "small", {"fairray.kind": "trial"}, {})
+        art = tmp_path / "art"
+        (art / "checkpoint").mkdir(parents=True)
+        model = os.urandom(8 * 2**20)
+        (art / "checkpoint" / "model.pt").write_bytes(model)
+        (art / "empty.txt").write_bytes(b"")
+        big.log({OBJECTIVE: 0.5}, step=0)
+        big.log_artifacts(art)
+        # the upload is under way (stuck): the other trial's metrics are stored meanwhile
+        received = faults.marker(uri, "received")
+        ray.get(writer.ready.remote())  # the writer's main thread is free (the upload holds another)
+        small.log({OBJECTIVE: 0.25}, step=0)
+        small.flush()
+        c = MlflowClient(uri)
+        assert [m.value for m in c.get_metric_history(small.run_id, OBJECTIVE)] == [0.25]
+        assert received.exists() and not faults.marker(uri, "release").exists()
+        ready, _ = ray.wait(list(big._uploads), timeout=0)
+        assert not ready, "the upload ended before its release: the flush above waited for it"
+        # each file came as its own object-store object, not as bytes inside the call
+        assert received.read_text().split() == ["ObjectRef", "ObjectRef"], received.read_text()
+
+        done = threading.Event()
+        finisher = threading.Thread(target=lambda: (big.finish(), done.set()), daemon=True)
+        finisher.start()
+        finisher.join(timeout=2.0)
+        assert not done.is_set() and c.get_run(big.run_id).info.status == "RUNNING"  # waits for its upload
+        faults.marker(uri, "release").touch()
+        finisher.join(timeout=120)
+        assert done.is_set() and c.get_run(big.run_id).info.status == "FINISHED"
+        (tmp_path / "dl").mkdir()
+        got = Path(c.download_artifacts(big.run_id, "checkpoint/model.pt", str(tmp_path / "dl")))
+        assert got.read_bytes() == model
+        assert Path(c.download_artifacts(big.run_id, "empty.txt", str(tmp_path / "dl"))).read_bytes() == b""
+        small.finish()
+    finally:
+        faults.marker(uri, "release").touch()
+        stop_writer(writer)
+
+
+def test_a_writer_killed_before_the_params_are_logged_resumes_the_run_with_them(probed_ray, tmp_path, faults):
+    """The writer's process dies between ``create_run`` and the params' ``log_batch``: Ray restarts it and runs the
+    ``open`` again, which finds the run (by trial id) and logs the params it lacks; the trial goes on in that run."""
+    uri, experiment_id, parent = _store(tmp_path)
+    writer = start_writer(uri, faults.DiesBeforeParams)
+    try:
+        params = {f"p{i}": str(i) for i in range(120)}  # more than one params batch
+        run = RemoteTrialRun.open(writer, uri, experiment_id, parent, "t0", {"fairray.kind": "trial"}, params)
+        run.log({OBJECTIVE: 0.5}, step=0)
+        run.finish()
+        assert faults.marker(uri, "died").exists()  # the first writer did die
+        c = MlflowClient(uri)
+        trials = [r for r in c.search_runs([experiment_id]) if r.data.tags.get("fairray.trial_id") == "t0"]
+        assert [r.info.run_id for r in trials] == [run.run_id]  # one run, not a second one for the retry
+        done = c.get_run(run.run_id)
+        assert done.data.params == params and done.info.status == "FINISHED"
+        assert [m.value for m in c.get_metric_history(run.run_id, OBJECTIVE)] == [0.5]
+        # opening it again (a retried trial) logs nothing twice and changes nothing
+        again = RemoteTrialRun.open(writer, uri, experiment_id, parent, "t0", {"fairray.kind": "trial"}, params)
+        assert again.resumed and again.run_id == run.run_id
+        again.finish()
+        assert c.get_run(run.run_id).data.params == params
+    finally:
+        stop_writer(writer)

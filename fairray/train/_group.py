@@ -32,8 +32,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-#: Seconds a stopped trial's workers get to reach their next report and end (Tune waits 2 s, its
-#: ``TUNE_FUNCTION_THREAD_TIMEOUT_S``, for the trial's thread before it gives up reusing the process).
+#: Seconds a stopped trial's workers get to end (Tune waits 2 s, its ``TUNE_FUNCTION_THREAD_TIMEOUT_S``, for the
+#: trial's thread before it gives up reusing the process). A Tune stop finds rank 0 held at the report Tune decided
+#: on, so this is the time to close its MLflow run; a stop between reports (the sweep's end) waits for the next one.
 STOP_GRACE_S = 1.5
 #: torch.distributed's set-up and collectives time out after this long (a peer that died mid-collective).
 COLLECTIVE_TIMEOUT_S = 600

@@ -8,6 +8,7 @@ the parent run (and any child run a killed process left RUNNING) → print the d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -409,8 +410,9 @@ def _init_ray_while(address: str | None, work, first):
     ``(connected, first(), work())``.
 
     Whichever fails, nothing is left behind: Ray is not started if ``first`` raised, and shut down again if
-    ``work`` raised (neither writes anything that would need undoing: ``work`` reads the store, ``first``
-    prepares the data).
+    ``work`` raised; what ``work`` returned is discarded (its ``discard()``) if ``first`` or Ray's start raised
+    (neither writes anything else that would need undoing: ``work`` reads the store or stages a new one aside,
+    ``first`` prepares the data).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -418,8 +420,14 @@ def _init_ray_while(address: str | None, work, first):
 
     with ThreadPoolExecutor(1, thread_name_prefix="fairray-mlflow") as pool:
         future = pool.submit(work)
-        before = first()
-        connected = _init_ray(address)
+        try:
+            before = first()
+            connected = _init_ray(address)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                if (made := future.result()) is not None and hasattr(made, "discard"):
+                    made.discard()
+            raise
         try:
             return connected, before, future.result()
         except BaseException:
@@ -428,17 +436,18 @@ def _init_ray_while(address: str | None, work, first):
             raise
 
 
-def _warm_store(uri: str) -> None:
-    """The MLflow store's set-up that writes nothing: its imports and, for an existing store, the client and its
-    schema check. A SQLite file that does not exist yet is created when the sweep run is opened (after the data
-    was read), so bad data leaves no empty store behind."""
-    from fairray.tracking._mlflow import _sqlite_file
+def _warm_store(uri: str):
+    """The MLflow store's set-up that writes nothing at the store's path: its imports and, for an existing store,
+    the client and its schema check. A SQLite file that does not exist yet gets its schema (every MLflow migration:
+    seconds of CPU, on the sweep's critical path before) in a temporary file, returned as a
+    :class:`~fairray.tracking._mlflow.StagedStore` that the caller places once the data was read (so bad data
+    leaves no empty store behind) or discards; None otherwise."""
+    from fairray.tracking._mlflow import stage_sqlite_store
 
-    db = _sqlite_file(uri)
-    if db is not None and not db.exists():
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-        return
-    client(uri)
+    staged = stage_sqlite_store(uri)
+    if staged is None:
+        client(uri)
+    return staged
 
 
 def _find_resumable(uri: str, experiment_id: str, sweep: str, ablation: str | None):
@@ -569,8 +578,8 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
     assignments = dataset_assignments(spec, points)
     early = not DataVariants.needs_ray(loaded, assignments)
     previous = find_previous() if resume else None  # a missing earlier sweep is reported before Ray starts
-    connected, data, _ = _init_ray_while(address, lambda: _warm_store(uri),
-                                         lambda: prepare_variants() if early else None)
+    connected, data, staged = _init_ray_while(address, lambda: _warm_store(uri),
+                                              lambda: prepare_variants() if early else None)
     # the trials' MLflow writer (fairray/tracking/_writer.py): its imports run while the sweep is set up and the
     # trial processes start, which then never import MLflow themselves
     writer = None
@@ -578,10 +587,14 @@ def run_sweep(loaded: LoadedSpec, *, address: str | None = None, resume: bool = 
         writer = start_writer(uri) if spec.tracking.writer else None
         if data is None:
             data = prepare_variants()
+        if staged is not None:  # the data was read: the store created meanwhile goes in place
+            staged.place()
         experiment_id, run_name, sweep = open_sweep_run(previous)
         if writer is not None:  # opens the store the sweep's run now exists in; the trials' first calls queue after it
             writer.ready.remote()
     except BaseException:
+        if staged is not None:
+            staged.discard()
         stop_writer(writer, timeout_s=0)
         if connected:
             ray.shutdown()

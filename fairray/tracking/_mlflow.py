@@ -7,6 +7,7 @@ workers, and with a local SQLite store or a remote tracking server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -108,6 +109,64 @@ def client(uri: str):
         c = _open(uri)  # opens the store: creates or migrates its schema, once per process
     _READY.add(uri)
     return c
+
+
+class StagedStore:
+    """A fresh SQLite MLflow store built aside (:func:`stage_sqlite_store`): :meth:`place` puts it at its path,
+    :meth:`discard` removes it. Nothing exists at the store's path until :meth:`place`."""
+
+    def __init__(self, db: Path, staged: Path) -> None:
+        self.db, self.staged = db, staged
+
+    def place(self) -> None:
+        """Link the staged store in at its path, unless a store appeared there meanwhile (it is then kept, and the
+        staged one dropped); the folder above is created as opening the store would."""
+        import shutil
+
+        try:
+            self.db.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.db.with_name(f".{self.db.name}.{os.getpid()}.staged")
+            try:
+                os.link(self.staged, tmp)
+            except OSError:  # another filesystem (the staged store lies in the temp folder): copy it over
+                shutil.copyfile(self.staged, tmp)
+            try:
+                os.link(tmp, self.db)  # never replaces a store another process created meanwhile
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        for path in (self.staged, self.staged.with_name(self.staged.name + ".lock")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def stage_sqlite_store(uri: str) -> StagedStore | None:
+    """For a SQLite ``uri`` whose file does not exist yet: create its schema (MLflow runs every Alembic migration:
+    seconds of CPU) in a temporary file now, so that a caller can overlap it with other start-up work and
+    :meth:`StagedStore.place` it once it may write (a sweep: after its data was read). None for another store,
+    or one that exists (nothing to create)."""
+    db = _sqlite_file(uri)
+    if db is None or db.exists():
+        return None
+    folder = db.parent if db.parent.is_dir() else None  # the system's temp folder when the store's is not there yet
+    fd, name = tempfile.mkstemp(prefix=f".{db.name}.", suffix=".staging", dir=folder)
+    os.close(fd)
+    staged = StagedStore(db, Path(name))
+    try:
+        c = client(f"sqlite:///{name}")
+        store = getattr(getattr(c, "_tracking_client", None), "store", None)
+        engine = getattr(store, "engine", None)
+        if engine is not None:  # no connection left on the file that is moved
+            engine.dispose()
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
 
 
 _DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql",

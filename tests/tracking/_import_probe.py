@@ -23,8 +23,13 @@ def install() -> None:
     seen = set()
 
     def hook(event: str, args) -> None:
-        if event == "import" and args[0] in WATCHED and args[0] not in seen:
-            seen.add(args[0])
-            note(args[0])
+        # a module imported through importlib.import_module (fairray's lazy names, PEP 562) raises no "import"
+        # event of its own: each event also notes the watched modules that have appeared in sys.modules meanwhile
+        if event != "import":
+            return
+        for name in WATCHED:
+            if name not in seen and (name == args[0] or name in sys.modules):
+                seen.add(name)
+                note(name)
 
     sys.addaudithook(hook)

@@ -49,7 +49,7 @@ def runs_training(db: Path) -> int:
 
 
 def test_worker_node_killed_mid_trial_resumes_from_its_checkpoint(cluster, tmp_path):  # noqa: F811
-    gcs, _, client_env, procs = cluster
+    gcs, _, client_env, procs, _ = cluster
     epochs = 200  # long enough (tens of seconds) that both trials are mid-training when the node dies
     spec, uri = write_spec(tmp_path, train={"epochs": epochs, "checkpoint_interval_s": 0},
                            budget={"num_samples": 2, "max_concurrent": 2, "max_failures": 2})

@@ -28,7 +28,7 @@ Lifecycle and guarantees:
   FINISHED without its checkpoint).
 - ``finish`` and ``end`` wait until the run is closed (and raise what any earlier call raised), so a trial ends
   only once its run is FINISHED / FAILED / KILLED. A trial process killed before it closed its run leaves it
-  RUNNING, as before: the driver drains the writer (:func:`stop_writer`: every call already received is run)
+  RUNNING, as before: the driver drains the writer (:func:`stop_writer`: every call already received is run, and no upload is cut off)
   before :func:`close_orphan_trials` closes what is left.
 - The writer is pinned to the driver's node (it reaches the store as the driver does) and holds no CPU. If it
   dies, Ray restarts it and runs the calls it had not answered again, once (see :data:`MAX_RESTARTS`).
@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,6 +82,8 @@ class TrackingWriter:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
+        self._uploading = 0  # log_artifacts calls running now (in the artifacts group), for drain
+        self._idle = threading.Condition()
         import mlflow.tracking  # noqa: F401
 
         if not uri.startswith(("http://", "https://", "databricks")):
@@ -106,6 +109,16 @@ class TrackingWriter:
                       artifact_path: str | None) -> None:
         """Store ``files`` (``(relative path, object ref of the file's bytes)``; plain bytes are accepted too) under
         the run's ``artifact_path``; runs in the ``artifacts`` concurrency group (see the module docstring)."""
+        with self._idle:
+            self._uploading += 1
+        try:
+            self._upload(run, files, artifact_path)
+        finally:
+            with self._idle:
+                self._uploading -= 1
+                self._idle.notify_all()
+
+    def _upload(self, run: tuple[str, bool] | str, files: list[tuple[str, Any]], artifact_path: str | None) -> None:
         import ray
 
         with tempfile.TemporaryDirectory(prefix="fairray-writer-") as d:
@@ -129,8 +142,13 @@ class TrackingWriter:
         finally:
             end_run(self.uri, _run_id(run), status, reason)
 
-    def drain(self) -> None:
-        """Nothing: it runs after every call the writer received before it."""
+    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """Wait until no upload is running (they run in the ``artifacts`` group, beside this one); every other call
+        the writer received before this one has run already (one thread, in order). True when idle, False after
+        ``timeout_s``. So that the driver's kill afterwards cuts no artifact in half; an upload still queued behind
+        the group's threads is not waited for (it never started: its run is closed as an orphan)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._uploading == 0, timeout=timeout_s)
 
 
 def _run_id(run: tuple[str, bool] | str) -> str:
@@ -159,7 +177,7 @@ def stop_writer(writer, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
     import ray
 
     try:
-        ray.get(writer.drain.remote(), timeout=timeout_s)
+        ray.get(writer.drain.remote(timeout_s), timeout=timeout_s + 10)
     except Exception:  # dead, or stuck on a store that does not answer: what it left RUNNING is closed as orphans
         pass
     finally:
@@ -278,4 +296,6 @@ def _mapped(path: Path):
 
     if path.stat().st_size == 0:
         return b""
-    return np.memmap(path, dtype=np.uint8, mode="r")
+    # a plain ndarray view: pickle protocol 5 (Ray's serialiser) hands a plain ndarray's memory over out of band,
+    # while a memmap subclass is pickled inline, i.e. copied into the pickle stream on the heap
+    return np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import time
 from pathlib import Path
 
 import pytest
@@ -185,7 +187,12 @@ def test_a_large_upload_holds_up_no_other_trial_and_finish_waits_for_it(probed_r
         small.flush()
         c = MlflowClient(uri)
         assert [m.value for m in c.get_metric_history(small.run_id, OBJECTIVE)] == [0.25]
+        deadline = time.monotonic() + 60  # the upload's own thread writes the marker: wait for it, untimed
+        while not received.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert received.exists() and not faults.marker(uri, "release").exists()
+        # the driver's drain waits for a running upload (its kill afterwards would cut the artifact in half)
+        assert ray.get(writer.drain.remote(0.5)) is False
         ready, _ = ray.wait(list(big._uploads), timeout=0)
         assert not ready, "the upload ended before its release: the flush above waited for it"
         # each file came as its own object-store object, not as bytes inside the call
@@ -199,6 +206,7 @@ def test_a_large_upload_holds_up_no_other_trial_and_finish_waits_for_it(probed_r
         faults.marker(uri, "release").touch()
         finisher.join(timeout=120)
         assert done.is_set() and c.get_run(big.run_id).info.status == "FINISHED"
+        assert ray.get(writer.drain.remote(0.5)) is True  # no upload running any more
         (tmp_path / "dl").mkdir()
         got = Path(c.download_artifacts(big.run_id, "checkpoint/model.pt", str(tmp_path / "dl")))
         assert got.read_bytes() == model
@@ -233,3 +241,20 @@ def test_a_writer_killed_before_the_params_are_logged_resumes_the_run_with_them(
         assert c.get_run(run.run_id).data.params == params
     finally:
         stop_writer(writer)
+
+
+def test_a_file_goes_to_the_object_store_out_of_band_not_pickled_inline(tmp_path):
+    """``_mapped``: the file's bytes travel as one out-of-band pickle-5 buffer (what Ray copies into the object store
+    straight from the memory map), not inside the pickle stream (a heap copy of the whole file)."""
+    from fairray.tracking._writer import _mapped
+
+    path = tmp_path / "model.pt"
+    data = os.urandom(1 << 20)
+    path.write_bytes(data)
+    buffers: list[pickle.PickleBuffer] = []
+    stream = pickle.dumps(_mapped(path), protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 1 and len(stream) < 4096, (len(buffers), len(stream))
+    assert bytes(buffers[0].raw()) == data
+    assert pickle.loads(stream, buffers=buffers).tobytes() == data
+    (tmp_path / "empty").write_bytes(b"")
+    assert _mapped(tmp_path / "empty") == b""

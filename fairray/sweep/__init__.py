@@ -20,3 +20,8 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module("fairray.sweep.runner"), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The lazy names too, before their first use (``dir()``, tab completion)."""
+    return sorted({*globals(), *__all__})

@@ -26,6 +26,11 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    """The lazy names too, before their first use (``dir()``, tab completion)."""
+    return sorted({*globals(), *_LAZY})
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: ``config`` carries ``raw``, ``params``, ``data``, ``tracking``, ``threads`` and, from a
     sweep, ``keep`` (the metrics its driver reads from Tune: see :class:`TrainSession`)."""

@@ -103,8 +103,9 @@ def cluster():
         yield c
 
 
-def test_sweep_runs_its_trials_on_the_worker_nodes(cluster, tmp_path):
-    gcs, url, client_env, *_ = cluster
+def _small_sweep(tmp_path: Path, address: str, client_env: dict) -> subprocess.CompletedProcess:
+    """``fairray sweep --address ADDRESS --quiet`` of minmaxgap.yaml at 2 trials x 2 epochs, 2 at a time, its store
+    under ``tmp_path/runs``; asserts it exited 0."""
     raw = yaml.safe_load(SPEC.read_text())
     raw["train"]["epochs"] = 2
     raw["budget"].update(num_samples=2, max_concurrent=2)
@@ -113,9 +114,15 @@ def test_sweep_runs_its_trials_on_the_worker_nodes(cluster, tmp_path):
     spec.write_text(yaml.safe_dump(raw))
     env = {**os.environ, **client_env}
     env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([sys.executable, "-m", "fairray", "sweep", str(spec), "--address", gcs, "--quiet"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "fairray", "sweep", str(spec), "--address", address, "--quiet"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def test_sweep_runs_its_trials_on_the_worker_nodes(cluster, tmp_path):
+    gcs, url, client_env, *_ = cluster
+    _small_sweep(tmp_path, gcs, client_env)
 
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     c = MlflowClient(uri)
@@ -147,17 +154,7 @@ def test_a_sweep_through_ray_client_tracks_every_trial(cluster, tmp_path):
     controller runs on the cluster, and the trials still reach MLflow through the sweep's writer: each trial run
     FINISHED with its metrics and its checkpoint artifact, the sweep run FINISHED, none left RUNNING."""
     _, url, client_env, _, client = cluster
-    raw = yaml.safe_load(SPEC.read_text())
-    raw["train"]["epochs"] = 2
-    raw["budget"].update(num_samples=2, max_concurrent=2)
-    raw["storage"]["path"] = str(tmp_path / "runs")
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, **client_env}
-    env.pop("RAY_ADDRESS", None)
-    out = subprocess.run([sys.executable, "-m", "fairray", "sweep", str(spec), "--address", client, "--quiet"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    out = _small_sweep(tmp_path, client, client_env)
     assert "2 trials finished, 0 errored" in out.stdout, out.stdout[-3000:]
 
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"

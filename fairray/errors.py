@@ -33,5 +33,11 @@ class TrackingError(FairrayError):
     exit_code = 1
 
 
+class ClusterError(FairrayError):
+    """The Ray cluster named by ``--address`` cannot be joined."""
+
+    exit_code = 1
+
+
 class TrialError(FairrayError):
     """A trial diverged or produced a metric that cannot be reported (NaN, inf)."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from fairray.config import LoadedSpec, SweepSpec, ablation_points, resolve_trial, to_plain
 from fairray.data import SERData, prepare
-from fairray.errors import ConfigError, FairrayError
+from fairray.errors import ClusterError, ConfigError, FairrayError
 from fairray.frontier.query import TAG_CONSTRAINTS, TAG_DUPLICATES, TAG_EARLY_STOPPING, TAG_REPEATS
 from fairray.search import ConditionalSpace, is_conditional, make_sampler, to_distributions
 from fairray.search.space import fixed_points_searcher
@@ -384,7 +384,7 @@ def _init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=True)
+        _join(address)
     elif os.environ.get("RAY_ADDRESS"):  # Ray's own setting (a Ray job's driver has it): join that cluster
         ray.init(configure_logging=False, log_to_driver=False)
     else:
@@ -400,6 +400,36 @@ def _init_ray(address: str | None) -> bool:
         global _REAPER
         _REAPER = _reaper.start(os.getpid(), [c.pid for c in psutil.Process().children() if c.pid not in before])
     return True
+
+
+#: connection attempts to a Ray Client server (``ray://``) whose per-client server failed to start
+CLIENT_ATTEMPTS = 3
+
+
+def _join(address: str) -> None:
+    """``ray.init`` on the cluster at ``address``. Through Ray Client the head starts one server process per
+    connection, and that start can fail on a busy head (the client gets ``ConnectionAbortedError``: "Starting Ray
+    client server failed"); it is tried again up to :data:`CLIENT_ATTEMPTS` times. A cluster that cannot be joined
+    is a :class:`ClusterError` (one line, exit 1) naming the address and where to look."""
+    import ray
+
+    attempts = CLIENT_ATTEMPTS if address.startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, log_to_driver=True)
+            return
+        except ConnectionError as exc:  # ConnectionAbortedError is one: the client server failed to start
+            if ray.is_initialized():
+                ray.shutdown()
+            reason = " ".join(str(exc).split())
+            if attempt < attempts and isinstance(exc, ConnectionAbortedError):
+                logging.getLogger("fairray").warning("Ray Client at %s: %s; connecting again (attempt %d of %d)",
+                                                     address, reason[-300:], attempt + 1, attempts)
+                time.sleep(2.0 * attempt)
+                continue
+            where = " and the head's logs (ray_client_server_*.err)" if address.startswith("ray://") else ""
+            raise ClusterError(f"could not join the Ray cluster at {address} after {attempt} attempt(s): "
+                               f"{reason[-300:]}; check that the cluster is up (`ray status`){where}") from exc
 
 
 _REAPER = None  # the watchdog of the local cluster this process started last (kept so that it is reaped)

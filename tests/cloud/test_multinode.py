@@ -103,9 +103,18 @@ def cluster():
         yield c
 
 
-def _small_sweep(tmp_path: Path, address: str, client_env: dict) -> subprocess.CompletedProcess:
+def _client_server_logs(head: subprocess.Popen) -> str:
+    """The tails of the head's Ray Client server logs (``ray_client_server*``), to say why a connection failed."""
+    args = list(head.args)
+    logs = Path(args[args.index("--temp-dir") + 1]) / "session_latest" / "logs"
+    return "".join(f"\n--- {f.name}:\n{f.read_text(errors='replace')[-2000:]}"
+                   for f in sorted(logs.glob("ray_client_server*")))
+
+
+def _small_sweep(tmp_path: Path, address: str, client_env: dict,
+                 head: subprocess.Popen | None = None) -> subprocess.CompletedProcess:
     """``fairray sweep --address ADDRESS --quiet`` of minmaxgap.yaml at 2 trials x 2 epochs, 2 at a time, its store
-    under ``tmp_path/runs``; asserts it exited 0."""
+    under ``tmp_path/runs``; asserts it exited 0 (with the Ray Client server logs of ``head`` when it did not)."""
     raw = yaml.safe_load(SPEC.read_text())
     raw["train"]["epochs"] = 2
     raw["budget"].update(num_samples=2, max_concurrent=2)
@@ -116,7 +125,8 @@ def _small_sweep(tmp_path: Path, address: str, client_env: dict) -> subprocess.C
     env.pop("RAY_ADDRESS", None)
     out = subprocess.run([sys.executable, "-m", "fairray", "sweep", str(spec), "--address", address, "--quiet"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode == 0, (out.stdout[-3000:] + out.stderr[-3000:]
+                                 + (_client_server_logs(head) if head is not None else ""))
     return out
 
 
@@ -153,8 +163,8 @@ def test_a_sweep_through_ray_client_tracks_every_trial(cluster, tmp_path):
     """``fairray sweep --address ray://head:10001`` (the CLI's own example): the driver is a Ray Client, Tune's
     controller runs on the cluster, and the trials still reach MLflow through the sweep's writer: each trial run
     FINISHED with its metrics and its checkpoint artifact, the sweep run FINISHED, none left RUNNING."""
-    _, url, client_env, _, client = cluster
-    out = _small_sweep(tmp_path, client, client_env)
+    _, url, client_env, procs, client = cluster
+    out = _small_sweep(tmp_path, client, client_env, head=procs[0])
     assert "2 trials finished, 0 errored" in out.stdout, out.stdout[-3000:]
 
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"

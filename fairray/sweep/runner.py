@@ -413,6 +413,7 @@ def _join(address: str) -> None:
     is a :class:`ClusterError` (one line, exit 1) naming the address and where to look."""
     import ray
 
+    _reachable(address)
     attempts = CLIENT_ATTEMPTS if address.startswith("ray://") else 1
     for attempt in range(1, attempts + 1):
         try:
@@ -430,6 +431,23 @@ def _join(address: str) -> None:
             where = " and the head's logs (ray_client_server_*.err)" if address.startswith("ray://") else ""
             raise ClusterError(f"could not join the Ray cluster at {address} after {attempt} attempt(s): "
                                f"{reason[-300:]}; check that the cluster is up (`ray status`){where}") from exc
+
+
+def _reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A ClusterError at once when nothing accepts a connection at ``address``'s ``host:port`` (``ray.init`` on
+    a GCS address where nothing listens retries for minutes without saying so); ``auto`` and addresses without a
+    port are left to Ray."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(f"could not join the Ray cluster at {address}: nothing answers at {host}:{port} "
+                           f"({exc.strerror or exc}); check the address and that the cluster is up (`ray status` "
+                           "on the head)") from exc
 
 
 _REAPER = None  # the watchdog of the local cluster this process started last (kept so that it is reaped)
